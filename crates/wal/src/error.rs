@@ -1,0 +1,85 @@
+//! The WAL's one error enum. Expected outcomes (a torn tail, the end of the log) are
+//! not errors; they are reported as data.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An earlier sync failed; the log accepts no more writes until restarted.
+    #[error("the write-ahead log is poisoned after a failed sync: {0}")]
+    Poisoned(String),
+    /// A read or write failed; nothing was acknowledged for the failed call.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file the operation was on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file carries a format version this build cannot read.
+    #[error("{path} has format version {version}, this build reads version 1")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        version: u32,
+    },
+    /// A file header is damaged beyond recovery.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
+    /// The stream has no log (never created, or deleted).
+    #[error("stream {0:016x} has no log")]
+    UnknownStream(u64),
+    /// The stream already has a log.
+    #[error("stream {0:016x} already has a log")]
+    StreamExists(u64),
+    /// A record is larger than `record_bytes_max`.
+    #[error("record of {bytes} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge {
+        /// Size of the record.
+        bytes: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The key-encryption key could not wrap or unwrap a data key.
+    #[error("key {key_ref}: {source}")]
+    Key {
+        /// Which key.
+        key_ref: String,
+        /// Why it failed.
+        #[source]
+        source: crate::KeyError,
+    },
+    /// A record failed authenticated decryption.
+    #[error("record {seq} of stream {stream:016x} failed decryption")]
+    Decrypt {
+        /// The stream.
+        stream: u64,
+        /// The record.
+        seq: u64,
+    },
+    /// The log is shutting down.
+    #[error("the write-ahead log is shut down")]
+    Closed,
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attaches a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    }
+}

@@ -1,0 +1,117 @@
+//! `sluice-wal`: the durable write-ahead log every accepted record lands in before
+//! Sluice answers 200. It sits between the API (which appends) and delivery (which
+//! reads from a cursor and acknowledges), and knows nothing of HTTP, JSON or AWS.
+//!
+//! # Model
+//!
+//! The log holds one independent *stream log* per delivery stream, named by a `u64`
+//! [`StreamId`]. Each stream log is a sequence of records numbered by a dense,
+//! increasing `u64` sequence number starting at 1. Three operations make up the
+//! whole interface a replicated backend would also implement:
+//!
+//! * [`Wal::append`]: write records, wait until they are on stable storage, get
+//!   back their sequence range. Appends from many callers are group-committed: all
+//!   requests queued while a sync is running share the next `fdatasync`, and each
+//!   caller is answered only after the sync that covers its records.
+//! * [`Wal::reader`] / [`Reader::read`]: read durable records from a cursor.
+//! * [`Wal::acknowledge`]: durably record that everything up to a sequence number has
+//!   been delivered, so whole segments below it can be deleted.
+//!
+//! # On-disk format (version 1)
+//!
+//! ```text
+//! <wal dir>/
+//!   <stream id as 16 hex digits>/
+//!     checkpoint                 acknowledged sequence number (see below)
+//!     00000000000000000001.seg   segment whose first record has sequence 1
+//!     00000000000000052001.seg   ...
+//!   quarantine/                  byte ranges cut out of the log by recovery
+//! ```
+//!
+//! All integers are little-endian. Every file starts with an 8-byte magic and a
+//! `u32` format version, so a future format can be recognised and migrated.
+//!
+//! **Segment file.** A header, then frames, each starting at a multiple of 8 bytes:
+//!
+//! ```text
+//! header:
+//!   magic        [u8; 8]  "SLUICWAL"
+//!   version      u32      1
+//!   header_len   u32      bytes before the first frame (a multiple of 8)
+//!   stream_id    u64
+//!   base_seq     u64      sequence number of the first frame
+//!   created_ms   u64      Unix time in milliseconds
+//!   key_ref_len  u16      0 when the segment is not encrypted
+//!   wrapped_len  u16
+//!   key_ref      [u8; key_ref_len]   which key-encryption key wrapped the data key
+//!   wrapped_key  [u8; wrapped_len]   the segment's data key, wrapped
+//!   header_crc   u32      CRC32C of every header byte before this field
+//!   zero padding up to header_len
+//! frame:
+//!   crc          u32      CRC32C of the frame from `len` to the end of `payload`
+//!   len          u32      payload bytes
+//!   seq          u64
+//!   arrival_ms   u64      when the record was accepted (Unix ms)
+//!   flags        u32      bit 0: payload is AES-256-GCM ciphertext + 16-byte tag
+//!   reserved     u32      0
+//!   payload      [u8; len]
+//!   zero padding up to a multiple of 8
+//! ```
+//!
+//! A record never spans segments. A segment is grown in `preallocate_bytes` steps
+//! with `fallocate`, so its tail after a crash is usually zeros. A new segment is
+//! started when the next frame would not fit in `segment_bytes_max`, when the
+//! stream's encryption key changes, and on the first append after the log is opened
+//! (so recovery never appends behind a repaired tail, and an encrypted segment's data
+//! key never sees the same sequence number twice). The directory is fsynced after a
+//! segment is created or deleted.
+//!
+//! **Encryption.** An encrypted segment has its own random 256-bit data key, stored
+//! only wrapped by a key-encryption key that the embedding application supplies
+//! through [`KeyWrapper`]. Each payload is sealed with AES-256-GCM; the nonce is the
+//! record's sequence number (unique under one data key, see above) and the
+//! associated data is the frame's `seq`, `arrival_ms` and `flags`, so frames cannot
+//! be swapped undetected.
+//!
+//! **Checkpoint file.** `magic "SLUICECP" | version u32 | acked_seq u64 | crc u32`
+//! (CRC32C of the preceding bytes). Replaced atomically: written to `checkpoint.tmp`,
+//! fsynced, renamed over `checkpoint`, then the directory is fsynced.
+//!
+//! # Recovery
+//!
+//! On open, every segment is scanned. A frame is valid when its length is within
+//! bounds, its CRC matches and its sequence number is above the previous one.
+//!
+//! * The first invalid or zero frame in the **last** segment, with no valid frame
+//!   anywhere after it, is a torn or zero-filled tail: the file is truncated there.
+//!   Only an unsynced (never acknowledged) write can leave such a tail.
+//! * An invalid region **followed by** valid frames, in any segment, is mid-log
+//!   corruption: its bytes are copied to `quarantine/`, it is reported in the
+//!   [`RecoveryReport`] and logged, and the frames after it are kept. Nothing after
+//!   a damaged frame is ever dropped with it.
+//!
+//! # Failure policy
+//!
+//! An `fdatasync` error is fatal: the log is poisoned, every later append fails
+//! with [`Error::Poisoned`], and [`Wal::fatal`] fires so the process can exit. The
+//! sync is never retried, because after a failed fsync the page cache may already
+//! have dropped the dirty pages (the "fsyncgate" lesson). A failed write (ENOSPC,
+//! say) is not fatal: the segment is cut back to its last synced byte and sealed,
+//! and the append fails with [`Error::Io`].
+
+mod checkpoint;
+mod crypto;
+mod error;
+mod frame;
+mod segment;
+mod stream_log;
+mod wal;
+
+pub use crypto::{KeyError, KeyWrapper, NoKeys, DATA_KEY_BYTES};
+pub use error::{Error, Result};
+pub use frame::FRAME_HEADER_BYTES;
+pub use stream_log::{Appended, Reader, StoredRecord};
+pub use wal::{Encryption, Quarantine, RecoveryReport, StreamId, Wal, WalOptions};
+
+#[cfg(test)]
+mod tests;

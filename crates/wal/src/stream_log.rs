@@ -1,0 +1,532 @@
+//! One stream's log: its segments, the group-commit writer task that appends to it,
+//! and the readers that deliver from it. `Wal` (wal.rs) owns one of these per stream.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::checkpoint;
+use crate::crypto::{DataKey, KeyWrapper, TAG_BYTES};
+use crate::error::{Error, IoContext, Result};
+use crate::frame::{self, FrameHeader, FLAG_ENCRYPTED};
+use crate::segment::{self, BadRange, SegmentHeader, Visit};
+use crate::wal::{Poison, WalOptions};
+
+/// The sequence numbers an append was given, once they are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    /// Sequence number of the last record (equal to `first_seq - 1` for an empty append).
+    pub last_seq: u64,
+    /// Whether the records were written encrypted.
+    pub encrypted: bool,
+}
+
+/// A record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its sequence number within the stream.
+    pub seq: u64,
+    /// When it was accepted, in Unix milliseconds.
+    pub arrival_ms: u64,
+    /// Whether it was stored encrypted (it is returned decrypted).
+    pub encrypted: bool,
+    /// The record's bytes.
+    pub data: Vec<u8>,
+}
+
+pub(crate) struct AppendRequest {
+    pub(crate) records: Vec<Vec<u8>>,
+    pub(crate) key_ref: Option<String>,
+    pub(crate) arrival_ms: u64,
+    pub(crate) reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// A segment as readers see it. `end` and `last_seq` cover durable frames only.
+#[derive(Clone)]
+pub(crate) struct SegmentMeta {
+    pub(crate) base_seq: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) header_len: u64,
+    pub(crate) end: u64,
+    /// Last durable sequence number in the segment; `base_seq - 1` when empty.
+    pub(crate) last_seq: u64,
+    pub(crate) key: Option<DataKey>,
+    pub(crate) skips: Arc<[BadRange]>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) segments: Vec<SegmentMeta>,
+    pub(crate) acked: u64,
+}
+
+pub(crate) struct StreamLog {
+    pub(crate) id: u64,
+    pub(crate) dir: PathBuf,
+    pub(crate) options: Arc<WalOptions>,
+    pub(crate) keys: Arc<dyn KeyWrapper>,
+    pub(crate) shared: Mutex<Shared>,
+    /// The next sequence number that is not durable yet.
+    pub(crate) durable: watch::Sender<u64>,
+    pub(crate) requests: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    pub(crate) poison: Arc<Poison>,
+}
+
+impl StreamLog {
+    pub(crate) async fn append(
+        &self,
+        request: AppendRequest,
+        reply: oneshot::Receiver<Result<Appended>>,
+    ) -> Result<Appended> {
+        self.poison.check()?;
+        let sender = self.requests.lock().expect("lock").clone().ok_or(Error::Closed)?;
+        sender.send(request).await.map_err(|_| Error::Closed)?;
+        reply.await.map_err(|_| Error::Closed)?
+    }
+
+    pub(crate) fn durable_next(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Durably records that everything up to `seq` is delivered and deletes the
+    /// segments that held only such records. Blocking.
+    pub(crate) fn acknowledge(&self, seq: u64) -> Result<()> {
+        let seq = seq.min(self.durable_next().saturating_sub(1));
+        let mut shared = self.shared.lock().expect("lock");
+        if seq <= shared.acked {
+            return Ok(());
+        }
+        checkpoint::write(&self.dir, seq)?;
+        shared.acked = seq;
+        // The last segment is never deleted: the writer may still be appending to it.
+        let n_deletable = shared
+            .segments
+            .iter()
+            .take(shared.segments.len().saturating_sub(1))
+            .take_while(|s| s.last_seq <= seq)
+            .count();
+        if n_deletable > 0 {
+            for segment in shared.segments.drain(..n_deletable) {
+                fs::remove_file(&segment.path).at(&segment.path)?;
+            }
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The writer's private state: the segment being appended to.
+pub(crate) struct WriterState {
+    pub(crate) next_seq: u64,
+    pub(crate) active: Option<Active>,
+}
+
+pub(crate) struct Active {
+    file: File,
+    path: PathBuf,
+    base_seq: u64,
+    header_len: u64,
+    /// Where the next frame goes.
+    offset: u64,
+    allocated: u64,
+    key_ref: Option<String>,
+    key: Option<DataKey>,
+    /// Frames encoded but not yet written.
+    pending: Vec<u8>,
+    /// `offset` when this group started (or `header_len` if created in it).
+    group_start: u64,
+    created_in_group: bool,
+    last_seq: u64,
+}
+
+/// The group-commit loop: takes every queued request, writes them, syncs once, then
+/// answers each. Ends when the request channel closes.
+pub(crate) async fn run_writer(
+    log: Arc<StreamLog>,
+    mut state: WriterState,
+    mut requests: mpsc::Receiver<AppendRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        let mut n_bytes: usize = group[0].records.iter().map(Vec::len).sum();
+        while n_bytes < log.options.group_bytes_max {
+            match requests.try_recv() {
+                Ok(request) => {
+                    n_bytes += request.records.iter().map(Vec::len).sum::<usize>();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let task_log = log.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome = write_group(&task_log, &mut state, &group);
+            (state, group, outcome)
+        })
+        .await;
+        let Ok((returned_state, group, outcome)) = joined else {
+            log.poison.set(format!("writer of stream {:016x} panicked", log.id));
+            return;
+        };
+        state = returned_state;
+        publish(&log, &state, outcome.segments);
+        if let Some(reason) = outcome.fatal {
+            log.poison.set(reason);
+        }
+        for (request, result) in group.into_iter().zip(outcome.results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+struct GroupOutcome {
+    results: Vec<Result<Appended>>,
+    /// Segments written in this group, in order, as readers should now see them.
+    segments: Vec<SegmentMeta>,
+    fatal: Option<String>,
+}
+
+/// Makes a group's frames visible to readers: segment metadata first, then the
+/// durable sequence number, so a reader that sees the new number finds the frames.
+fn publish(log: &StreamLog, state: &WriterState, segments: Vec<SegmentMeta>) {
+    if segments.is_empty() {
+        return;
+    }
+    let mut shared = log.shared.lock().expect("lock");
+    for meta in segments {
+        match shared.segments.iter_mut().find(|s| s.base_seq == meta.base_seq) {
+            Some(existing) => *existing = meta,
+            None => shared.segments.push(meta),
+        }
+    }
+    drop(shared);
+    log.durable.send_replace(state.next_seq);
+}
+
+fn write_group(log: &StreamLog, state: &mut WriterState, group: &[AppendRequest]) -> GroupOutcome {
+    let group_next_seq = state.next_seq;
+    let mut rolled: Vec<Active> = Vec::new();
+    if let Some(active) = state.active.as_mut() {
+        active.group_start = active.offset;
+        active.created_in_group = false;
+    }
+    let mut results = Vec::with_capacity(group.len());
+    let mut io_error = None;
+    for request in group {
+        match append_request(log, state, &mut rolled, request) {
+            Ok(appended) => results.push(Ok(appended)),
+            Err(e @ (Error::RecordTooLarge { .. } | Error::Key { .. })) => results.push(Err(e)),
+            Err(e) => {
+                io_error = Some(e);
+                break;
+            }
+        }
+    }
+    if io_error.is_none() {
+        if let Some(active) = state.active.as_mut() {
+            if let Err(e) = flush_pending(active) {
+                io_error = Some(e);
+            } else if active.offset > active.group_start {
+                if let Err(e) = active.file.sync_data() {
+                    // Never retried: the kernel may have dropped the dirty pages already.
+                    let reason = format!("fdatasync of {} failed: {e}", active.path.display());
+                    return fatal_outcome(group.len(), reason);
+                }
+            }
+        }
+    }
+    if let Some(error) = io_error {
+        return undo_group(state, rolled, group_next_seq, group.len(), error);
+    }
+    let mut segments: Vec<SegmentMeta> = rolled.iter().map(meta_of).collect();
+    segments.extend(state.active.as_ref().filter(|a| a.offset > a.group_start || a.created_in_group).map(meta_of));
+    GroupOutcome { results, segments, fatal: None }
+}
+
+fn fatal_outcome(n: usize, reason: String) -> GroupOutcome {
+    let results = (0..n).map(|_| Err(Error::Poisoned(reason.clone()))).collect();
+    GroupOutcome { results, segments: Vec::new(), fatal: Some(reason) }
+}
+
+/// After a failed write, removes every byte this group wrote so that a record whose
+/// append failed can never be read back, then seals the segment.
+fn undo_group(
+    state: &mut WriterState,
+    rolled: Vec<Active>,
+    group_next_seq: u64,
+    n: usize,
+    error: Error,
+) -> GroupOutcome {
+    tracing::warn!(%error, "Write-ahead log write failed; undoing the group.");
+    state.next_seq = group_next_seq;
+    let touched = rolled.into_iter().chain(state.active.take());
+    for active in touched {
+        let undone = if active.created_in_group {
+            fs::remove_file(&active.path)
+        } else {
+            active.file.set_len(active.group_start).and_then(|()| active.file.sync_all())
+        };
+        if let Err(e) = undone {
+            let reason = format!("could not undo a failed write to {}: {e}", active.path.display());
+            return fatal_outcome(n, reason);
+        }
+    }
+    let message = error.to_string();
+    let results = (0..n)
+        .map(|_| Err(Error::Io { path: PathBuf::new(), source: std::io::Error::other(message.clone()) }))
+        .collect();
+    GroupOutcome { results, segments: Vec::new(), fatal: None }
+}
+
+fn meta_of(active: &Active) -> SegmentMeta {
+    SegmentMeta {
+        base_seq: active.base_seq,
+        path: active.path.clone(),
+        header_len: active.header_len,
+        end: active.offset,
+        last_seq: active.last_seq,
+        key: active.key.clone(),
+        skips: Arc::from(Vec::new()),
+    }
+}
+
+fn append_request(
+    log: &StreamLog,
+    state: &mut WriterState,
+    rolled: &mut Vec<Active>,
+    request: &AppendRequest,
+) -> Result<Appended> {
+    let limit = log.options.record_bytes_max;
+    if let Some(record) = request.records.iter().find(|r| r.len() > limit) {
+        return Err(Error::RecordTooLarge { bytes: record.len(), limit });
+    }
+    let key_matches = state.active.as_ref().is_some_and(|a| a.key_ref == request.key_ref);
+    if !key_matches {
+        roll(log, state, rolled, request.key_ref.as_deref())?;
+    }
+    let first_seq = state.next_seq;
+    for record in &request.records {
+        let sealed_len = record.len() + if request.key_ref.is_some() { TAG_BYTES } else { 0 };
+        let needed = frame::frame_bytes(sealed_len) as u64;
+        let active = state.active.as_ref().expect("rolled above");
+        let used = active.offset + active.pending.len() as u64;
+        if used + needed > log.options.segment_bytes_max && used > active.header_len {
+            roll(log, state, rolled, request.key_ref.as_deref())?;
+        }
+        let seq = state.next_seq;
+        let active = state.active.as_mut().expect("rolled above");
+        let flags = if active.key.is_some() { FLAG_ENCRYPTED } else { 0 };
+        let mut header = FrameHeader { len: sealed_len as u32, seq, arrival_ms: request.arrival_ms, flags };
+        match &active.key {
+            Some(key) => {
+                let sealed = key.seal(seq, &header.aad(), record);
+                header.len = sealed.len() as u32;
+                frame::encode(&mut active.pending, header, &sealed);
+            }
+            None => frame::encode(&mut active.pending, header, record),
+        }
+        active.last_seq = seq;
+        state.next_seq += 1;
+        if active.pending.len() >= log.options.write_chunk_bytes {
+            flush_pending(active)?;
+        }
+    }
+    Ok(Appended { first_seq, last_seq: state.next_seq - 1, encrypted: request.key_ref.is_some() })
+}
+
+/// Writes encoded frames at the segment's offset, growing the preallocation first.
+fn flush_pending(active: &mut Active) -> Result<()> {
+    if active.pending.is_empty() {
+        return Ok(());
+    }
+    let end = active.offset + active.pending.len() as u64;
+    if end > active.allocated {
+        let step = (end - active.offset).max(PREALLOCATE_STEP_BYTES);
+        active.allocated = segment::preallocate(&active.file, &active.path, active.offset, step)?;
+    }
+    active.file.write_all_at(&active.pending, active.offset).at(&active.path)?;
+    active.offset = end;
+    active.pending.clear();
+    Ok(())
+}
+
+/// Segments grow by this much at a time, so most appends change no file size.
+pub(crate) const PREALLOCATE_STEP_BYTES: u64 = 4 << 20;
+
+/// Seals the active segment (writing and syncing what it holds) and starts a new one.
+fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_ref: Option<&str>) -> Result<()> {
+    let (raw_key, key) = match key_ref {
+        Some(_) => {
+            let (raw, key) = DataKey::generate();
+            (Some(raw), Some(key))
+        }
+        None => (None, None),
+    };
+    let wrapped_key = match (key_ref, raw_key) {
+        (Some(key_ref), Some(raw)) => {
+            log.keys.wrap(key_ref, &raw).map_err(|source| Error::Key { key_ref: key_ref.to_string(), source })?
+        }
+        _ => Vec::new(),
+    };
+    if let Some(mut old) = state.active.take() {
+        flush_pending(&mut old)?;
+        // Sealed segments are complete on disk before a newer one exists, so recovery
+        // can treat damage in any segment but the last as corruption, not a torn tail.
+        old.file
+            .sync_data()
+            .map_err(|e| Error::Poisoned(format!("fdatasync of {} failed: {e}", old.path.display())))?;
+        rolled.push(old);
+    }
+    let header = SegmentHeader {
+        stream_id: log.id,
+        base_seq: state.next_seq,
+        created_ms: crate::wal::now_ms(),
+        key_ref: key_ref.map(str::to_string),
+        wrapped_key,
+    };
+    let (file, path, allocated) = segment::create(&log.dir, &header, PREALLOCATE_STEP_BYTES)?;
+    let header_len = segment::encode_header(&header).len() as u64;
+    state.active = Some(Active {
+        file,
+        path,
+        base_seq: state.next_seq,
+        header_len,
+        offset: header_len,
+        allocated,
+        key_ref: header.key_ref,
+        key,
+        pending: Vec::new(),
+        group_start: header_len,
+        created_in_group: true,
+        last_seq: state.next_seq - 1,
+    });
+    Ok(())
+}
+
+/// Reads a stream's durable records in order from a cursor. Obtained from
+/// [`crate::Wal::reader`].
+pub struct Reader {
+    pub(crate) log: Arc<StreamLog>,
+    pub(crate) next_seq: u64,
+    pub(crate) open: Option<OpenSegment>,
+}
+
+pub(crate) struct OpenSegment {
+    base_seq: u64,
+    file: File,
+    /// Offset of the frame holding `next_seq`, when known.
+    offset: u64,
+}
+
+impl Reader {
+    /// The sequence number the next read starts at.
+    pub fn position(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Moves the cursor (forward or back) to `seq`.
+    pub fn seek(&mut self, seq: u64) {
+        self.next_seq = seq;
+        self.open = None;
+    }
+
+    /// Waits until at least one record at or after the cursor is durable, or the log
+    /// is closed.
+    pub async fn wait(&self) {
+        let mut durable = self.log.durable.subscribe();
+        let _ = durable.wait_for(|next| *next > self.next_seq).await;
+    }
+
+    /// Reads up to `records_max` durable records and about `bytes_max` bytes from the
+    /// cursor and advances it. Returns an empty vector when nothing new is durable.
+    /// Blocking: call it from a blocking thread in async code.
+    pub fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        let mut n_bytes = 0usize;
+        let payload_max = self.log.options.record_bytes_max + TAG_BYTES;
+        while out.len() < records_max && n_bytes < bytes_max {
+            let durable_next = self.log.durable_next();
+            if self.next_seq >= durable_next {
+                break;
+            }
+            let Some(meta) = self.segment_for(self.next_seq) else { break };
+            if self.next_seq < meta.base_seq {
+                // Acknowledged and deleted, or cut out by recovery: skip ahead.
+                self.seek(meta.base_seq);
+                continue;
+            }
+            if self.open.as_ref().is_none_or(|o| o.base_seq != meta.base_seq) {
+                let file = File::open(&meta.path).at(&meta.path)?;
+                self.open = Some(OpenSegment { base_seq: meta.base_seq, file, offset: meta.header_len });
+            }
+            let open = self.open.as_mut().expect("opened above");
+            let before = out.len();
+            let (next_seq, stream) = (&mut self.next_seq, self.log.id);
+            open.offset = segment::read_frames(
+                &open.file,
+                &meta.path,
+                open.offset,
+                meta.end,
+                &meta.skips,
+                payload_max,
+                bytes_max - n_bytes,
+                |_, header, payload| {
+                    if header.seq < *next_seq {
+                        return Ok(Visit::Continue);
+                    }
+                    if header.seq >= durable_next || out.len() >= records_max {
+                        return Ok(Visit::Stop);
+                    }
+                    let encrypted = header.flags & FLAG_ENCRYPTED != 0;
+                    let data = match (&meta.key, encrypted) {
+                        (Some(key), true) => key
+                            .open(header.seq, &header.aad(), payload)
+                            .ok_or(Error::Decrypt { stream, seq: header.seq })?,
+                        (None, true) => return Err(Error::Decrypt { stream, seq: header.seq }),
+                        _ => payload.to_vec(),
+                    };
+                    n_bytes += data.len();
+                    out.push(StoredRecord { seq: header.seq, arrival_ms: header.arrival_ms, encrypted, data });
+                    *next_seq = header.seq + 1;
+                    Ok(Visit::Continue)
+                },
+            )?;
+            if out.len() > before {
+                continue;
+            }
+            if open.offset < meta.end {
+                break; // Stopped at the durable bound.
+            }
+            // This segment is exhausted: go on in the next one, if any.
+            self.next_seq = self.next_seq.max(meta.last_seq + 1);
+            match self.next_segment_after(meta.base_seq) {
+                Some(base) => self.seek(self.next_seq.max(base)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn segment_for(&self, seq: u64) -> Option<SegmentMeta> {
+        let shared = self.log.shared.lock().expect("lock");
+        let index = shared.segments.partition_point(|s| s.base_seq <= seq);
+        match index {
+            0 => shared.segments.first().cloned(),
+            i => shared.segments.get(i - 1).cloned(),
+        }
+    }
+
+    fn next_segment_after(&self, base_seq: u64) -> Option<u64> {
+        let shared = self.log.shared.lock().expect("lock");
+        shared.segments.iter().map(|s| s.base_seq).find(|b| *b > base_seq)
+    }
+}
+
+/// Used by recovery: the path of a segment's quarantine copy.
+pub(crate) fn quarantine_path(quarantine_dir: &Path, stream: u64, base_seq: u64, start: u64) -> PathBuf {
+    quarantine_dir.join(format!("{stream:016x}-{base_seq:020}-{start}.bin"))
+}

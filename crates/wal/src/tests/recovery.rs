@@ -1,0 +1,253 @@
+//! Recovery tests: torn tails cut at every offset, zero-filled tails, bit flips in
+//! the middle of the log, and encryption leaving no plaintext on disk.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{open, read_all, runtime, small_options};
+use crate::{Encryption, WalOptions};
+
+const STREAM: u64 = 0xabc;
+
+fn record(i: u64) -> Vec<u8> {
+    format!("record-{i:05}-{}", "x".repeat((i % 50) as usize)).into_bytes()
+}
+
+/// Writes `n` records one append each, closes the log, and returns the segment files.
+fn write_log(dir: &Path, n: u64, encryption: Encryption, options: WalOptions) -> Vec<PathBuf> {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir, options);
+    wal.create_stream(STREAM).unwrap();
+    for i in 1..=n {
+        let appended = rt.block_on(wal.append(STREAM, vec![record(i)], encryption.clone())).unwrap();
+        assert_eq!(appended.first_seq, i);
+    }
+    rt.block_on(wal.shutdown());
+    segments(dir)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join(format!("{STREAM:016x}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Reopens and returns the sequence numbers recovered, after checking contents and
+/// that the log still accepts and returns a new record.
+fn recover(dir: &Path) -> (Vec<u64>, crate::RecoveryReport) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, report) = open(dir, small_options());
+    let records = read_all(&wal, STREAM, 1);
+    for r in &records {
+        assert_eq!(r.data, record(r.seq), "record {} damaged but returned", r.seq);
+    }
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let next = rt.block_on(wal.append(STREAM, vec![b"after".to_vec()], Encryption::None)).unwrap();
+    assert!(next.first_seq > seqs.last().copied().unwrap_or(0));
+    let again = read_all(&wal, STREAM, next.first_seq);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].data, b"after");
+    rt.block_on(wal.shutdown());
+    (seqs, report)
+}
+
+/// The offsets at which each frame of a segment starts, and its end.
+fn frame_offsets(path: &Path) -> Vec<u64> {
+    frames(path)
+        .iter()
+        .map(|(start, _)| *start)
+        .chain(frames(path).last().map(|(_, end)| end.next_multiple_of(8)))
+        .collect()
+}
+
+/// Each frame's start and the end of its payload (before padding).
+fn frames(path: &Path) -> Vec<(u64, u64)> {
+    let data = fs::read(path).unwrap();
+    let (_, header_len) = crate::segment::decode_header(&data, path).unwrap();
+    let mut frames = vec![];
+    let mut at = header_len;
+    while let crate::frame::Decoded::Frame { header, next, .. } = crate::frame::decode(&data[at..], 2_000_000) {
+        frames.push((at as u64, (at + crate::FRAME_HEADER_BYTES) as u64 + header.len as u64));
+        at += next;
+    }
+    frames
+}
+
+#[test]
+fn truncation_at_every_offset_of_the_last_frames_keeps_every_whole_frame() {
+    let source = tempfile::tempdir().unwrap();
+    let files = write_log(source.path(), 100, Encryption::None, small_options());
+    assert!(files.len() > 2, "the test needs several segments, got {}", files.len());
+    let last = files.last().unwrap();
+    let offsets = frame_offsets(last);
+    let n_before_last: u64 = 100 - (offsets.len() as u64 - 1);
+    let tail_start = offsets[offsets.len().saturating_sub(4)];
+    let end = *offsets.last().unwrap();
+    for cut in tail_start..=end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(source.path(), dir.path());
+        let target = segments(dir.path()).pop().unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&target).unwrap();
+        file.set_len(cut).unwrap();
+        let whole_frames = frames(last).iter().filter(|(_, end)| *end <= cut).count() as u64;
+        let (seqs, report) = recover(dir.path());
+        assert_eq!(seqs, (1..=n_before_last + whole_frames).collect::<Vec<_>>(), "cut at {cut}");
+        assert!(report.quarantined.is_empty(), "cut at {cut}: a torn tail is not corruption");
+    }
+}
+
+#[test]
+fn zero_filled_and_garbage_tails_are_cut() {
+    for fill in [0u8, 0xA5] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_log(dir.path(), 40, Encryption::None, small_options());
+        let last = files.last().unwrap();
+        let offsets = frame_offsets(last);
+        let from = offsets[offsets.len() - 3];
+        let mut data = fs::read(last).unwrap();
+        for b in &mut data[from as usize..] {
+            *b = fill;
+        }
+        data.extend(std::iter::repeat_n(fill, 4096));
+        fs::write(last, &data).unwrap();
+        let (seqs, report) = recover(dir.path());
+        assert_eq!(seqs, (1..=38).collect::<Vec<_>>(), "fill {fill:#x}");
+        assert!(report.quarantined.is_empty());
+        assert_eq!(report.torn_tail_bytes > 0, fill != 0);
+    }
+}
+
+#[test]
+fn a_flipped_bit_mid_log_is_quarantined_and_nothing_after_it_is_lost() {
+    for segment_index in [0usize, 1, usize::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_log(dir.path(), 40, Encryption::None, small_options());
+        let target = if segment_index == usize::MAX { files.last().unwrap() } else { &files[segment_index] };
+        let offsets = frame_offsets(target);
+        assert!(offsets.len() > 3);
+        // Damage the second frame of the segment, so valid frames follow it.
+        let mut data = fs::read(target).unwrap();
+        let damaged_at = offsets[1] as usize + 40;
+        data[damaged_at] ^= 0x04;
+        fs::write(target, &data).unwrap();
+        let damaged_seq = {
+            let all_offsets: Vec<_> = files.iter().map(|f| frame_offsets(f).len() as u64 - 1).collect();
+            let position = files.iter().position(|f| f == target).unwrap();
+            all_offsets[..position].iter().sum::<u64>() + 2
+        };
+        let (seqs, report) = recover(dir.path());
+        let want: Vec<u64> = (1..=40).filter(|s| *s != damaged_seq).collect();
+        assert_eq!(seqs, want, "segment {segment_index}");
+        assert_eq!(report.quarantined.len(), 1, "segment {segment_index}");
+        let q = &report.quarantined[0];
+        assert!(q.copy.exists());
+        assert!(q.start <= damaged_at as u64 && (damaged_at as u64) < q.end);
+    }
+}
+
+#[test]
+fn encrypted_records_leave_no_plaintext_on_disk_and_survive_key_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), small_options());
+    wal.create_stream(STREAM).unwrap();
+    let secret = |i: u32| format!("TOP-SECRET-PAYLOAD-{i:04}").into_bytes();
+    for i in 0..30 {
+        let key = if i < 15 { "k1" } else { "k2" };
+        let appended = rt.block_on(wal.append(STREAM, vec![secret(i)], Encryption::Key(key.into()))).unwrap();
+        assert!(appended.encrypted);
+    }
+    let refused = rt.block_on(wal.append(STREAM, vec![secret(99)], Encryption::Key("nope".into())));
+    assert!(matches!(refused, Err(crate::Error::Key { .. })));
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    for entry in walk(dir.path()) {
+        let bytes = fs::read(&entry).unwrap();
+        assert!(!bytes.windows(10).any(|w| w == b"TOP-SECRET"), "plaintext in {}", entry.display());
+    }
+    let (wal, _) = open(dir.path(), small_options());
+    let records = read_all(&wal, STREAM, 1);
+    assert_eq!(records.len(), 30);
+    for (i, r) in records.iter().enumerate() {
+        assert!(r.encrypted);
+        assert_eq!(r.data, secret(i as u32));
+    }
+    rt.block_on(wal.shutdown());
+}
+
+#[test]
+fn acknowledged_segments_are_deleted_and_stay_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_log(dir.path(), 40, Encryption::None, small_options());
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), small_options());
+    wal.acknowledge(STREAM, 39).unwrap();
+    let left = segments(dir.path());
+    assert!(left.len() < files.len());
+    assert_eq!(read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![40]);
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, _) = open(dir.path(), small_options());
+    assert_eq!(wal.acknowledged(STREAM).unwrap(), 39);
+    assert_eq!(wal.durable_next(STREAM).unwrap(), 41);
+    rt.block_on(wal.shutdown());
+}
+
+#[test]
+fn concurrent_appends_share_syncs_and_get_disjoint_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let wal = std::sync::Arc::new(rt.block_on(async { open(dir.path(), WalOptions::default()).0 }));
+    wal.create_stream(STREAM).unwrap();
+    let ranges = rt.block_on(async {
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let wal = wal.clone();
+                tokio::spawn(async move { wal.append(STREAM, vec![record(i); 3], Encryption::None).await.unwrap() })
+            })
+            .collect();
+        let mut ranges = Vec::new();
+        for t in tasks {
+            ranges.push(t.await.unwrap());
+        }
+        ranges
+    });
+    let mut seqs: Vec<u64> = ranges.iter().flat_map(|a| a.first_seq..=a.last_seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+    rt.block_on(wal.shutdown());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            fs::create_dir_all(&target).unwrap();
+            copy_dir(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
