@@ -172,6 +172,7 @@ pub(crate) fn scan(data: &[u8], path: &Path, prev_seq: u64, payload_bytes_max: u
                 // A cut inside the final frame's padding leaves it whole but unpadded.
                 scan.valid_end = offset.min(data.len()) as u64;
             }
+            Decoded::Zeros if data[offset..].iter().all(|b| *b == 0) => break, // Unused preallocation.
             decoded => match find_next_frame(data, offset + FRAME_ALIGN_BYTES, last, payload_bytes_max) {
                 Some(resume) => {
                     scan.bad_ranges.push(BadRange { start: offset as u64, end: resume as u64 });

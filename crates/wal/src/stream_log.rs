@@ -137,6 +137,7 @@ pub(crate) struct Active {
     key: Option<DataKey>,
     /// Frames encoded but not yet written.
     pending: Vec<u8>,
+    segment_bytes_max: u64,
     /// `offset` when this group started (or `header_len` if created in it).
     group_start: u64,
     created_in_group: bool,
@@ -220,6 +221,7 @@ fn write_group(log: &StreamLog, state: &mut WriterState, group: &[AppendRequest]
         match append_request(log, state, &mut rolled, request) {
             Ok(appended) => results.push(Ok(appended)),
             Err(e @ (Error::RecordTooLarge { .. } | Error::Key { .. })) => results.push(Err(e)),
+            Err(Error::Poisoned(reason)) => return fatal_outcome(group.len(), reason),
             Err(e) => {
                 io_error = Some(e);
                 break;
@@ -345,7 +347,7 @@ fn flush_pending(active: &mut Active) -> Result<()> {
     }
     let end = active.offset + active.pending.len() as u64;
     if end > active.allocated {
-        let step = (end - active.offset).max(PREALLOCATE_STEP_BYTES);
+        let step = (end - active.offset).max(PREALLOCATE_STEP_BYTES.min(active.segment_bytes_max));
         active.allocated = segment::preallocate(&active.file, &active.path, active.offset, step)?;
     }
     active.file.write_all_at(&active.pending, active.offset).at(&active.path)?;
@@ -374,11 +376,12 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
     };
     if let Some(mut old) = state.active.take() {
         flush_pending(&mut old)?;
-        // Sealed segments are complete on disk before a newer one exists, so recovery
-        // can treat damage in any segment but the last as corruption, not a torn tail.
-        old.file
-            .sync_data()
-            .map_err(|e| Error::Poisoned(format!("fdatasync of {} failed: {e}", old.path.display())))?;
+        // Sealed segments are complete on disk, and cut to their used length, before a
+        // newer one exists, so recovery can treat damage in any segment but the last as
+        // corruption, not a torn tail.
+        old.file.set_len(old.offset).at(&old.path)?;
+        old.allocated = old.offset;
+        old.file.sync_all().map_err(|e| Error::Poisoned(format!("fsync of {} failed: {e}", old.path.display())))?;
         rolled.push(old);
     }
     let header = SegmentHeader {
@@ -388,7 +391,8 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
         key_ref: key_ref.map(str::to_string),
         wrapped_key,
     };
-    let (file, path, allocated) = segment::create(&log.dir, &header, PREALLOCATE_STEP_BYTES)?;
+    let step = PREALLOCATE_STEP_BYTES.min(log.options.segment_bytes_max);
+    let (file, path, allocated) = segment::create(&log.dir, &header, step)?;
     let header_len = segment::encode_header(&header).len() as u64;
     state.active = Some(Active {
         file,
@@ -400,6 +404,7 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
         key_ref: header.key_ref,
         key,
         pending: Vec::new(),
+        segment_bytes_max: log.options.segment_bytes_max,
         group_start: header_len,
         created_in_group: true,
         last_seq: state.next_seq - 1,
