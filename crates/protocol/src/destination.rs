@@ -1,0 +1,301 @@
+//! Destination configurations: which kinds exist, how a stored configuration is
+//! described (with the defaults Firehose fills in), and how an UpdateDestination
+//! merges into it. Configurations are kept as the validated JSON objects the client
+//! sent, so every member round-trips through Describe even before Sluice acts on it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Every destination kind of the Firehose API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestinationKind {
+    /// `ExtendedS3DestinationConfiguration`.
+    ExtendedS3,
+    /// `S3DestinationConfiguration` (deprecated by AWS, still accepted).
+    S3,
+    /// `HttpEndpointDestinationConfiguration`.
+    HttpEndpoint,
+    /// Not delivered by Sluice.
+    Redshift,
+    /// Not delivered by Sluice.
+    Elasticsearch,
+    /// Not delivered by Sluice.
+    Amazonopensearchservice,
+    /// Not delivered by Sluice.
+    AmazonOpenSearchServerless,
+    /// Not delivered by Sluice.
+    Splunk,
+    /// Not delivered by Sluice.
+    Snowflake,
+    /// Not delivered by Sluice.
+    Iceberg,
+}
+
+impl DestinationKind {
+    /// All kinds, in the order their members are checked.
+    pub const ALL: [DestinationKind; 10] = [
+        DestinationKind::ExtendedS3,
+        DestinationKind::S3,
+        DestinationKind::HttpEndpoint,
+        DestinationKind::Redshift,
+        DestinationKind::Elasticsearch,
+        DestinationKind::Amazonopensearchservice,
+        DestinationKind::AmazonOpenSearchServerless,
+        DestinationKind::Splunk,
+        DestinationKind::Snowflake,
+        DestinationKind::Iceberg,
+    ];
+
+    /// The name used in member names (`<name>DestinationConfiguration`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DestinationKind::ExtendedS3 => "ExtendedS3",
+            DestinationKind::S3 => "S3",
+            DestinationKind::HttpEndpoint => "HttpEndpoint",
+            DestinationKind::Redshift => "Redshift",
+            DestinationKind::Elasticsearch => "Elasticsearch",
+            DestinationKind::Amazonopensearchservice => "Amazonopensearchservice",
+            DestinationKind::AmazonOpenSearchServerless => "AmazonOpenSearchServerless",
+            DestinationKind::Splunk => "Splunk",
+            DestinationKind::Snowflake => "Snowflake",
+            DestinationKind::Iceberg => "Iceberg",
+        }
+    }
+
+    /// Whether Sluice delivers to this kind. Others are refused at creation rather
+    /// than accepted and silently dropped.
+    pub fn is_supported(self) -> bool {
+        matches!(self, DestinationKind::ExtendedS3 | DestinationKind::S3 | DestinationKind::HttpEndpoint)
+    }
+
+    pub(crate) fn config_member(self) -> String {
+        format!("{}DestinationConfiguration", self.name())
+    }
+
+    pub(crate) fn update_member(self) -> String {
+        format!("{}DestinationUpdate", self.name())
+    }
+}
+
+/// A stored destination: its kind and the configuration as accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Destination {
+    /// What kind of destination.
+    pub kind: DestinationKind,
+    /// The configuration object, validated against the model.
+    pub config: Map<String, Value>,
+}
+
+/// A validated `...DestinationUpdate` object from UpdateDestination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationUpdate {
+    /// The kind the update is for.
+    pub kind: DestinationKind,
+    pub(crate) update: Map<String, Value>,
+}
+
+/// A destination description ready to be serialised inside `Destinations`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DestinationDescription(Map<String, Value>);
+
+fn with_default(object: &mut Map<String, Value>, key: &str, default: Value) {
+    object.entry(key.to_string()).or_insert(default);
+}
+
+/// The `S3DestinationDescription` of a plain S3 configuration, defaults filled in.
+fn describe_s3(config: &Map<String, Value>) -> Map<String, Value> {
+    let mut d = Map::new();
+    for key in ["RoleARN", "BucketARN", "Prefix", "ErrorOutputPrefix", "BufferingHints", "CompressionFormat"] {
+        if let Some(v) = config.get(key) {
+            d.insert(key.into(), v.clone());
+        }
+    }
+    for key in ["EncryptionConfiguration", "CloudWatchLoggingOptions"] {
+        if let Some(v) = config.get(key) {
+            d.insert(key.into(), v.clone());
+        }
+    }
+    with_default(&mut d, "BufferingHints", json!({"SizeInMBs": 5, "IntervalInSeconds": 300}));
+    with_default(&mut d, "CompressionFormat", json!("UNCOMPRESSED"));
+    with_default(&mut d, "EncryptionConfiguration", json!({"NoEncryptionConfig": "NoEncryption"}));
+    with_default(&mut d, "CloudWatchLoggingOptions", json!({"Enabled": false}));
+    with_default(&mut d, "Prefix", json!(""));
+    d
+}
+
+impl Destination {
+    /// The description with Firehose's defaults filled in. An S3 or ExtendedS3
+    /// destination is described both ways, as Firehose does.
+    pub fn describe(&self, destination_id: &str) -> DestinationDescription {
+        let mut out = Map::new();
+        out.insert("DestinationId".into(), json!(destination_id));
+        match self.kind {
+            DestinationKind::ExtendedS3 | DestinationKind::S3 => {
+                let mut extended = self.config.clone();
+                if let Some(backup) = extended.remove("S3BackupConfiguration") {
+                    let backup = backup.as_object().map(describe_s3).unwrap_or_default();
+                    extended.insert("S3BackupDescription".into(), Value::Object(backup));
+                }
+                let s3 = describe_s3(&extended);
+                for (k, v) in &s3 {
+                    extended.entry(k.clone()).or_insert(v.clone());
+                }
+                with_default(&mut extended, "S3BackupMode", json!("Disabled"));
+                out.insert("S3DestinationDescription".into(), Value::Object(s3));
+                out.insert("ExtendedS3DestinationDescription".into(), Value::Object(extended));
+            }
+            DestinationKind::HttpEndpoint => {
+                let mut d = self.config.clone();
+                if let Some(Value::Object(endpoint)) = d.get_mut("EndpointConfiguration") {
+                    // The access key is a secret: Firehose never returns it.
+                    endpoint.remove("AccessKey");
+                }
+                if let Some(s3) = d.remove("S3Configuration") {
+                    let s3 = s3.as_object().map(describe_s3).unwrap_or_default();
+                    d.insert("S3DestinationDescription".into(), Value::Object(s3));
+                }
+                with_default(&mut d, "BufferingHints", json!({"SizeInMBs": 5, "IntervalInSeconds": 300}));
+                with_default(&mut d, "CloudWatchLoggingOptions", json!({"Enabled": false}));
+                with_default(&mut d, "RequestConfiguration", json!({"ContentEncoding": "NONE"}));
+                with_default(&mut d, "RetryOptions", json!({"DurationInSeconds": 300}));
+                with_default(&mut d, "S3BackupMode", json!("FailedDataOnly"));
+                out.insert("HttpEndpointDestinationDescription".into(), Value::Object(d));
+            }
+            other => {
+                out.insert(format!("{}DestinationDescription", other.name()), Value::Object(self.config.clone()));
+            }
+        }
+        DestinationDescription(out)
+    }
+
+    /// Applies an UpdateDestination. The same kind merges (members left out keep
+    /// their values; lists and `ProcessingConfiguration` are replaced whole); another
+    /// kind replaces the configuration, which must then be complete.
+    pub fn apply(&self, update: &DestinationUpdate) -> Result<Destination, ApiError> {
+        let renamed = rename_update_members(&update.update);
+        let same_kind = self.kind == update.kind
+            || matches!((self.kind, update.kind), (DestinationKind::S3, DestinationKind::ExtendedS3));
+        let config = if same_kind {
+            let mut merged = Value::Object(self.config.clone());
+            merge(&mut merged, &Value::Object(renamed));
+            match merged {
+                Value::Object(map) => map,
+                _ => unreachable!("merging objects yields an object"),
+            }
+        } else {
+            renamed
+        };
+        if self.config.get("S3BackupMode") == Some(&json!("Enabled"))
+            && config.get("S3BackupMode") == Some(&json!("Disabled"))
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgumentException,
+                "S3BackupMode cannot be changed from Enabled to Disabled.",
+            ));
+        }
+        let kind = if same_kind { self.kind.max_extended(update.kind) } else { update.kind };
+        let shape = format!("{}DestinationConfiguration", kind.name());
+        crate::model::validate_shape(&shape, &Value::Object(config.clone())).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidArgumentException,
+                format!("The updated destination is incomplete: {}", e.message),
+            )
+        })?;
+        Ok(Destination { kind, config })
+    }
+
+    /// `S3BackupMode` of the destination, as described.
+    pub fn s3_backup_mode(&self) -> Option<&str> {
+        self.config.get("S3BackupMode").and_then(Value::as_str)
+    }
+}
+
+impl DestinationKind {
+    /// An S3 destination updated through ExtendedS3DestinationUpdate becomes ExtendedS3.
+    fn max_extended(self, update: DestinationKind) -> DestinationKind {
+        if update == DestinationKind::ExtendedS3 {
+            DestinationKind::ExtendedS3
+        } else {
+            self
+        }
+    }
+}
+
+/// Update shapes name a few members differently from configuration shapes.
+fn rename_update_members(update: &Map<String, Value>) -> Map<String, Value> {
+    update
+        .iter()
+        .map(|(k, v)| {
+            let key = match k.as_str() {
+                "S3BackupUpdate" => "S3BackupConfiguration",
+                "S3Update" => "S3Configuration",
+                other => other,
+            };
+            (key.to_string(), v.clone())
+        })
+        .collect()
+}
+
+/// Deep merge of JSON objects; anything else (and `ProcessingConfiguration`) replaces.
+fn merge(target: &mut Value, update: &Value) {
+    match (target, update) {
+        (Value::Object(t), Value::Object(u)) => {
+            for (k, v) in u {
+                match t.get_mut(k) {
+                    Some(existing) if k != "ProcessingConfiguration" && existing.is_object() && v.is_object() => {
+                        merge(existing, v)
+                    }
+                    _ => {
+                        t.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (t, u) => *t = u.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3() -> Destination {
+        let config = json!({"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60}});
+        Destination { kind: DestinationKind::ExtendedS3, config: config.as_object().unwrap().clone() }
+    }
+
+    #[test]
+    fn describe_fills_in_defaults() {
+        let d = serde_json::to_value(s3().describe("destinationId-000000000001")).unwrap();
+        let e = &d["ExtendedS3DestinationDescription"];
+        assert_eq!(e["CompressionFormat"], "UNCOMPRESSED");
+        assert_eq!(e["S3BackupMode"], "Disabled");
+        assert_eq!(e["EncryptionConfiguration"]["NoEncryptionConfig"], "NoEncryption");
+        assert_eq!(e["BufferingHints"]["SizeInMBs"], 1);
+        assert_eq!(d["S3DestinationDescription"]["BucketARN"], "arn:aws:s3:::b");
+        assert_eq!(d["DestinationId"], "destinationId-000000000001");
+    }
+
+    #[test]
+    fn update_merges_same_kind() {
+        let update = DestinationUpdate {
+            kind: DestinationKind::ExtendedS3,
+            update: json!({"BufferingHints": {"IntervalInSeconds": 0}, "Prefix": "p/"}).as_object().unwrap().clone(),
+        };
+        let updated = s3().apply(&update).unwrap();
+        assert_eq!(updated.config["BufferingHints"], json!({"SizeInMBs": 1, "IntervalInSeconds": 0}));
+        assert_eq!(updated.config["Prefix"], "p/");
+        assert_eq!(updated.config["BucketARN"], "arn:aws:s3:::b");
+    }
+
+    #[test]
+    fn changing_kind_needs_a_complete_configuration() {
+        let update = DestinationUpdate {
+            kind: DestinationKind::HttpEndpoint,
+            update: json!({"BufferingHints": {"IntervalInSeconds": 0, "SizeInMBs": 1}}).as_object().unwrap().clone(),
+        };
+        assert_eq!(s3().apply(&update).unwrap_err().code, ErrorCode::InvalidArgumentException);
+    }
+}

@@ -1,0 +1,21 @@
+//! Firehose's published limits, in one place. Units are last in every name.
+
+/// Largest record, after base64 decoding (1,000 KiB).
+pub const RECORD_BYTES_MAX: usize = 1_024_000;
+/// Most records in one PutRecordBatch.
+pub const BATCH_RECORDS_MAX: usize = 500;
+/// Most record bytes (decoded) in one PutRecordBatch: 4 MiB.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest request body read. A full 4 MiB batch is about 5.6 MB once base64- and
+/// JSON-encoded; anything past this is refused before it is parsed.
+pub const REQUEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Tags one stream may carry.
+pub const TAGS_PER_STREAM_MAX: usize = 50;
+/// Start plus Stop encryption calls per stream in 24 hours.
+pub const ENCRYPTION_CHANGES_PER_DAY_MAX: usize = 25;
+/// Delivery streams per account and region.
+pub const STREAMS_PER_REGION_MAX: usize = 5_000;
+/// Default page size of ListDeliveryStreams.
+pub const LIST_STREAMS_LIMIT_DEFAULT: usize = 10;
+/// Default page size of ListTagsForDeliveryStream.
+pub const LIST_TAGS_LIMIT_DEFAULT: usize = 50;
