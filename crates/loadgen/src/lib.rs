@@ -1,1 +1,1 @@
-//! placeholder
+//! Load generator (placeholder until the benchmark lands).

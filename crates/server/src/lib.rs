@@ -1,1 +1,152 @@
-//! placeholder
+//! `sluice-server`: everything that does IO. It turns HTTP requests into typed
+//! operations (`api`), keeps stream definitions (`catalog`), stores records durably
+//! through the record log (`log`, backed by `sluice-wal`), holds encryption keys
+//! (`keys`) and exposes metrics (`metrics`).
+//!
+//! Layout, in the order a record travels:
+//!
+//! * [`api`]: the HTTP edge and one handler per operation;
+//! * [`catalog`]: streams by region and name, persisted atomically;
+//! * [`log`]: the narrow append / read / acknowledge interface to the record log;
+//! * [`keys`]: key-encryption keys for encryption at rest;
+//! * [`config`]: the config file and flags, validated up front;
+//! * [`metrics`]: Firehose's metric names in Prometheus form.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod keys;
+pub mod log;
+pub mod metrics;
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_wal::{Wal, WalOptions};
+
+use crate::api::AppState;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::keys::KeyRegistry;
+use crate::log::WalLog;
+
+/// Why the server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
+    /// The log could not be opened.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] sluice_wal::Error),
+    /// The catalog could not be read.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Storage failed while running; acknowledged data is safe, the process must stop.
+    #[error("stopped after a fatal storage failure: {0}")]
+    Fatal(String),
+}
+
+/// Opens the data directory, recovers the log and catalog, serves until `shutdown`
+/// resolves (or storage fails), then drains in-flight requests and stops.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data_dir)
+        .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
+    let options = WalOptions { segment_bytes_max: config.segment_bytes_max, ..WalOptions::default() };
+    let (wal, report) = Wal::open(&data_dir.join("wal"), options, keys.clone())?;
+    tracing::info!(
+        n_streams = report.n_streams,
+        n_records = report.n_records,
+        torn_tail_bytes = report.torn_tail_bytes,
+        n_quarantined = report.quarantined.len(),
+        "Recovered the write-ahead log."
+    );
+    let wal = Arc::new(wal);
+    let catalog = Catalog::open(&data_dir)?;
+    reconcile(&catalog, &wal)?;
+    let metrics = metrics::Metrics::install();
+    ::metrics::counter!("sluice_wal_quarantined_regions").absolute(report.quarantined.len() as u64);
+    ::metrics::counter!("sluice_wal_torn_tail_bytes").absolute(report.torn_tail_bytes);
+    let state =
+        Arc::new(AppState { config: config.clone(), catalog, log: Arc::new(WalLog(wal.clone())), keys, metrics });
+    let upkeep_state = state.clone();
+    let upkeep = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep_state.metrics.upkeep();
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { address: config.listen, source })?;
+    let address = listener.local_addr().map_err(|source| ServerError::Bind { address: config.listen, source })?;
+    println!("Sluice is serving the Firehose API at http://{address} (data in {})", data_dir.display());
+    println!(
+        "Try: AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws firehose list-delivery-streams --endpoint-url http://{address} --region {}",
+        config.region
+    );
+    tracing::info!(%address, "Listening.");
+
+    let mut fatal = wal.fatal();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => tracing::info!("Shutting down: no new connections; finishing requests in flight."),
+            _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
+        }
+    };
+    let served = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await;
+    upkeep.abort();
+    // Every answered put was already synced; this waits for the log's writers to
+    // answer anything still queued, so no request is left hanging.
+    wal.shutdown().await;
+    if let Err(reason) = state.log.health() {
+        return Err(ServerError::Fatal(reason));
+    }
+    served.map_err(|source| ServerError::Bind { address, source })?;
+    tracing::info!("Stopped cleanly.");
+    Ok(())
+}
+
+/// Makes the log and the catalog agree after a crash between their two writes: logs
+/// of streams the catalog does not name are removed, missing logs are created.
+fn reconcile(catalog: &Catalog, wal: &Wal) -> Result<(), ServerError> {
+    let known = catalog::by_id(&catalog.snapshot());
+    for id in wal.streams() {
+        if !known.contains_key(&id) {
+            tracing::warn!(
+                stream = id,
+                "Removing the log of a stream the catalog does not know (an interrupted create or delete)."
+            );
+            wal.delete_stream(id)?;
+        }
+    }
+    let existing: std::collections::HashSet<u64> = wal.streams().into_iter().collect();
+    for id in known.keys().filter(|id| !existing.contains(id)) {
+        wal.create_stream(*id)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! CreateDeliveryStream: validates what Firehose validates beyond the model, creates
+//! the stream's log, then records the stream in the catalog as `CREATING`.
+
+use std::sync::Arc;
+
+use sluice_protocol::dto::{CreateDeliveryStreamInput, CreateDeliveryStreamOutput, EncryptionInput};
+use sluice_protocol::limits::STREAMS_PER_REGION_MAX;
+use sluice_protocol::{ApiError, ErrorCode};
+
+use super::{kms_error, log_failure, ok, AppState, Reply, RequestContext};
+use crate::catalog::{count_in_region, EncryptionState, StreamRecord};
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgumentException, message)
+}
+
+/// Checks an encryption request and returns `(key_type, key_arn)`.
+pub(super) fn check_encryption(
+    state: &AppState,
+    input: &EncryptionInput,
+) -> Result<(String, Option<String>), ApiError> {
+    match (input.key_type.as_str(), &input.key_arn) {
+        ("AWS_OWNED_CMK", Some(_)) => Err(invalid("KeyARN must not be specified when KeyType is AWS_OWNED_CMK.")),
+        ("AWS_OWNED_CMK", None) => Ok((input.key_type.clone(), None)),
+        ("CUSTOMER_MANAGED_CMK", None) => {
+            Err(invalid("KeyARN must be specified when KeyType is CUSTOMER_MANAGED_CMK."))
+        }
+        ("CUSTOMER_MANAGED_CMK", Some(arn)) => {
+            state.keys.check(arn).map_err(|reason| kms_error(arn, &reason))?;
+            Ok((input.key_type.clone(), Some(arn.clone())))
+        }
+        (other, _) => Err(invalid(format!("Unsupported KeyType {other}."))),
+    }
+}
+
+pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDeliveryStreamInput) -> Reply {
+    if input.stream_type != "DirectPut" {
+        return Err(invalid(format!(
+            "Sluice does not support the source type {}; only DirectPut delivery streams can be created.",
+            input.stream_type
+        )));
+    }
+    if let Some(source) = input.other_sources.first() {
+        return Err(invalid(format!("{source} is not supported for a DirectPut delivery stream.")));
+    }
+    let [destination] = &input.destinations[..] else {
+        return Err(invalid("Exactly one destination configuration is supported for a Firehose"));
+    };
+    if !destination.kind.is_supported() {
+        return Err(invalid(format!(
+            "Sluice does not deliver to {} destinations ({}); supported: ExtendedS3, S3, HttpEndpoint.",
+            destination.kind.name(),
+            sluice_protocol::dto::destination_member(destination.kind)
+        )));
+    }
+    let encryption = match &input.encryption {
+        Some(requested) => {
+            let (key_type, key_arn) = check_encryption(state, requested)?;
+            EncryptionState {
+                enabled: true,
+                key_type: Some(key_type),
+                key_arn,
+                changed_at_ms: 0,
+                changes_ms: Vec::new(),
+            }
+        }
+        None => EncryptionState::default(),
+    };
+    let account = state.config.account_id.clone();
+    let key = (ctx.region.clone(), input.name.clone());
+    let arn = state.arn(&ctx.region, &input.name);
+    state.update_catalog(|catalog| {
+        if catalog.streams.contains_key(&key) {
+            let message = format!("Firehose {} under account {account} already exists.", input.name);
+            return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
+        }
+        if count_in_region(catalog, &ctx.region) >= STREAMS_PER_REGION_MAX {
+            let message = format!("You have already consumed your firehose quota of {STREAMS_PER_REGION_MAX} hoses.");
+            return Err(ApiError::new(ErrorCode::LimitExceededException, message));
+        }
+        let id = catalog.next_stream_id;
+        catalog.next_stream_id += 1;
+        // The log exists before the catalog names the stream; an orphan log left by a
+        // crash in between is removed at startup.
+        state.log.create_stream(id).map_err(log_failure)?;
+        let record = StreamRecord {
+            id,
+            region: ctx.region.clone(),
+            name: input.name.clone(),
+            stream_type: input.stream_type.clone(),
+            created_ms: ctx.now_ms,
+            active_at_ms: ctx.now_ms + state.config.transition_ms,
+            last_update_ms: None,
+            version_id: 1,
+            destination_id: "destinationId-000000000001".into(),
+            destination: destination.clone(),
+            throughput_hint_mbs: input.throughput_hint_mbs,
+            tags: input.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
+            encryption,
+        };
+        catalog.streams.insert(key.clone(), Arc::new(record));
+        Ok(())
+    })?;
+    ok(&CreateDeliveryStreamOutput { arn })
+}

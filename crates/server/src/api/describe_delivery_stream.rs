@@ -1,0 +1,40 @@
+//! DescribeDeliveryStream: the stream as Firehose describes it, defaults filled in.
+
+use sluice_protocol::dto::{
+    DeliveryStreamDescription, DescribeDeliveryStreamInput, DescribeDeliveryStreamOutput, EncryptionDescription,
+};
+
+use super::{ok, AppState, Reply, RequestContext};
+use crate::catalog::StreamRecord;
+
+pub(super) fn encryption_description(state: &AppState, stream: &StreamRecord, now_ms: u64) -> EncryptionDescription {
+    let e = &stream.encryption;
+    EncryptionDescription {
+        key_arn: e.key_arn.clone().filter(|_| e.key_type.as_deref() == Some("CUSTOMER_MANAGED_CMK")),
+        key_type: e.key_type.clone(),
+        status: e.status(now_ms, state.config.transition_ms).to_string(),
+    }
+}
+
+pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DescribeDeliveryStreamInput) -> Reply {
+    let stream = state.stream(ctx, &input.name)?;
+    let seconds = |ms: u64| ms as f64 / 1000.0;
+    let skip = input.exclusive_start_destination_id.as_deref() == Some(stream.destination_id.as_str());
+    let destinations = if skip { vec![] } else { vec![stream.destination.describe(&stream.destination_id)] };
+    let description = DeliveryStreamDescription {
+        delivery_stream_name: stream.name.clone(),
+        delivery_stream_arn: state.arn(&stream.region, &stream.name),
+        delivery_stream_status: stream.status(ctx.now_ms).to_string(),
+        delivery_stream_encryption_configuration: encryption_description(state, &stream, ctx.now_ms),
+        delivery_stream_type: stream.stream_type.clone(),
+        version_id: stream.version_id.to_string(),
+        create_timestamp: seconds(stream.created_ms),
+        last_update_timestamp: stream.last_update_ms.map(seconds),
+        source: stream
+            .throughput_hint_mbs
+            .map(|hint| serde_json::json!({"DirectPutSourceDescription": {"ThroughputHintInMBs": hint}})),
+        destinations,
+        has_more_destinations: false,
+    };
+    ok(&DescribeDeliveryStreamOutput { description })
+}

@@ -1,0 +1,46 @@
+//! The path both puts share: find the stream, decide encryption, append to the log
+//! and wait for durability. Nothing here answers the client before the log has
+//! confirmed the records are on disk.
+
+use std::sync::Arc;
+
+use sluice_protocol::{ApiError, ErrorCode};
+
+use super::{kms_error, log_failure, AppState, RequestContext};
+use crate::catalog::StreamRecord;
+use crate::log::{Appended, Encryption, LogError};
+
+/// Appends `records` to stream `name`; resolves once they are durable.
+pub(super) async fn ingest(
+    state: &AppState,
+    ctx: &RequestContext,
+    name: &str,
+    records: Vec<Vec<u8>>,
+) -> Result<(Arc<StreamRecord>, Appended), ApiError> {
+    let stream = state.stream(ctx, name)?;
+    let status = stream.status(ctx.now_ms);
+    if status != "ACTIVE" {
+        let account = &state.config.account_id;
+        let message = format!("Firehose {name} under account {account} is not ACTIVE (status {status}).");
+        return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
+    }
+    let encryption = match stream.encryption.key_ref() {
+        Some(key_ref) => {
+            state.keys.check(&key_ref).map_err(|reason| kms_error(&key_ref, &reason))?;
+            Encryption::Key(key_ref)
+        }
+        None => Encryption::None,
+    };
+    match state.log.append(stream.id, records, encryption).await {
+        Ok(appended) => Ok((stream, appended)),
+        // Deleted between the lookup and the append.
+        Err(LogError::UnknownStream(_)) => Err(ApiError::stream_not_found(name, &state.config.account_id)),
+        Err(e) => Err(log_failure(e)),
+    }
+}
+
+/// An opaque, stable record id that names the stream's log and the record's
+/// sequence number in it: 16 hex digits each.
+pub(super) fn record_id(stream_id: u64, seq: u64) -> String {
+    format!("{stream_id:016x}{seq:016x}")
+}

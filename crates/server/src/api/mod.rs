@@ -1,0 +1,244 @@
+//! The HTTP edge: one `POST /` route for the Firehose API (AWS JSON 1.1), plus
+//! `GET /health` and `GET /metrics`. It reads the body within its limit, parses it
+//! into a typed [`Operation`], dispatches to the operation's handler (one file
+//! each), and turns the result or [`ApiError`] into the response. Handlers never see
+//! headers or JSON; the error-to-status mapping lives in `sluice_protocol`.
+
+mod create_delivery_stream;
+mod delete_delivery_stream;
+mod describe_delivery_stream;
+mod ingest;
+mod list_delivery_streams;
+mod list_tags_for_delivery_stream;
+mod put_record;
+mod put_record_batch;
+mod start_delivery_stream_encryption;
+mod stop_delivery_stream_encryption;
+mod tag_delivery_stream;
+mod untag_delivery_stream;
+mod update_destination;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use sluice_protocol::limits::REQUEST_BODY_BYTES_MAX;
+use sluice_protocol::{ApiError, ErrorCode, Operation};
+
+use crate::catalog::{Catalog, CatalogError, StreamRecord};
+use crate::config::Config;
+use crate::keys::KeyRegistry;
+use crate::log::{LogError, RecordLog};
+use crate::metrics::Metrics;
+
+/// Everything a handler may use.
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Config,
+    /// Stream definitions.
+    pub catalog: Catalog,
+    /// Where records go.
+    pub log: Arc<dyn RecordLog>,
+    /// Encryption keys.
+    pub keys: Arc<KeyRegistry>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Facts about the request that handlers need, taken from headers at the edge.
+pub(crate) struct RequestContext {
+    /// From the SigV4 credential scope, else the configured default.
+    pub(crate) region: String,
+    /// Unix milliseconds when the request arrived.
+    pub(crate) now_ms: u64,
+}
+
+/// A handler's successful answer: the JSON body.
+pub(crate) type Reply = Result<Vec<u8>, ApiError>;
+
+pub(crate) fn ok<T: Serialize>(output: &T) -> Reply {
+    Ok(serde_json::to_vec(output).expect("outputs always serialise"))
+}
+
+/// The router of the whole server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", post(firehose))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl AppState {
+    pub(crate) fn arn(&self, region: &str, name: &str) -> String {
+        format!("arn:aws:firehose:{region}:{}:deliverystream/{name}", self.config.account_id)
+    }
+
+    /// The stream, or Firehose's `ResourceNotFoundException`.
+    pub(crate) fn stream(&self, ctx: &RequestContext, name: &str) -> Result<Arc<StreamRecord>, ApiError> {
+        self.catalog.get(&ctx.region, name).ok_or_else(|| ApiError::stream_not_found(name, &self.config.account_id))
+    }
+
+    /// Applies a catalog change; the file write and fsync run off the async workers.
+    pub(crate) fn update_catalog<R>(
+        &self,
+        change: impl FnOnce(&mut crate::catalog::CatalogState) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        tokio::task::block_in_place(|| self.catalog.update(change))
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(error: CatalogError) -> ApiError {
+        tracing::error!(%error, "Catalog write failed.");
+        ApiError::new(ErrorCode::ServiceUnavailableException, "The catalog could not be saved; try again later.")
+    }
+}
+
+/// Maps a log failure to what the client sees. Internal details are logged, not sent.
+pub(crate) fn log_failure(error: LogError) -> ApiError {
+    match error {
+        LogError::Key { key_ref, reason } => crate::api::kms_error(&key_ref, &reason),
+        other => {
+            tracing::error!(error = %other, "Record log refused a write.");
+            ApiError::new(
+                ErrorCode::ServiceUnavailableException,
+                "Records could not be stored durably; try again later.",
+            )
+        }
+    }
+}
+
+/// `InvalidKMSResourceException` for a key that cannot be used.
+pub(crate) fn kms_error(key_ref: &str, reason: &sluice_wal::KeyError) -> ApiError {
+    let (code, message) = match reason {
+        sluice_wal::KeyError::Disabled => ("KMS.DisabledException", format!("KMS key {key_ref} is disabled.")),
+        _ => ("KMS.NotFoundException", format!("KMS key {key_ref} was not found.")),
+    };
+    ApiError::new(ErrorCode::InvalidKMSResourceException, message).with_detail_code(code)
+}
+
+/// The region in `Authorization: AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request, ...`.
+fn region_from_authorization(value: &str) -> Option<&str> {
+    let credential = value.split("Credential=").nth(1)?;
+    let scope = credential.split([',', ' ']).next()?;
+    let mut parts = scope.split('/');
+    let region = parts.nth(2)?;
+    (!region.is_empty() && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(region)
+}
+
+async fn firehose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let started = Instant::now();
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        let e = ApiError::new(
+            ErrorCode::SerializationException,
+            format!("The request body exceeds the limit of {REQUEST_BODY_BYTES_MAX} bytes."),
+        );
+        respond(&request_id, StatusCode::PAYLOAD_TOO_LARGE, Some(e.code.as_str()), e.body())
+    };
+    if declared.is_some_and(|n| n > REQUEST_BODY_BYTES_MAX) {
+        return too_large();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await else {
+        return too_large();
+    };
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    let region = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(region_from_authorization)
+        .unwrap_or(&state.config.region)
+        .to_string();
+    let ctx = RequestContext { region, now_ms: now_ms() };
+    let result = match Operation::parse(target, &bytes) {
+        Ok(operation) => dispatch(&state, &ctx, operation, started).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(body) => respond(&request_id, StatusCode::OK, None, body),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.code.status()).expect("valid status");
+            respond(&request_id, status, Some(e.code.as_str()), e.body())
+        }
+    }
+}
+
+async fn dispatch(state: &AppState, ctx: &RequestContext, operation: Operation, started: Instant) -> Reply {
+    let name = operation.name();
+    let stream_name = match &operation {
+        Operation::DescribeDeliveryStream(i) => Some(i.name.clone()),
+        Operation::UpdateDestination(i) => Some(i.name.clone()),
+        _ => None,
+    };
+    let reply = match operation {
+        Operation::PutRecord(input) => return put_record::handle(state, ctx, input, started).await,
+        Operation::PutRecordBatch(input) => return put_record_batch::handle(state, ctx, input, started).await,
+        Operation::CreateDeliveryStream(input) => create_delivery_stream::handle(state, ctx, input),
+        Operation::DeleteDeliveryStream(input) => delete_delivery_stream::handle(state, ctx, input),
+        Operation::DescribeDeliveryStream(input) => describe_delivery_stream::handle(state, ctx, input),
+        Operation::ListDeliveryStreams(input) => list_delivery_streams::handle(state, ctx, input),
+        Operation::ListTagsForDeliveryStream(input) => list_tags_for_delivery_stream::handle(state, ctx, input),
+        Operation::StartDeliveryStreamEncryption(input) => start_delivery_stream_encryption::handle(state, ctx, input),
+        Operation::StopDeliveryStreamEncryption(input) => stop_delivery_stream_encryption::handle(state, ctx, input),
+        Operation::TagDeliveryStream(input) => tag_delivery_stream::handle(state, ctx, input),
+        Operation::UntagDeliveryStream(input) => untag_delivery_stream::handle(state, ctx, input),
+        Operation::UpdateDestination(input) => update_destination::handle(state, ctx, input),
+    };
+    state.metrics.control_plane(name, stream_name.as_deref(), started.elapsed().as_secs_f64() * 1000.0);
+    reply
+}
+
+fn respond(request_id: &str, status: StatusCode, error_type: Option<&str>, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"));
+    headers.insert("x-amzn-RequestId", HeaderValue::from_str(request_id).expect("uuid is a valid header"));
+    if let Some(kind) = error_type {
+        headers.insert("X-Amzn-ErrorType", HeaderValue::from_str(kind).expect("error types are ASCII"));
+    }
+    response
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    match state.log.health() {
+        Ok(()) => respond(&request_id, StatusCode::OK, None, br#"{"status":"ok"}"#.to_vec()),
+        Err(reason) => {
+            let body = serde_json::to_vec(&serde_json::json!({"status": "failed", "reason": reason})).expect("json");
+            respond(&request_id, StatusCode::SERVICE_UNAVAILABLE, None, body)
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response
+        .headers_mut()
+        .insert("x-amzn-RequestId", HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn region_is_read_from_the_credential_scope() {
+        let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-west-2/firehose/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc";
+        assert_eq!(super::region_from_authorization(auth), Some("us-west-2"));
+        assert_eq!(super::region_from_authorization("Bearer x"), None);
+        assert_eq!(super::region_from_authorization("Credential=A/B//firehose"), None);
+    }
+}

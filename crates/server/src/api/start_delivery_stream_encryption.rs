@@ -1,0 +1,64 @@
+//! StartDeliveryStreamEncryption: turns on (or re-keys) encryption at rest. Records
+//! are written encrypted from this call on; the status reads `ENABLING` for the
+//! configured transition time, then `ENABLED`.
+
+use std::sync::Arc;
+
+use sluice_protocol::dto::{Empty, EncryptionInput, StartDeliveryStreamEncryptionInput};
+use sluice_protocol::limits::ENCRYPTION_CHANGES_PER_DAY_MAX;
+use sluice_protocol::{ApiError, ErrorCode};
+
+use super::create_delivery_stream::check_encryption;
+use super::{ok, AppState, Reply, RequestContext};
+use crate::catalog::StreamRecord;
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Checks that encryption can change now: the stream is ACTIVE, no change is in
+/// progress, and fewer than 25 changes happened in the last 24 hours.
+pub(super) fn check_can_change(
+    state: &AppState,
+    ctx: &RequestContext,
+    stream: &StreamRecord,
+) -> Result<Vec<u64>, ApiError> {
+    let status = stream.encryption.status(ctx.now_ms, state.config.transition_ms);
+    if stream.status(ctx.now_ms) != "ACTIVE" || status.ends_with("ING") {
+        let message = format!(
+            "Firehose {} under account {} cannot change encryption while its status is {} and its encryption status is {status}.",
+            stream.name,
+            state.config.account_id,
+            stream.status(ctx.now_ms)
+        );
+        return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
+    }
+    let recent: Vec<u64> = stream.encryption.changes_ms.iter().copied().filter(|t| t + DAY_MS > ctx.now_ms).collect();
+    if recent.len() >= ENCRYPTION_CHANGES_PER_DAY_MAX {
+        let message = format!(
+            "Firehose {} has reached the limit of {ENCRYPTION_CHANGES_PER_DAY_MAX} StartDeliveryStreamEncryption and StopDeliveryStreamEncryption calls in 24 hours.",
+            stream.name
+        );
+        return Err(ApiError::new(ErrorCode::LimitExceededException, message));
+    }
+    Ok(recent)
+}
+
+pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: StartDeliveryStreamEncryptionInput) -> Reply {
+    let requested = input.encryption.unwrap_or(EncryptionInput { key_type: "AWS_OWNED_CMK".into(), key_arn: None });
+    let (key_type, key_arn) = check_encryption(state, &requested)?;
+    let account = state.config.account_id.clone();
+    state.update_catalog(|catalog| {
+        let key = (ctx.region.clone(), input.name.clone());
+        let current = catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(&input.name, &account))?;
+        let mut recent = check_can_change(state, ctx, current)?;
+        recent.push(ctx.now_ms);
+        let mut stream = (**current).clone();
+        stream.encryption.enabled = true;
+        stream.encryption.key_type = Some(key_type);
+        stream.encryption.key_arn = key_arn;
+        stream.encryption.changed_at_ms = ctx.now_ms;
+        stream.encryption.changes_ms = recent;
+        catalog.streams.insert(key, Arc::new(stream));
+        Ok(())
+    })?;
+    ok(&Empty {})
+}

@@ -1,0 +1,223 @@
+//! The stream catalog: every delivery stream's definition, tags, version and
+//! encryption state, keyed by region and name. Control-plane handlers change it;
+//! the put path only looks streams up. Persisted atomically to `catalog.json` after
+//! every change, so a stream that was created is never forgotten.
+//!
+//! Transitional states are derived from time rather than driven by timers: a stream
+//! is `CREATING` until `active_at_ms`, and encryption is `ENABLING`/`DISABLING` until
+//! `changed_at_ms + transition_ms`. Nothing needs to run for a state to advance, and a
+//! restart cannot leave a stream stuck half-way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sluice_protocol::destination::Destination;
+
+/// Version of the `catalog.json` format.
+const CATALOG_FORMAT_VERSION: u32 = 1;
+const CATALOG_FILE: &str = "catalog.json";
+
+/// A stream's encryption at rest, as last requested.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EncryptionState {
+    /// Whether encryption is on (or turning on).
+    pub enabled: bool,
+    /// `AWS_OWNED_CMK` or `CUSTOMER_MANAGED_CMK`; kept after Stop, as Firehose does.
+    pub key_type: Option<String>,
+    /// The KMS key ARN for `CUSTOMER_MANAGED_CMK`.
+    pub key_arn: Option<String>,
+    /// When the last Start or Stop happened (Unix ms); 0 if never.
+    pub changed_at_ms: u64,
+    /// Times of Start and Stop calls in the last 24 hours, for the 25-per-day limit.
+    pub changes_ms: Vec<u64>,
+}
+
+impl EncryptionState {
+    /// The key reference records are written under, when encrypted.
+    pub fn key_ref(&self) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        match self.key_type.as_deref() {
+            Some("CUSTOMER_MANAGED_CMK") => self.key_arn.clone(),
+            _ => Some(crate::keys::AWS_OWNED_KEY_REF.to_string()),
+        }
+    }
+
+    /// `ENABLED`, `ENABLING`, `DISABLED` or `DISABLING` at `now_ms`.
+    pub fn status(&self, now_ms: u64, transition_ms: u64) -> &'static str {
+        let settled = self.changed_at_ms == 0 || now_ms >= self.changed_at_ms + transition_ms;
+        match (self.enabled, settled) {
+            (true, true) => "ENABLED",
+            (true, false) => "ENABLING",
+            (false, true) => "DISABLED",
+            (false, false) => "DISABLING",
+        }
+    }
+}
+
+/// One delivery stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// Identity in the log; never reused, so a re-created name gets a new log.
+    pub id: u64,
+    /// Region it lives in.
+    pub region: String,
+    /// Name.
+    pub name: String,
+    /// `DirectPut`.
+    pub stream_type: String,
+    /// Creation time, Unix ms.
+    pub created_ms: u64,
+    /// The stream is `CREATING` before this time and `ACTIVE` from it.
+    pub active_at_ms: u64,
+    /// Last UpdateDestination, Unix ms.
+    pub last_update_ms: Option<u64>,
+    /// `VersionId`, from 1, plus one per UpdateDestination.
+    pub version_id: u64,
+    /// `destinationId-000000000001`.
+    pub destination_id: String,
+    /// The destination.
+    pub destination: Destination,
+    /// `DirectPutSourceConfiguration.ThroughputHintInMBs`, if given.
+    pub throughput_hint_mbs: Option<i64>,
+    /// Tags, sorted by key.
+    pub tags: BTreeMap<String, Option<String>>,
+    /// Encryption at rest.
+    pub encryption: EncryptionState,
+}
+
+impl StreamRecord {
+    /// `CREATING` or `ACTIVE` at `now_ms`.
+    pub fn status(&self, now_ms: u64) -> &'static str {
+        if now_ms < self.active_at_ms {
+            "CREATING"
+        } else {
+            "ACTIVE"
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CatalogFile {
+    format_version: u32,
+    next_stream_id: u64,
+    streams: Vec<StreamRecord>,
+}
+
+/// The streams of every region.
+#[derive(Debug, Default, Clone)]
+pub struct CatalogState {
+    /// The id the next created stream gets.
+    pub next_stream_id: u64,
+    /// Streams by `(region, name)`; ordered, so listing is alphabetical.
+    pub streams: BTreeMap<(String, String), Arc<StreamRecord>>,
+}
+
+/// The catalog and its file.
+pub struct Catalog {
+    dir: PathBuf,
+    state: RwLock<CatalogState>,
+}
+
+/// The catalog could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Reading or writing failed.
+    #[error("catalog {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a catalog this build understands.
+    #[error("catalog {path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Catalog {
+    /// Loads `catalog.json` from `dir`, or starts empty.
+    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = dir.join(CATALOG_FILE);
+        let file = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<CatalogFile>(&bytes)
+                .map_err(|e| CatalogError::Format { path: path.clone(), reason: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                CatalogFile { next_stream_id: 1, ..Default::default() }
+            }
+            Err(source) => return Err(CatalogError::Io { path, source }),
+        };
+        if file.format_version > CATALOG_FORMAT_VERSION {
+            return Err(CatalogError::Format {
+                path,
+                reason: format!("format version {} is newer than this build", file.format_version),
+            });
+        }
+        let streams = file.streams.into_iter().map(|s| ((s.region.clone(), s.name.clone()), Arc::new(s))).collect();
+        let state = CatalogState { next_stream_id: file.next_stream_id.max(1), streams };
+        Ok(Catalog { dir: dir.to_path_buf(), state: RwLock::new(state) })
+    }
+
+    /// The stream named `name` in `region`.
+    pub fn get(&self, region: &str, name: &str) -> Option<Arc<StreamRecord>> {
+        let state = self.state.read().expect("lock");
+        state.streams.get(&(region.to_string(), name.to_string())).cloned()
+    }
+
+    /// A snapshot of every stream.
+    pub fn snapshot(&self) -> CatalogState {
+        self.state.read().expect("lock").clone()
+    }
+
+    /// Applies `change` and persists the result; on any error nothing changes.
+    /// Blocking (it fsyncs): call it from a blocking context.
+    pub fn update<R, E: From<CatalogError>>(
+        &self,
+        change: impl FnOnce(&mut CatalogState) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut state = self.state.write().expect("lock");
+        let mut next = state.clone();
+        let result = change(&mut next)?;
+        self.persist(&next)?;
+        *state = next;
+        Ok(result)
+    }
+
+    /// Writes the catalog durably: temp file, fsync, rename, fsync the directory.
+    fn persist(&self, state: &CatalogState) -> Result<(), CatalogError> {
+        let file = CatalogFile {
+            format_version: CATALOG_FORMAT_VERSION,
+            next_stream_id: state.next_stream_id,
+            streams: state.streams.values().map(|s| (**s).clone()).collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).expect("the catalog always serialises");
+        let path = self.dir.join(CATALOG_FILE);
+        let tmp = self.dir.join("catalog.json.tmp");
+        let io = |source| CatalogError::Io { path: path.clone(), source };
+        let mut out = fs::File::create(&tmp).map_err(io)?;
+        out.write_all(&bytes).map_err(io)?;
+        out.sync_all().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
+    }
+}
+
+/// Streams per region, for the quota check.
+pub fn count_in_region(state: &CatalogState, region: &str) -> usize {
+    state.streams.keys().filter(|(r, _)| r == region).count()
+}
+
+/// A map from stream id to record, for recovery-time checks.
+pub fn by_id(state: &CatalogState) -> HashMap<u64, Arc<StreamRecord>> {
+    state.streams.values().map(|s| (s.id, s.clone())).collect()
+}

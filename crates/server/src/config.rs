@@ -1,0 +1,141 @@
+//! Configuration: the TOML file and command-line flags, merged and validated into
+//! [`Config`] before anything starts. Every field says its unit and default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The config file as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on. Default `127.0.0.1:4573`.
+    pub listen: Option<SocketAddr>,
+    /// Directory for the catalog, the log and keys. Default `./sluice-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Region used when a request does not name one in its SigV4 scope. Default `us-east-1`.
+    pub region: Option<String>,
+    /// The 12-digit account id in ARNs and messages. Default `000000000000`.
+    pub account_id: Option<String>,
+    /// How long a new stream stays `CREATING`, and encryption `ENABLING`/`DISABLING`,
+    /// in milliseconds. Default 250.
+    pub transition_ms: Option<u64>,
+    /// Write-ahead log sizes.
+    #[serde(default)]
+    pub wal: RawWalConfig,
+    /// Encryption at rest.
+    #[serde(default)]
+    pub encryption: RawEncryptionConfig,
+}
+
+/// `[wal]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWalConfig {
+    /// Segment size in MiB. Default 64.
+    pub segment_mib_max: Option<u64>,
+}
+
+/// `[encryption]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryptionConfig {
+    /// File holding the master key used for `AWS_OWNED_CMK` (32 bytes, hex). Default
+    /// `<data_dir>/master.key`, generated at first start with owner-only permissions.
+    pub master_key_file: Option<PathBuf>,
+    /// Customer managed keys, addressed by their KMS key ARN.
+    #[serde(default)]
+    pub keys: Vec<RawKmsKey>,
+}
+
+/// `[[encryption.keys]]`: a local stand-in for a KMS key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKmsKey {
+    /// The ARN clients pass as `KeyARN`.
+    pub arn: String,
+    /// 32 bytes as 64 hex digits.
+    pub key_hex: Option<String>,
+    /// Or a file holding them.
+    pub key_file: Option<PathBuf>,
+    /// A disabled key wraps no new data keys but still unwraps old ones. Default true.
+    pub enabled: Option<bool>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Default region.
+    pub region: String,
+    /// Account id.
+    pub account_id: String,
+    /// Duration of CREATING / ENABLING / DISABLING.
+    pub transition_ms: u64,
+    /// Segment size.
+    pub segment_bytes_max: u64,
+    /// Master key file.
+    pub master_key_file: PathBuf,
+    /// Customer managed keys.
+    pub kms_keys: Vec<RawKmsKey>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RawConfig {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// Validates, filling in defaults. `listen` and `data_dir` from the command line
+    /// or the environment win over the file.
+    pub fn into_config(self, listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let data_dir = data_dir.or(self.data_dir).unwrap_or_else(|| PathBuf::from("./sluice-data"));
+        let account_id = self.account_id.unwrap_or_else(|| "000000000000".into());
+        if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::Invalid(format!("account_id must be 12 digits, got {account_id:?}")));
+        }
+        let segment_mib = self.wal.segment_mib_max.unwrap_or(64);
+        if !(1..=1024).contains(&segment_mib) {
+            return Err(ConfigError::Invalid(format!("wal.segment_mib_max must be 1..=1024, got {segment_mib}")));
+        }
+        Ok(Config {
+            listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:4573".parse().expect("valid address")),
+            master_key_file: self.encryption.master_key_file.unwrap_or_else(|| data_dir.join("master.key")),
+            data_dir,
+            region: self.region.unwrap_or_else(|| "us-east-1".into()),
+            account_id,
+            transition_ms: self.transition_ms.unwrap_or(250),
+            segment_bytes_max: segment_mib << 20,
+            kms_keys: self.encryption.keys,
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! The `sluice` binary: parses the command line, sets up logging, and runs the
+//! server (or a maintenance command). The only place `anyhow` is used.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use sluice_server::catalog::Catalog;
+use sluice_server::config::RawConfig;
+use sluice_server::keys::KeyRegistry;
+
+/// A self-hosted server that speaks the Amazon Data Firehose API.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Firehose API (the default).
+    Serve(ServeArgs),
+    /// Print a stream's records still held in the log, as JSON lines. Run it while
+    /// the server is stopped: opening the log runs recovery.
+    Dump(DumpArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:4573].
+    #[arg(long, env = "SLUICE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the catalog, the log and keys [default: ./sluice-data].
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Region of the stream [default: the configured region].
+    #[arg(long)]
+    region: Option<String>,
+    /// The delivery stream's name.
+    stream: String,
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config> {
+    let raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    Ok(raw.into_config(args.listen, args.data_dir.clone())?)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the Tokio runtime")?;
+    match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Dump(args)) => runtime.block_on(dump(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    sluice_server::run(config, shutdown_signal()).await.context("sluice stopped with an error")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn dump(args: DumpArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.serve)?;
+    let region = args.region.unwrap_or(config.region.clone());
+    let catalog = Catalog::open(&config.data_dir)?;
+    let stream =
+        catalog.get(&region, &args.stream).with_context(|| format!("no stream {} in region {region}", args.stream))?;
+    let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
+    let (wal, _) = sluice_wal::Wal::open(&config.data_dir.join("wal"), sluice_wal::WalOptions::default(), keys)?;
+    let mut reader = wal.reader(stream.id, 1)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let records = reader.read(10_000, 64 << 20)?;
+        if records.is_empty() {
+            break;
+        }
+        for r in records {
+            let line = serde_json::json!({
+                "seq": r.seq,
+                "arrival_ms": r.arrival_ms,
+                "encrypted": r.encrypted,
+                "data": base64::engine::general_purpose::STANDARD.encode(&r.data),
+            });
+            std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
+        }
+    }
+    std::io::Write::flush(&mut out)?;
+    wal.shutdown().await;
+    Ok(())
+}

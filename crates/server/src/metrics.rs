@@ -1,0 +1,98 @@
+//! Metrics with Firehose's CloudWatch names (dots become underscores in the
+//! Prometheus text served at `GET /metrics`), labelled by `DeliveryStreamName`.
+//! Handles are created once per stream so the put path does no label allocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The ingest metrics of one stream.
+pub struct StreamMetrics {
+    /// `IncomingBytes`.
+    pub incoming_bytes: Counter,
+    /// `IncomingRecords`.
+    pub incoming_records: Counter,
+    /// `IncomingPutRequests`.
+    pub incoming_put_requests: Counter,
+    /// `PutRecord.Bytes`.
+    pub put_record_bytes: Counter,
+    /// `PutRecord.Requests`.
+    pub put_record_requests: Counter,
+    /// `PutRecord.Latency`, milliseconds.
+    pub put_record_latency: Histogram,
+    /// `PutRecordBatch.Bytes`.
+    pub put_record_batch_bytes: Counter,
+    /// `PutRecordBatch.Records`.
+    pub put_record_batch_records: Counter,
+    /// `PutRecordBatch.Requests`.
+    pub put_record_batch_requests: Counter,
+    /// `PutRecordBatch.Latency`, milliseconds.
+    pub put_record_batch_latency: Histogram,
+}
+
+impl StreamMetrics {
+    fn new(name: &str) -> StreamMetrics {
+        let label = || [("DeliveryStreamName", name.to_string())];
+        StreamMetrics {
+            incoming_bytes: metrics::counter!("IncomingBytes", &label()),
+            incoming_records: metrics::counter!("IncomingRecords", &label()),
+            incoming_put_requests: metrics::counter!("IncomingPutRequests", &label()),
+            put_record_bytes: metrics::counter!("PutRecord.Bytes", &label()),
+            put_record_requests: metrics::counter!("PutRecord.Requests", &label()),
+            put_record_latency: metrics::histogram!("PutRecord.Latency", &label()),
+            put_record_batch_bytes: metrics::counter!("PutRecordBatch.Bytes", &label()),
+            put_record_batch_records: metrics::counter!("PutRecordBatch.Records", &label()),
+            put_record_batch_requests: metrics::counter!("PutRecordBatch.Requests", &label()),
+            put_record_batch_latency: metrics::histogram!("PutRecordBatch.Latency", &label()),
+        }
+    }
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    prometheus: Option<PrometheusHandle>,
+    streams: RwLock<HashMap<(String, String), Arc<StreamMetrics>>>,
+}
+
+impl Metrics {
+    /// Installs the Prometheus recorder. Only one per process can be installed; a
+    /// second call (in tests) records into the first.
+    pub fn install() -> Metrics {
+        let prometheus = PrometheusBuilder::new().install_recorder().ok();
+        Metrics { prometheus, streams: RwLock::new(HashMap::new()) }
+    }
+
+    /// The handles of stream `name` in `region`.
+    pub fn stream(&self, region: &str, name: &str) -> Arc<StreamMetrics> {
+        let key = (region.to_string(), name.to_string());
+        if let Some(m) = self.streams.read().expect("lock").get(&key) {
+            return m.clone();
+        }
+        self.streams.write().expect("lock").entry(key).or_insert_with(|| Arc::new(StreamMetrics::new(name))).clone()
+    }
+
+    /// Records one control-plane call.
+    pub fn control_plane(&self, operation: &str, name: Option<&str>, latency_ms: f64) {
+        let metric = match operation {
+            "UpdateDestination" => "UpdateDeliveryStream",
+            other => other,
+        };
+        let labels: Vec<(&str, String)> = name.map(|n| vec![("DeliveryStreamName", n.to_string())]).unwrap_or_default();
+        metrics::counter!(format!("{metric}.Requests"), &labels).increment(1);
+        metrics::histogram!(format!("{metric}.Latency"), &labels).record(latency_ms);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.prometheus.as_ref().map(|p| p.render()).unwrap_or_default()
+    }
+
+    /// Housekeeping the exporter needs now and then (histogram buckets).
+    pub fn upkeep(&self) {
+        if let Some(p) = &self.prometheus {
+            p.run_upkeep();
+        }
+    }
+}
