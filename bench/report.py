@@ -1,0 +1,100 @@
+"""Turns one benchmark run (results.jsonl from bench/run.sh) into BENCHMARKS.md."""
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+results_path, dd_path, command = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [json.loads(line) for line in open(results_path) if line.strip()]
+by = {r["label"]: r for r in rows}
+
+
+def cpu():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def mem_gib():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            return int(line.split()[1]) / 1024 / 1024
+    return 0
+
+
+dd = open(dd_path).read()
+m = re.search(r"([\d.]+) ([kMG]?B)/s", dd)
+dd_rate = f"{m.group(1)} {m.group(2)}/s" if m else "n/a"
+fs = subprocess.run(["df", "-hT", results_path], capture_output=True, text=True).stdout.splitlines()[-1].split()
+
+
+def ratio(a, b, key="requests_per_s"):
+    return by[a][key] / by[b][key] if a in by and b in by and by[b][key] else float("nan")
+
+
+def fmt(label):
+    r = by.get(label)
+    if not r:
+        return f"| {label} | – | – | – | – | – | – |"
+    return (f"| {label} | {r['requests_per_s']:,.0f} | {r['records_per_s']:,.0f} | {r['record_mb_per_s']:,.1f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+
+
+rss = {k[4:]: v["rss_kib_max"] / 1024 for k, v in by.items() if k.startswith("rss ")}
+out = [
+    "# Benchmarks",
+    "",
+    "Figures from one run of the command below on this project's build machine, all targets measured",
+    "side by side in the same run with the same requests. Speed is measured here, never asserted in tests.",
+    "",
+    f"* Command: `{command}`",
+    f"* When: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+    f"* Machine: {os.cpu_count()} cores ({cpu()}), {mem_gib():.0f} GiB, Linux {platform.release()}, "
+    f"data on {fs[1]} ({fs[0]})",
+    f"* Disk limit: `dd bs=1M oflag=dsync` (one fdatasync per MiB) = {dd_rate}",
+    "* Load: `sluice-loadgen`, 64 keep-alive HTTP/1.1 connections, 1 s warm-up, then the measured window;",
+    "  PutRecord of 100-byte records; PutRecordBatch of 500 × 1 KiB records. Load generator and servers share the 2 cores.",
+    "* Floor: a bare hyper server that reads the body and answers a fixed JSON (`sluice-loadgen floor`).",
+    "* moto: `moto_server` (moto[server] from PyPI), bucket created first.",
+    "",
+    "| Scenario | requests/s | records/s | record MB/s | p50 ms | p99 ms | errors |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+]
+for label in ["floor PutRecord", "sluice PutRecord", "moto PutRecord", "sluice PutRecord 100 streams",
+              "floor PutRecordBatch", "sluice PutRecordBatch", "sluice PutRecordBatch encrypted",
+              "moto PutRecordBatch", "sluice PutRecordBatch 100 streams"]:
+    out.append(fmt(label))
+out += [
+    "",
+    "## Against the targets of issue 2",
+    "",
+    "| Target | Measured | Met |",
+    "|---|---|---|",
+]
+pr_floor = ratio("sluice PutRecord", "floor PutRecord")
+pr_moto = ratio("sluice PutRecord", "moto PutRecord")
+p99 = by.get("sluice PutRecord", {}).get("p99_ms", float("nan"))
+mbs = by.get("sluice PutRecordBatch", {}).get("record_mb_per_s", float("nan"))
+enc = 1 - ratio("sluice PutRecordBatch encrypted", "sluice PutRecordBatch", "record_mb_per_s")
+rss_max = max(rss.values()) if rss else float("nan")
+out += [
+    f"| PutRecord ≥ 50% of the floor's requests/s | {pr_floor:.0%} | {'yes' if pr_floor >= 0.5 else 'no'} |",
+    f"| PutRecord ≥ 100× moto's requests/s | {pr_moto:,.0f}× | {'yes' if pr_moto >= 100 else 'no'} |",
+    f"| PutRecord p99 < 10 ms | {p99:.2f} ms | {'yes' if p99 < 10 else 'no'} |",
+    f"| PutRecordBatch ≥ 200 MB/s of record data made durable | {mbs:,.0f} MB/s | {'yes' if mbs >= 200 else 'no'} |",
+    f"| Resident memory < 256 MiB throughout | max {rss_max:.0f} MiB | {'yes' if rss_max < 256 else 'no'} |",
+    f"| Encryption at rest costs ≤ 15% of PutRecordBatch throughput | {enc:.0%} | {'yes' if enc <= 0.15 else 'no'} |",
+    "",
+    "Peak resident memory per server: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()) + ".",
+    "",
+    f"100 active streams (one log each, see ARCHITECTURE.md): PutRecord at "
+    f"{ratio('sluice PutRecord 100 streams', 'sluice PutRecord'):.0%} and PutRecordBatch at "
+    f"{ratio('sluice PutRecordBatch 100 streams', 'sluice PutRecordBatch'):.0%} of the one-stream figures.",
+    "",
+]
+sys.stdout.write("\n".join(out))

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Benchmarks Sluice against moto's server and a bare hyper server (the floor) in one
+# run, with the same requests, and writes BENCHMARKS.md. Not a test: run on demand.
+#
+#   bash bench/run.sh [seconds-per-scenario]      (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+
+python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' boto3
+cargo build --release -p sluice-server -p sluice-loadgen
+LOADGEN=target/release/sluice-loadgen
+SLUICE=target/release/sluice
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# Samples the resident memory of a process into a file until it exits.
+sample_rss() { while kill -0 "$1" 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/"$1"/status >> "$2" 2>/dev/null || true; sleep 0.5; done; }
+
+start_sluice() {  # name, port
+  local data="$OUT/data-$1"
+  printf 'transition_ms = 0\n' > "$OUT/$1.toml"
+  SLUICE_LOG=warn "$SLUICE" serve --listen 127.0.0.1:"$2" --data-dir "$data" --config "$OUT/$1.toml" > "$OUT/$1.log" 2>&1 &
+  local pid=$!; pids+=("$pid"); wait_port "$2"
+  sample_rss "$pid" "$OUT/$1.rss" & pids+=("$!")
+}
+
+load() {  # label, endpoint, extra args...
+  local label=$1 endpoint=$2; shift 2
+  echo "== $label" >&2
+  "$LOADGEN" run --endpoint "$endpoint" --seconds "$SECS" --label "$label" "$@" | tee -a "$RESULTS"
+}
+
+"$LOADGEN" floor --listen 127.0.0.1:4703 > /dev/null & pids+=("$!"); wait_port 4703
+moto_server -H 127.0.0.1 -p 4702 > "$OUT/moto.log" 2>&1 & pids+=("$!"); wait_port 4702
+python3 - <<'PY'
+import boto3
+boto3.client("s3", endpoint_url="http://127.0.0.1:4702", region_name="us-east-1",
+             aws_access_key_id="a", aws_secret_access_key="b").create_bucket(Bucket="bench")
+PY
+start_sluice sluice 4701
+start_sluice sluice-enc 4704
+start_sluice sluice-100 4705
+
+PR=(--op put-record --record-bytes 100 --connections 64)
+PRB=(--op put-record-batch --records 500 --record-bytes 1024 --connections 64)
+load "floor PutRecord" http://127.0.0.1:4703 "${PR[@]}"
+load "sluice PutRecord" http://127.0.0.1:4701 "${PR[@]}" --create
+load "moto PutRecord" http://127.0.0.1:4702 "${PR[@]}" --create
+load "floor PutRecordBatch" http://127.0.0.1:4703 "${PRB[@]}"
+load "sluice PutRecordBatch" http://127.0.0.1:4701 "${PRB[@]}"
+load "sluice PutRecordBatch encrypted" http://127.0.0.1:4704 "${PRB[@]}" --create --encrypted
+load "moto PutRecordBatch" http://127.0.0.1:4702 "${PRB[@]}"
+load "sluice PutRecord 100 streams" http://127.0.0.1:4705 "${PR[@]}" --streams 100 --create
+load "sluice PutRecordBatch 100 streams" http://127.0.0.1:4705 "${PRB[@]}" --streams 100
+
+for s in sluice sluice-enc sluice-100; do
+  echo "{\"label\": \"rss $s\", \"rss_kib_max\": $(sort -n "$OUT/$s.rss" | tail -1)}" >> "$RESULTS"
+done
+# The disk's own limit for the same shape of work: sequential 1 MiB writes with an
+# fdatasync after each, in the same filesystem as the log.
+dd if=/dev/zero of="$OUT/dd.bin" bs=1M count=512 oflag=dsync 2> "$OUT/dd.txt"; rm -f "$OUT/dd.bin"
+python3 bench/report.py "$RESULTS" "$OUT/dd.txt" "bash bench/run.sh $SECS" > BENCHMARKS.md
+echo "wrote BENCHMARKS.md (raw figures in $RESULTS)" >&2

@@ -1,1 +1,0 @@
-//! Load generator (placeholder until the benchmark lands).

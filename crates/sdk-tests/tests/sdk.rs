@@ -1,0 +1,146 @@
+//! The official AWS SDK for Rust against the real `sluice` binary: create, describe,
+//! put, batch put, list, tag, update and delete, and typed errors.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use aws_sdk_firehose::config::{Credentials, Region};
+use aws_sdk_firehose::error::ProvideErrorMetadata;
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::{ExtendedS3DestinationConfiguration, Record};
+use aws_sdk_firehose::Client;
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+        return path.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("sluice"))
+        .find(|p| p.exists())
+        .expect("build the sluice binary first (cargo build --release -p sluice-server)")
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = tempfile::tempdir().unwrap();
+        let config = data.path().join("sluice.toml");
+        std::fs::write(&config, "transition_ms = 50\n").unwrap();
+        let child = Command::new(binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .spawn()
+            .expect("start sluice");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sluice did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, endpoint, _data: data }
+    }
+
+    fn client(&self) -> Client {
+        let config = aws_sdk_firehose::Config::builder()
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+            .build();
+        Client::from_conf(config)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_sdk_drives_every_common_operation() {
+    let server = Server::start();
+    let client = server.client();
+    let destination = ExtendedS3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::000000000000:role/firehose")
+        .bucket_arn("arn:aws:s3:::bucket")
+        .build()
+        .unwrap();
+    let created = client
+        .create_delivery_stream()
+        .delivery_stream_name("rust")
+        .extended_s3_destination_configuration(destination)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.delivery_stream_arn(), Some("arn:aws:firehose:eu-west-1:000000000000:deliverystream/rust"));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let d = client.describe_delivery_stream().delivery_stream_name("rust").send().await.unwrap();
+        let d = d.delivery_stream_description().unwrap();
+        if d.delivery_stream_status().as_str() == "ACTIVE" {
+            assert_eq!(d.version_id(), "1");
+            assert_eq!(d.destinations()[0].destination_id(), "destinationId-000000000001");
+            break;
+        }
+        assert!(Instant::now() < deadline, "stream never became ACTIVE");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let one = client
+        .put_record()
+        .delivery_stream_name("rust")
+        .record(Record::builder().data(Blob::new("hello")).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(!one.record_id().is_empty());
+    assert_eq!(one.encrypted(), Some(false));
+
+    let records: Vec<Record> =
+        (0..100).map(|i| Record::builder().data(Blob::new(format!("r{i}"))).build().unwrap()).collect();
+    let batch = client.put_record_batch().delivery_stream_name("rust").set_records(Some(records)).send().await.unwrap();
+    assert_eq!(batch.failed_put_count(), 0);
+    assert_eq!(batch.request_responses().len(), 100);
+    assert!(batch.request_responses().iter().all(|r| r.record_id().is_some() && r.error_code().is_none()));
+
+    let listed = client.list_delivery_streams().send().await.unwrap();
+    assert_eq!(listed.delivery_stream_names(), ["rust"]);
+    assert!(!listed.has_more_delivery_streams());
+
+    let missing = client
+        .put_record()
+        .delivery_stream_name("absent")
+        .record(Record::builder().data(Blob::new("x")).build().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    let service = missing.into_service_error();
+    assert!(service.is_resource_not_found_exception(), "{service:?}");
+    assert_eq!(service.message(), Some("Firehose absent under account 000000000000 not found."));
+
+    let too_big = client
+        .put_record()
+        .delivery_stream_name("rust")
+        .record(Record::builder().data(Blob::new(vec![0u8; 1_024_001])).build().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.into_service_error().code(), Some("ValidationException"));
+
+    client.delete_delivery_stream().delivery_stream_name("rust").send().await.unwrap();
+    assert!(client.list_delivery_streams().send().await.unwrap().delivery_stream_names().is_empty());
+}
