@@ -38,7 +38,9 @@ def free_port() -> int:
 class Server:
     """One sluice process; can be killed and restarted on the same data dir."""
 
-    def __init__(self, data_dir: Path, extra_config: str = ""):
+    def __init__(self, data_dir: Path, extra_config: str = "", binary: Path = None, env: dict = None):
+        self.binary = binary or sluice_binary()
+        self.env = dict(os.environ, **(env or {}))
         self.data_dir = data_dir
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -56,9 +58,9 @@ class Server:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [str(sluice_binary()), "serve", "--listen", f"127.0.0.1:{self.port}",
+            [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}",
              "--data-dir", str(self.data_dir), "--config", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env,
         )
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -84,7 +86,7 @@ class Server:
         return boto3.client(
             "firehose", endpoint_url=self.endpoint, region_name=region,
             aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
-            config=Config(parameter_validation=validate, retries={"max_attempts": 1}),
+            config=Config(parameter_validation=validate, retries={"total_max_attempts": 1, "mode": "standard"}),
         )
 
     def dump(self, stream, region="us-east-1"):

@@ -110,6 +110,41 @@ fn request(authority: &str, target: &str, body: Bytes) -> Request<Full<Bytes>> {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// A keep-alive connection that reconnects when the server closes it (moto's
+/// development server answers HTTP/1.0-style, one request per connection).
+struct Conn {
+    address: String,
+    sender: Option<Sender>,
+}
+
+impl Conn {
+    fn new(address: &str) -> Conn {
+        Conn { address: address.to_string(), sender: None }
+    }
+
+    async fn call(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
+        let usable = match &mut self.sender {
+            Some(sender) => !sender.is_closed() && sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !usable {
+            self.sender = Some(connect(&self.address).await?);
+        }
+        let sender = self.sender.as_mut().expect("connected above");
+        let response = sender.send_request(req).await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                self.sender = None;
+                return Err(e.into());
+            }
+        };
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
 async fn connect(address: &str) -> anyhow::Result<Sender> {
     let stream = tokio::net::TcpStream::connect(address).await.with_context(|| format!("connect {address}"))?;
     stream.set_nodelay(true)?;
@@ -118,16 +153,8 @@ async fn connect(address: &str) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-async fn call(sender: &mut Sender, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
-    sender.ready().await?;
-    let response = sender.send_request(req).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
 async fn create_streams(args: &RunArgs, address: &str) -> anyhow::Result<()> {
-    let mut sender = connect(address).await?;
+    let mut sender = Conn::new(address);
     for i in 0..args.streams {
         let mut json = serde_json::json!({
             "DeliveryStreamName": format!("bench-{i}"),
@@ -137,7 +164,7 @@ async fn create_streams(args: &RunArgs, address: &str) -> anyhow::Result<()> {
             json["DeliveryStreamEncryptionConfigurationInput"] = serde_json::json!({"KeyType": "AWS_OWNED_CMK"});
         }
         let body = Bytes::from(serde_json::to_vec(&json)?);
-        let (status, reply) = call(&mut sender, request(address, "CreateDeliveryStream", body)).await?;
+        let (status, reply) = sender.call(request(address, "CreateDeliveryStream", body)).await?;
         if status != 200 && !String::from_utf8_lossy(&reply).contains("ResourceInUse") {
             bail!("CreateDeliveryStream answered {status}: {}", String::from_utf8_lossy(&reply));
         }
@@ -149,7 +176,7 @@ async fn create_streams(args: &RunArgs, address: &str) -> anyhow::Result<()> {
         Op::PutRecordBatch => "PutRecordBatch",
     };
     for _ in 0..500 {
-        let (status, _) = call(&mut sender, request(address, target, probe.clone())).await?;
+        let (status, _) = sender.call(request(address, target, probe.clone())).await?;
         if status == 200 {
             return Ok(());
         }
@@ -191,14 +218,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for c in 0..args.connections {
         let (bodies, measuring, stop, address) = (bodies.clone(), measuring.clone(), stop.clone(), address.clone());
         tasks.push(tokio::spawn(async move {
-            let mut sender = connect(&address).await?;
+            let mut sender = Conn::new(&address);
             let mut latencies_us = Vec::with_capacity(1 << 16);
             let (mut n_errors, mut i) = (0u64, c);
             while !stop.load(Ordering::Relaxed) {
                 let body = bodies[i % bodies.len()].clone();
                 i += 1;
                 let started = Instant::now();
-                let (status, _) = call(&mut sender, request(&address, target, body)).await?;
+                let status = sender.call(request(&address, target, body)).await.map(|(s, _)| s).unwrap_or(0);
                 if measuring.load(Ordering::Relaxed) {
                     if status == 200 {
                         latencies_us.push(started.elapsed().as_micros() as u32);

@@ -76,6 +76,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
     let options = WalOptions { segment_bytes_max: config.segment_bytes_max, ..WalOptions::default() };
+    #[cfg(feature = "failpoints")]
+    let options = WalOptions {
+        fail_syncs_after: std::env::var("SLUICE_FAIL_SYNCS_AFTER").ok().and_then(|v| v.parse().ok()),
+        ..options
+    };
     let (wal, report) = Wal::open(&data_dir.join("wal"), options, keys.clone())?;
     tracing::info!(
         n_streams = report.n_streams,

@@ -12,6 +12,12 @@ use sluice_server::catalog::Catalog;
 use sluice_server::config::RawConfig;
 use sluice_server::keys::KeyRegistry;
 
+/// glibc's allocator showed up at 15% of PutRecord CPU time in profiles; mimalloc
+/// keeps per-thread free lists and is markedly cheaper for the many short-lived
+/// request buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A self-hosted server that speaks the Amazon Data Firehose API.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]

@@ -53,7 +53,8 @@ impl StreamMetrics {
 /// The process's metrics.
 pub struct Metrics {
     prometheus: Option<PrometheusHandle>,
-    streams: RwLock<HashMap<(String, String), Arc<StreamMetrics>>>,
+    /// By stream id, so the put path looks handles up without allocating.
+    streams: RwLock<HashMap<u64, Arc<StreamMetrics>>>,
 }
 
 impl Metrics {
@@ -64,13 +65,12 @@ impl Metrics {
         Metrics { prometheus, streams: RwLock::new(HashMap::new()) }
     }
 
-    /// The handles of stream `name` in `region`.
-    pub fn stream(&self, region: &str, name: &str) -> Arc<StreamMetrics> {
-        let key = (region.to_string(), name.to_string());
-        if let Some(m) = self.streams.read().expect("lock").get(&key) {
+    /// The handles of stream `id`, named `name`.
+    pub fn stream(&self, id: u64, name: &str) -> Arc<StreamMetrics> {
+        if let Some(m) = self.streams.read().expect("lock").get(&id) {
             return m.clone();
         }
-        self.streams.write().expect("lock").entry(key).or_insert_with(|| Arc::new(StreamMetrics::new(name))).clone()
+        self.streams.write().expect("lock").entry(id).or_insert_with(|| Arc::new(StreamMetrics::new(name))).clone()
     }
 
     /// Records one control-plane call.

@@ -233,7 +233,7 @@ fn write_group(log: &StreamLog, state: &mut WriterState, group: &[AppendRequest]
             if let Err(e) = flush_pending(active) {
                 io_error = Some(e);
             } else if active.offset > active.group_start {
-                if let Err(e) = active.file.sync_data() {
+                if let Err(e) = sync(log, &active.file, false) {
                     // Never retried: the kernel may have dropped the dirty pages already.
                     let reason = format!("fdatasync of {} failed: {e}", active.path.display());
                     return fatal_outcome(group.len(), reason);
@@ -356,6 +356,23 @@ fn flush_pending(active: &mut Active) -> Result<()> {
     Ok(())
 }
 
+/// Syncs a segment file: `fdatasync`, or `fsync` when its length changed.
+fn sync(log: &StreamLog, file: &File, all: bool) -> std::io::Result<()> {
+    #[cfg(any(test, feature = "failpoints"))]
+    if let Some(after) = log.options.fail_syncs_after {
+        let n = log.poison.n_syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= after {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+    }
+    let _ = log;
+    if all {
+        file.sync_all()
+    } else {
+        file.sync_data()
+    }
+}
+
 /// Segments grow by this much at a time, so most appends change no file size.
 pub(crate) const PREALLOCATE_STEP_BYTES: u64 = 4 << 20;
 
@@ -381,7 +398,8 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
         // corruption, not a torn tail.
         old.file.set_len(old.offset).at(&old.path)?;
         old.allocated = old.offset;
-        old.file.sync_all().map_err(|e| Error::Poisoned(format!("fsync of {} failed: {e}", old.path.display())))?;
+        sync(log, &old.file, true)
+            .map_err(|e| Error::Poisoned(format!("fsync of {} failed: {e}", old.path.display())))?;
         rolled.push(old);
     }
     let header = SegmentHeader {

@@ -31,6 +31,9 @@ pub struct WalOptions {
     pub write_chunk_bytes: usize,
     /// Appends queued per stream before callers wait (back-pressure).
     pub queue_depth_max: usize,
+    /// Fault injection: after this many successful syncs, every sync fails with EIO.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fail_syncs_after: Option<u64>,
 }
 
 impl Default for WalOptions {
@@ -41,6 +44,8 @@ impl Default for WalOptions {
             group_bytes_max: 32 << 20,
             write_chunk_bytes: 4 << 20,
             queue_depth_max: 1024,
+            #[cfg(any(test, feature = "failpoints"))]
+            fail_syncs_after: None,
         }
     }
 }
@@ -85,6 +90,9 @@ pub struct RecoveryReport {
 /// Fatal-error state shared by all stream logs.
 pub(crate) struct Poison {
     reason: watch::Sender<Option<String>>,
+    /// Syncs done so far, for the `fail_syncs_after` fault hook.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub(crate) n_syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Poison {
@@ -139,7 +147,11 @@ impl Wal {
             keys,
             streams: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
-            poison: Arc::new(Poison { reason: watch::channel(None).0 }),
+            poison: Arc::new(Poison {
+                reason: watch::channel(None).0,
+                #[cfg(any(test, feature = "failpoints"))]
+                n_syncs: std::sync::atomic::AtomicU64::new(0),
+            }),
             runtime: tokio::runtime::Handle::current(),
         };
         let mut report = RecoveryReport::default();

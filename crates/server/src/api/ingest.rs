@@ -42,5 +42,22 @@ pub(super) async fn ingest(
 /// An opaque, stable record id that names the stream's log and the record's
 /// sequence number in it: 16 hex digits each.
 pub(super) fn record_id(stream_id: u64, seq: u64) -> String {
-    format!("{stream_id:016x}{seq:016x}")
+    // Written by hand: `format!("{:016x}")` showed up in PutRecord profiles.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, value) in [stream_id, seq].into_iter().enumerate() {
+        for nibble in 0..16 {
+            out[i * 16 + nibble] = HEX[((value >> (60 - 4 * nibble)) & 0xf) as usize];
+        }
+    }
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn record_ids_are_two_padded_hex_numbers() {
+        assert_eq!(super::record_id(1, 0xabc), "00000000000000010000000000000abc");
+        assert_eq!(super::record_id(u64::MAX, 0), format!("{:016x}{:016x}", u64::MAX, 0));
+    }
 }

@@ -10,7 +10,7 @@ use super::{ok, AppState, Reply, RequestContext};
 pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: PutRecordInput, started: Instant) -> Reply {
     let n_bytes = input.data.len() as u64;
     let (stream, appended) = ingest(state, ctx, &input.name, vec![input.data]).await?;
-    let metrics = state.metrics.stream(&ctx.region, &input.name);
+    let metrics = state.metrics.stream(stream.id, &input.name);
     metrics.incoming_bytes.increment(n_bytes);
     metrics.incoming_records.increment(1);
     metrics.incoming_put_requests.increment(1);

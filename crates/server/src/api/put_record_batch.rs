@@ -18,7 +18,7 @@ pub(super) async fn handle(
     let n_records = input.records.len() as u64;
     let n_bytes: u64 = input.records.iter().map(|r| r.len() as u64).sum();
     let (stream, appended) = ingest(state, ctx, &input.name, input.records).await?;
-    let metrics = state.metrics.stream(&ctx.region, &input.name);
+    let metrics = state.metrics.stream(stream.id, &input.name);
     metrics.incoming_bytes.increment(n_bytes);
     metrics.incoming_records.increment(n_records);
     metrics.incoming_put_requests.increment(1);

@@ -251,3 +251,29 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let options = WalOptions { fail_syncs_after: Some(2), ..small_options() };
+    let (wal, _) = open(dir.path(), options);
+    wal.create_stream(STREAM).unwrap();
+    let mut fatal = wal.fatal();
+    for i in 1..=2 {
+        rt.block_on(wal.append(STREAM, vec![record(i)], Encryption::None)).unwrap();
+    }
+    assert!(fatal.borrow_and_update().is_none());
+    let failed = rt.block_on(wal.append(STREAM, vec![record(3)], Encryption::None));
+    assert!(matches!(failed, Err(crate::Error::Poisoned(_))), "{failed:?}");
+    assert!(fatal.borrow_and_update().as_deref().is_some_and(|r| r.contains("fdatasync")));
+    // Later appends are refused up front: the sync is never tried again.
+    let refused = rt.block_on(wal.append(STREAM, vec![record(4)], Encryption::None));
+    assert!(matches!(refused, Err(crate::Error::Poisoned(_))), "{refused:?}");
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (seqs, _) = recover(dir.path());
+    assert!(seqs.starts_with(&[1, 2]), "acknowledged records survive: {seqs:?}");
+    assert!(!seqs.contains(&4), "a refused append never reaches the log");
+}
