@@ -38,7 +38,8 @@ def free_port() -> int:
 class Server:
     """One sluice process; can be killed and restarted on the same data dir."""
 
-    def __init__(self, data_dir: Path, extra_config: str = "", binary: Path = None, env: dict = None):
+    def __init__(self, data_dir: Path, extra_config: str = "", binary: Path = None, env: dict = None,
+                 transition_ms: int = TRANSITION_MS):
         self.binary = binary or sluice_binary()
         self.env = dict(os.environ, **(env or {}))
         self.data_dir = data_dir
@@ -46,7 +47,7 @@ class Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self.config.write_text(
-            f"transition_ms = {TRANSITION_MS}\n"
+            f"transition_ms = {transition_ms}\n"
             "[wal]\nsegment_mib_max = 4\n"
             "[[encryption.keys]]\n"
             f'arn = "{CMK_ENABLED}"\nkey_hex = "{"ab" * 32}"\n'

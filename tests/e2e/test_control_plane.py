@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import S3_CONFIG, make_stream, wait_active
+from conftest import S3_CONFIG, Server, make_stream, wait_active
 
 
 def error_of(excinfo):
@@ -102,6 +102,23 @@ def test_create_refuses_what_it_cannot_deliver(fh, kwargs, needle):
     assert (code, status) == ("InvalidArgumentException", 400)
     assert needle in message
     assert fh.list_delivery_streams()["DeliveryStreamNames"] == []
+
+
+def test_a_creating_stream_cannot_be_deleted_or_updated_yet(tmp_path):
+    # A long CREATING phase, so a slow machine cannot make this test pass by accident.
+    server = Server(tmp_path / "slow", transition_ms=3000).start()
+    fh = server.client()
+    fh.create_delivery_stream(DeliveryStreamName="busy", ExtendedS3DestinationConfiguration=S3_CONFIG)
+    with pytest.raises(ClientError) as e:
+        fh.delete_delivery_stream(DeliveryStreamName="busy")
+    assert error_of(e)[0] == "ResourceInUseException"
+    with pytest.raises(ClientError) as e:
+        fh.update_destination(DeliveryStreamName="busy", CurrentDeliveryStreamVersionId="1",
+                              DestinationId="destinationId-000000000001", ExtendedS3DestinationUpdate={"Prefix": "x/"})
+    assert error_of(e)[0] == "ResourceInUseException"
+    wait_active(fh, "busy", timeout=10)
+    fh.delete_delivery_stream(DeliveryStreamName="busy")
+    assert server.stop() == 0
 
 
 def test_create_duplicate_is_resource_in_use(fh):

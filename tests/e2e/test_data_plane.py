@@ -195,3 +195,19 @@ def test_aws_cli(server, fh):
     assert "ResourceNotFoundException" in failed.stderr
     assert server.stop() == 0
     assert [base64.b64decode(r["data"]) for r in server.dump("cli")] == [b"hello from the cli"]
+
+
+def test_a_disabled_key_refuses_puts_and_old_records_stay_readable(server, fh):
+    make_stream(fh, "cmk", DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": CMK_ENABLED})
+    assert fh.put_record(DeliveryStreamName="cmk", Record={"Data": b"TOP-SECRET-BEFORE"})["Encrypted"] is True
+    assert server.stop() == 0
+    enabled = f'arn = "{CMK_ENABLED}"\nkey_hex = "{"ab" * 32}"\n'
+    server.config.write_text(server.config.read_text().replace(enabled, enabled + "enabled = false\n"))
+    server.start()
+    fh = server.client()
+    with pytest.raises(ClientError) as e:
+        fh.put_record(DeliveryStreamName="cmk", Record={"Data": b"refused"})
+    assert error_of(e)[0] == "InvalidKMSResourceException"
+    assert e.value.response["Error"]["Message"] == f"KMS key {CMK_ENABLED} is disabled."
+    assert server.stop() == 0
+    assert [base64.b64decode(r["data"]) for r in server.dump("cmk")] == [b"TOP-SECRET-BEFORE"]

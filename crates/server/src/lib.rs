@@ -95,8 +95,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let metrics = metrics::Metrics::install();
     ::metrics::counter!("sluice_wal_quarantined_regions").absolute(report.quarantined.len() as u64);
     ::metrics::counter!("sluice_wal_torn_tail_bytes").absolute(report.torn_tail_bytes);
-    let state =
-        Arc::new(AppState { config: config.clone(), catalog, log: Arc::new(WalLog(wal.clone())), keys, metrics });
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        catalog,
+        log: Arc::new(WalLog(wal.clone())),
+        keys,
+        metrics,
+        body_kib_in_flight: tokio::sync::Semaphore::new(api::BODY_BYTES_IN_FLIGHT_MAX / 1024),
+    });
     let upkeep_state = state.clone();
     let upkeep = tokio::spawn(async move {
         loop {

@@ -49,7 +49,15 @@ pub struct AppState {
     pub keys: Arc<KeyRegistry>,
     /// Metrics.
     pub metrics: Metrics,
+    /// Request body bytes held in memory at once, in KiB permits (see `limits`).
+    pub body_kib_in_flight: tokio::sync::Semaphore,
 }
+
+/// Request bodies held in memory at once, across all connections. With the 8 MiB
+/// body limit this admits a dozen full-size batches, or hundreds of small puts, and
+/// keeps resident memory bounded however many clients connect: a request waits for
+/// room before its body is read.
+pub const BODY_BYTES_IN_FLIGHT_MAX: usize = 96 << 20;
 
 /// Facts about the request that handlers need, taken from headers at the edge.
 pub(crate) struct RequestContext {
@@ -152,6 +160,11 @@ async fn firehose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     if declared.is_some_and(|n| n > REQUEST_BODY_BYTES_MAX) {
         return too_large();
     }
+    // A body without a length is charged the maximum: it may grow that large.
+    let charge_kib = declared.unwrap_or(REQUEST_BODY_BYTES_MAX).div_ceil(1024).max(1) as u32;
+    let Ok(_permit) = state.body_kib_in_flight.acquire_many(charge_kib).await else {
+        unreachable!("the semaphore is never closed");
+    };
     let Ok(bytes) = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await else {
         return too_large();
     };

@@ -26,6 +26,10 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: UpdateDestin
     state.update_catalog(|catalog| {
         let key = (ctx.region.clone(), input.name.clone());
         let current = catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(&input.name, &account))?;
+        if current.status(ctx.now_ms) != "ACTIVE" {
+            let message = format!("Firehose {} under account {account} is not ACTIVE.", input.name);
+            return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
+        }
         if input.current_version_id != current.version_id.to_string() {
             let message = format!(
                 "Cannot update firehose: {} since the current version id: {} and specified version id: {} do not match",
