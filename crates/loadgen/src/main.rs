@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
@@ -83,7 +82,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn body_for(args: &RunArgs, stream: &str) -> Bytes {
-    let data = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; args.record_bytes]);
+    let data = base64_simd::STANDARD.encode_to_string(vec![b'x'; args.record_bytes]);
     let json = match args.op {
         Op::PutRecord => serde_json::json!({"DeliveryStreamName": stream, "Record": {"Data": data}}),
         Op::PutRecordBatch => {

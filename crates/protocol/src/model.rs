@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -315,8 +314,8 @@ impl Model {
                 let Value::String(s) = value else {
                     return Err(serialization(format!("Expected base64 data at '{path}'.")));
                 };
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(s)
+                let bytes = base64_simd::STANDARD
+                    .decode_to_vec(s.as_bytes())
                     .map_err(|_| serialization(format!("Invalid base64 at '{path}'.")))?;
                 self.check_length(shape, bytes.len(), || blob_value(bytes.len()), path, out);
             }

@@ -2,7 +2,6 @@
 //! validation against the model happens here, so handlers receive only well-formed,
 //! in-range input and never see headers or raw JSON.
 
-use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -184,9 +183,11 @@ fn parse_raw_put(body: &[u8]) -> Result<RawPut<'_>, ApiError> {
     serde_json::from_slice(body).map_err(|e| serialization(format!("Malformed JSON: {e}")))
 }
 
+/// Base64 (standard alphabet, padded) to bytes. SIMD: decoding was a fifth of the
+/// server's CPU time on PutRecordBatch with the portable decoder.
 fn decode_data(data: &str, path: &str) -> Result<Vec<u8>, ApiError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(data)
+    base64_simd::STANDARD
+        .decode_to_vec(data.as_bytes())
         .map_err(|_| serialization(format!("Invalid base64 at '{path}'.")))
 }
 
@@ -296,7 +297,7 @@ mod tests {
             no_record.message,
             "1 validation error detected: Value null at 'record' failed to satisfy constraint: Member must not be null"
         );
-        let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; RECORD_BYTES_MAX + 1]);
+        let big = base64_simd::STANDARD.encode_to_string(vec![0u8; RECORD_BYTES_MAX + 1]);
         let body = format!(r#"{{"DeliveryStreamName":"s","Record":{{"Data":"{big}"}}}}"#);
         let e = Operation::parse(Some(&target("PutRecord")), body.as_bytes()).unwrap_err();
         assert_eq!(e.message, "1 validation error detected: Value 'java.nio.HeapByteBuffer[pos=0 lim=1024001 cap=1024001]' at 'record.data' failed to satisfy constraint: Member must have length less than or equal to 1024000");
@@ -309,7 +310,7 @@ mod tests {
         let e = Operation::parse(Some(&target("PutRecordBatch")), br#"{"DeliveryStreamName":"s","Records":[]}"#)
             .unwrap_err();
         assert_eq!(e.message, "1 validation error detected: Value '[0 records]' at 'records' failed to satisfy constraint: Member must have length greater than or equal to 1");
-        let one_mb = base64::engine::general_purpose::STANDARD.encode(vec![1u8; 1_000_000]);
+        let one_mb = base64_simd::STANDARD.encode_to_string(vec![1u8; 1_000_000]);
         let records: Vec<String> = (0..5).map(|_| format!(r#"{{"Data":"{one_mb}"}}"#)).collect();
         let body = format!(r#"{{"DeliveryStreamName":"s","Records":[{}]}}"#, records.join(","));
         let e = Operation::parse(Some(&target("PutRecordBatch")), body.as_bytes()).unwrap_err();

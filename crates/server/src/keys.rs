@@ -9,9 +9,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sluice_wal::{KeyError, KeyWrapper, DATA_KEY_BYTES};
 
 use crate::config::RawKmsKey;
@@ -23,8 +22,12 @@ pub const AWS_OWNED_KEY_REF: &str = "aws-owned-cmk";
 const MASTER_KEY_HEADER: &str = "sluice-master-key v1";
 
 struct Kek {
-    cipher: Aes256Gcm,
+    cipher: LessSafeKey,
     enabled: bool,
+}
+
+fn kek(raw: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw).expect("a 32-byte key is valid for AES-256-GCM"))
 }
 
 /// All key-encryption keys.
@@ -92,7 +95,7 @@ impl KeyRegistry {
     pub fn load(master_key_file: &Path, kms_keys: &[RawKmsKey]) -> Result<KeyRegistry, KeysError> {
         let mut keys = HashMap::new();
         let master = load_or_create_master(master_key_file)?;
-        keys.insert(AWS_OWNED_KEY_REF.to_string(), Kek { cipher: Aes256Gcm::new(&master.into()), enabled: true });
+        keys.insert(AWS_OWNED_KEY_REF.to_string(), Kek { cipher: kek(&master), enabled: true });
         for key in kms_keys {
             let text = match (&key.key_hex, &key.key_file) {
                 (Some(hex), _) => hex.clone(),
@@ -101,10 +104,7 @@ impl KeyRegistry {
                 (None, None) => return Err(KeysError::Malformed(key.arn.clone())),
             };
             let raw = parse_hex_key(&text, &key.arn)?;
-            keys.insert(
-                key.arn.clone(),
-                Kek { cipher: Aes256Gcm::new(&raw.into()), enabled: key.enabled.unwrap_or(true) },
-            );
+            keys.insert(key.arn.clone(), Kek { cipher: kek(&raw), enabled: key.enabled.unwrap_or(true) });
         }
         Ok(KeyRegistry { keys })
     }
@@ -123,9 +123,14 @@ impl KeyWrapper for KeyRegistry {
     fn wrap(&self, key_ref: &str, data_key: &[u8; DATA_KEY_BYTES]) -> Result<Vec<u8>, KeyError> {
         self.check(key_ref)?;
         let kek = &self.keys[key_ref];
+        // Data keys are wrapped with a random nonce stored in front of them: a key
+        // encryption key wraps few keys, far below the random-nonce limit.
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = kek.cipher.encrypt(Nonce::from_slice(&nonce), &data_key[..]).map_err(|_| KeyError::Unwrap)?;
+        let mut sealed = data_key.to_vec();
+        kek.cipher
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+            .map_err(|_| KeyError::Unwrap)?;
         Ok([&nonce[..], &sealed].concat())
     }
 
@@ -135,8 +140,9 @@ impl KeyWrapper for KeyRegistry {
         if wrapped.len() < 12 {
             return Err(KeyError::Unwrap);
         }
-        let plain =
-            kek.cipher.decrypt(Nonce::from_slice(&wrapped[..12]), &wrapped[12..]).map_err(|_| KeyError::Unwrap)?;
+        let nonce = Nonce::try_assume_unique_for_key(&wrapped[..12]).map_err(|_| KeyError::Unwrap)?;
+        let mut buf = wrapped[12..].to_vec();
+        let plain = kek.cipher.open_in_place(nonce, Aad::empty(), &mut buf).map_err(|_| KeyError::Unwrap)?;
         plain.try_into().map_err(|_| KeyError::Unwrap)
     }
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use sluice_server::catalog::Catalog;
 use sluice_server::config::RawConfig;
@@ -19,6 +18,9 @@ use sluice_server::keys::KeyRegistry;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A self-hosted server that speaks the Amazon Data Firehose API.
+/// Threads for blocking work (log syncs, file reads).
+const BLOCKING_THREADS_MAX: usize = 32;
+
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -75,7 +77,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().context("starting the Tokio runtime")?;
+    // Log writers sync on the blocking pool, one thread per stream with a commit in
+    // progress; bounding the pool bounds threads (and their stacks and allocator
+    // caches) however many streams are active. Syncs beyond it wait their turn.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS_MAX)
+        .build()
+        .context("starting the Tokio runtime")?;
     match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
@@ -117,7 +126,7 @@ async fn dump(args: DumpArgs) -> anyhow::Result<()> {
                 "seq": r.seq,
                 "arrival_ms": r.arrival_ms,
                 "encrypted": r.encrypted,
-                "data": base64::engine::general_purpose::STANDARD.encode(&r.data),
+                "data": base64_simd::STANDARD.encode_to_string(&r.data),
             });
             std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
         }

@@ -2,8 +2,7 @@
 //! by a key-encryption key the application supplies, and AES-256-GCM per record.
 //! The WAL never sees a key-encryption key, only the [`KeyWrapper`] that holds them.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 /// Length of a data key.
 pub const DATA_KEY_BYTES: usize = 32;
@@ -47,10 +46,12 @@ impl KeyWrapper for NoKeys {
     }
 }
 
-/// One segment's data key, ready to seal and open payloads.
+/// One segment's data key, ready to seal and open payloads. AES-256-GCM through
+/// `ring`, whose assembly kernels are several times faster than a portable
+/// implementation; sealing sits on the ingest path of encrypted streams.
 #[derive(Clone)]
 pub(crate) struct DataKey {
-    cipher: Aes256Gcm,
+    key: std::sync::Arc<LessSafeKey>,
 }
 
 impl DataKey {
@@ -61,28 +62,44 @@ impl DataKey {
     }
 
     pub(crate) fn from_raw(raw: &[u8; DATA_KEY_BYTES]) -> DataKey {
-        DataKey { cipher: Aes256Gcm::new(raw.into()) }
+        let key = UnboundKey::new(&AES_256_GCM, raw).expect("a 32-byte key is valid for AES-256-GCM");
+        DataKey { key: std::sync::Arc::new(LessSafeKey::new(key)) }
     }
 
-    fn nonce(seq: u64) -> [u8; 12] {
+    /// The nonce is the record's sequence number, which is unique under one data key
+    /// because each segment has its own key and segments are never appended to after
+    /// a restart.
+    fn nonce(seq: u64) -> Nonce {
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&seq.to_le_bytes());
-        nonce
+        Nonce::assume_unique_for_key(nonce)
     }
 
-    /// Seals `plaintext`; the nonce is the record's sequence number, which is unique
-    /// under one data key because each segment has its own key and segments are
-    /// never appended to after a restart.
+    /// Seals `plaintext` into a new buffer (ciphertext, then tag).
+    #[cfg(test)]
     pub(crate) fn seal(&self, seq: u64, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let nonce = Self::nonce(seq);
-        self.cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .expect("AES-GCM encryption cannot fail for in-memory buffers below 64 GiB")
+        let mut out = Vec::new();
+        self.seal_into(seq, aad, plaintext, &mut out);
+        out
     }
 
+    /// Appends the sealed form of `plaintext` (ciphertext, then tag) to `out`.
+    pub(crate) fn seal_into(&self, seq: u64, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(Self::nonce(seq), Aad::from(aad), &mut out[start..])
+            .expect("AES-GCM sealing cannot fail for in-memory buffers below 64 GiB");
+        out.extend_from_slice(tag.as_ref());
+    }
+
+    /// Opens a sealed payload; `None` if it fails authentication.
     pub(crate) fn open(&self, seq: u64, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let nonce = Self::nonce(seq);
-        self.cipher.decrypt(Nonce::from_slice(&nonce), Payload { msg: sealed, aad }).ok()
+        let mut buf = sealed.to_vec();
+        let plain_len = self.key.open_in_place(Self::nonce(seq), Aad::from(aad), &mut buf).ok()?.len();
+        buf.truncate(plain_len);
+        Some(buf)
     }
 }
 

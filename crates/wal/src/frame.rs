@@ -44,7 +44,13 @@ pub(crate) fn frame_bytes(payload_len: usize) -> usize {
 
 /// Appends one frame (header, payload, padding) to `out`.
 pub(crate) fn encode(out: &mut Vec<u8>, header: FrameHeader, payload: &[u8]) {
-    debug_assert_eq!(header.len as usize, payload.len());
+    encode_with(out, header, |out| out.extend_from_slice(payload));
+}
+
+/// Appends one frame whose payload `write_payload` appends to `out` in place (so an
+/// encrypted payload is sealed straight into the write buffer, with no copy).
+/// `write_payload` must append exactly `header.len` bytes.
+pub(crate) fn encode_with(out: &mut Vec<u8>, header: FrameHeader, write_payload: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]); // CRC, filled in below.
     out.extend_from_slice(&header.len.to_le_bytes());
@@ -52,10 +58,11 @@ pub(crate) fn encode(out: &mut Vec<u8>, header: FrameHeader, payload: &[u8]) {
     out.extend_from_slice(&header.arrival_ms.to_le_bytes());
     out.extend_from_slice(&header.flags.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(payload);
+    write_payload(out);
+    assert_eq!(out.len() - start - FRAME_HEADER_BYTES, header.len as usize, "payload length must match the header");
     let crc = crc32c::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + frame_bytes(payload.len()), 0);
+    out.resize(start + frame_bytes(header.len as usize), 0);
 }
 
 /// What is at a given offset of a segment.

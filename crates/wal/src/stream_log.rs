@@ -96,21 +96,27 @@ impl StreamLog {
     /// segments that held only such records. Blocking.
     pub(crate) fn acknowledge(&self, seq: u64) -> Result<()> {
         let seq = seq.min(self.durable_next().saturating_sub(1));
-        let mut shared = self.shared.lock().expect("lock");
-        if seq <= shared.acked {
+        // One acknowledger per stream (its delivery task) is the contract, so the
+        // check and the write need not be atomic; the lock is not held across the
+        // checkpoint's fsync, which would stall appends publishing their segments.
+        if seq <= self.shared.lock().expect("lock").acked {
             return Ok(());
         }
         checkpoint::write(&self.dir, seq)?;
-        shared.acked = seq;
-        // The last segment is never deleted: the writer may still be appending to it.
-        let n_deletable = shared
-            .segments
-            .iter()
-            .take(shared.segments.len().saturating_sub(1))
-            .take_while(|s| s.last_seq <= seq)
-            .count();
-        if n_deletable > 0 {
-            for segment in shared.segments.drain(..n_deletable) {
+        let deletable: Vec<SegmentMeta> = {
+            let mut shared = self.shared.lock().expect("lock");
+            shared.acked = shared.acked.max(seq);
+            // The last segment is never deleted: the writer may still be appending to it.
+            let n_deletable = shared
+                .segments
+                .iter()
+                .take(shared.segments.len().saturating_sub(1))
+                .take_while(|s| s.last_seq <= seq)
+                .count();
+            shared.segments.drain(..n_deletable).collect()
+        };
+        if !deletable.is_empty() {
+            for segment in &deletable {
                 fs::remove_file(&segment.path).at(&segment.path)?;
             }
             segment::sync_dir(&self.dir)?;
@@ -244,6 +250,13 @@ fn write_group(log: &StreamLog, state: &mut WriterState, group: &[AppendRequest]
     if let Some(error) = io_error {
         return undo_group(state, rolled, group_next_seq, group.len(), error);
     }
+    if let Some(active) = state.active.as_mut() {
+        // An idle stream should not keep a group's worth of buffer: with many streams
+        // that adds up to most of the process's memory.
+        if active.pending.capacity() > PENDING_BYTES_RETAINED_MAX {
+            active.pending = Vec::new();
+        }
+    }
     let mut segments: Vec<SegmentMeta> = rolled.iter().map(meta_of).collect();
     segments.extend(state.active.as_ref().filter(|a| a.offset > a.group_start || a.created_in_group).map(meta_of));
     GroupOutcome { results, segments, fatal: None }
@@ -322,12 +335,10 @@ fn append_request(
         let seq = state.next_seq;
         let active = state.active.as_mut().expect("rolled above");
         let flags = if active.key.is_some() { FLAG_ENCRYPTED } else { 0 };
-        let mut header = FrameHeader { len: sealed_len as u32, seq, arrival_ms: request.arrival_ms, flags };
+        let header = FrameHeader { len: sealed_len as u32, seq, arrival_ms: request.arrival_ms, flags };
         match &active.key {
             Some(key) => {
-                let sealed = key.seal(seq, &header.aad(), record);
-                header.len = sealed.len() as u32;
-                frame::encode(&mut active.pending, header, &sealed);
+                frame::encode_with(&mut active.pending, header, |out| key.seal_into(seq, &header.aad(), record, out))
             }
             None => frame::encode(&mut active.pending, header, record),
         }
@@ -372,6 +383,9 @@ fn sync(log: &StreamLog, file: &File, all: bool) -> std::io::Result<()> {
         file.sync_data()
     }
 }
+
+/// Write buffer capacity a stream keeps between groups.
+const PENDING_BYTES_RETAINED_MAX: usize = 256 << 10;
 
 /// Segments grow by this much at a time, so most appends change no file size.
 pub(crate) const PREALLOCATE_STEP_BYTES: u64 = 4 << 20;

@@ -42,7 +42,7 @@ impl Default for WalOptions {
             segment_bytes_max: 64 << 20,
             record_bytes_max: 1_024_000,
             group_bytes_max: 32 << 20,
-            write_chunk_bytes: 4 << 20,
+            write_chunk_bytes: 1 << 20,
             queue_depth_max: 1024,
             #[cfg(any(test, feature = "failpoints"))]
             fail_syncs_after: None,

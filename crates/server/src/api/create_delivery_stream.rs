@@ -81,7 +81,9 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
         let id = catalog.next_stream_id;
         catalog.next_stream_id += 1;
         // The log exists before the catalog names the stream; an orphan log left by a
-        // crash in between is removed at startup.
+        // crash in between is removed at startup, and one left by a failed catalog
+        // write (which also rolled `next_stream_id` back) is replaced here.
+        let _ = state.log.delete_stream(id);
         state.log.create_stream(id).map_err(log_failure)?;
         let record = StreamRecord {
             id,
