@@ -91,3 +91,25 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path):
     print(f"\ncrash report: iterations={ITERATIONS} acked={n_acked} unknown={len(unknown)} "
           f"in_log={n_delivered} lost={n_lost} phantom={n_phantom} "
           f"restart_to_healthy_ms p50={restart_ms[len(restart_ms) // 2]:.0f} max={restart_ms[-1]:.0f}")
+
+
+def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(tmp_path):
+    server = Server(tmp_path / "data").start()
+    client = server.client()
+    make_stream(client, "graceful")
+    acked, unknown = [], []
+    stop = threading.Event()
+    threads = [threading.Thread(target=produce, args=(server, "graceful", f"p{p}", 0, acked, unknown, stop))
+               for p in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert server.stop() == 0, server.log.read_text()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acked) > 0
+    records = server.dump("graceful")
+    in_log = {base64.b64decode(r["data"]).decode().split("|", 1)[0] for r in records}
+    missing = [i for i in acked if i not in in_log]
+    assert not missing, f"{len(missing)} acknowledged records lost in a graceful shutdown"

@@ -41,7 +41,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes_max: 64 << 20,
             record_bytes_max: 1_024_000,
-            group_bytes_max: 16 << 20,
+            group_bytes_max: 32 << 20,
             write_chunk_bytes: 256 << 10,
             queue_depth_max: 1024,
             #[cfg(any(test, feature = "failpoints"))]
