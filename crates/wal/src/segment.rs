@@ -73,7 +73,7 @@ pub(crate) fn decode_header(buf: &[u8], path: &Path) -> Result<(SegmentHeader, u
     let key_ref_len = u16_at(40);
     let wrapped_len = u16_at(42);
     let crc_at = HEADER_FIXED_BYTES + key_ref_len + wrapped_len;
-    if crc_at + 4 > buf.len() || header_len < crc_at + 4 || header_len % FRAME_ALIGN_BYTES != 0 {
+    if crc_at + 4 > buf.len() || header_len < crc_at + 4 || !header_len.is_multiple_of(FRAME_ALIGN_BYTES) {
         return Err(corrupt("header length out of bounds"));
     }
     if crc32c::crc32c(&buf[..crc_at]) != u32_at(crc_at) {
