@@ -97,6 +97,25 @@ impl AppState {
         self.catalog.get(&ctx.region, name).ok_or_else(|| ApiError::stream_not_found(name, &self.config.account_id))
     }
 
+    /// Changes one stream: `change` edits a copy, which replaces the stream only if
+    /// it returns `Ok` and the catalog is saved. `ResourceNotFoundException` if absent.
+    pub(crate) fn update_stream(
+        &self,
+        ctx: &RequestContext,
+        name: &str,
+        change: impl FnOnce(&mut StreamRecord) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        self.update_catalog(|catalog| {
+            let key = (ctx.region.clone(), name.to_string());
+            let current =
+                catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(name, &self.config.account_id))?;
+            let mut stream = (**current).clone();
+            change(&mut stream)?;
+            catalog.streams.insert(key, Arc::new(stream));
+            Ok(())
+        })
+    }
+
     /// Applies a catalog change; the file write and fsync run off the async workers.
     pub(crate) fn update_catalog<R>(
         &self,

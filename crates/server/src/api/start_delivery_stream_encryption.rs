@@ -2,8 +2,6 @@
 //! are written encrypted from this call on; the status reads `ENABLING` for the
 //! configured transition time, then `ENABLED`.
 
-use std::sync::Arc;
-
 use sluice_protocol::dto::{Empty, EncryptionInput, StartDeliveryStreamEncryptionInput};
 use sluice_protocol::limits::ENCRYPTION_CHANGES_PER_DAY_MAX;
 use sluice_protocol::{ApiError, ErrorCode};
@@ -45,19 +43,14 @@ pub(super) fn check_can_change(
 pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: StartDeliveryStreamEncryptionInput) -> Reply {
     let requested = input.encryption.unwrap_or(EncryptionInput { key_type: "AWS_OWNED_CMK".into(), key_arn: None });
     let (key_type, key_arn) = check_encryption(state, &requested)?;
-    let account = state.config.account_id.clone();
-    state.update_catalog(|catalog| {
-        let key = (ctx.region.clone(), input.name.clone());
-        let current = catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(&input.name, &account))?;
-        let mut recent = check_can_change(state, ctx, current)?;
+    state.update_stream(ctx, &input.name, |stream| {
+        let mut recent = check_can_change(state, ctx, stream)?;
         recent.push(ctx.now_ms);
-        let mut stream = (**current).clone();
         stream.encryption.enabled = true;
         stream.encryption.key_type = Some(key_type);
         stream.encryption.key_arn = key_arn;
         stream.encryption.changed_at_ms = ctx.now_ms;
         stream.encryption.changes_ms = recent;
-        catalog.streams.insert(key, Arc::new(stream));
         Ok(())
     })?;
     ok(&Empty {})

@@ -1,7 +1,5 @@
 //! TagDeliveryStream: adds or overwrites tags, at most 50 per stream.
 
-use std::sync::Arc;
-
 use sluice_protocol::dto::{Empty, TagDeliveryStreamInput};
 use sluice_protocol::limits::TAGS_PER_STREAM_MAX;
 use sluice_protocol::{ApiError, ErrorCode};
@@ -9,12 +7,7 @@ use sluice_protocol::{ApiError, ErrorCode};
 use super::{ok, AppState, Reply, RequestContext};
 
 pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: TagDeliveryStreamInput) -> Reply {
-    state.stream(ctx, &input.name)?;
-    let account = state.config.account_id.clone();
-    state.update_catalog(|catalog| {
-        let key = (ctx.region.clone(), input.name.clone());
-        let current = catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(&input.name, &account))?;
-        let mut stream = (**current).clone();
+    state.update_stream(ctx, &input.name, |stream| {
         for tag in &input.tags {
             stream.tags.insert(tag.key.clone(), tag.value.clone());
         }
@@ -25,7 +18,6 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: TagDeliveryS
             );
             return Err(ApiError::new(ErrorCode::LimitExceededException, message));
         }
-        catalog.streams.insert(key, Arc::new(stream));
         Ok(())
     })?;
     ok(&Empty {})
