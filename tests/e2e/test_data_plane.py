@@ -211,3 +211,13 @@ def test_a_disabled_key_refuses_puts_and_old_records_stay_readable(server, fh):
     assert e.value.response["Error"]["Message"] == f"KMS key {CMK_ENABLED} is disabled."
     assert server.stop() == 0
     assert [base64.b64decode(r["data"]) for r in server.dump("cmk")] == [b"TOP-SECRET-BEFORE"]
+
+
+def test_data_files_are_owner_only(server, fh):
+    make_stream(fh, "private")
+    fh.put_record(DeliveryStreamName="private", Record={"Data": b"x"})
+    assert server.stop() == 0
+    for root, dirs, files in os.walk(server.data_dir):
+        for name in dirs + files:
+            mode = os.stat(os.path.join(root, name)).st_mode & 0o077
+            assert mode == 0, f"{os.path.join(root, name)} is readable by others: {oct(mode)}"

@@ -80,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Everything Sluice writes (records, keys, the catalog) is for its own user only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Log writers sync on the blocking pool, one thread per stream with a commit in
     // progress; bounding the pool bounds threads (and their stacks and allocator
     // caches) however many streams are active. Syncs beyond it wait their turn.
