@@ -283,3 +283,26 @@ def test_health_and_metrics(server, fh):
     assert 'IncomingPutRequests{DeliveryStreamName="metered"} 2' in text
     assert 'PutRecordBatch_Records{DeliveryStreamName="metered"} 3' in text
     assert "PutRecord_Latency" in text
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"Prefix": "data/!{timestamp:yyyy}/"}, "ErrorOutputPrefix cannot be null or empty"),
+    ({"Prefix": "data/!{timestamp:yyyy}/", "ErrorOutputPrefix": "errors/!{timestamp:yyyy}/"}, "!{firehose:error-output-type}"),
+    ({"Prefix": "data/!{firehose:error-output-type}/", "ErrorOutputPrefix": "e/"}, "only allowed in ErrorOutputPrefix"),
+    ({"Prefix": "data/!{partitionKeyFromQuery:k}/", "ErrorOutputPrefix": "e/"}, "requires dynamic partitioning"),
+    ({"Prefix": "data/!{nope:x}/", "ErrorOutputPrefix": "e/"}, "Invalid expression"),
+    ({"CustomTimeZone": "Mars/Olympus"}, "Unknown CustomTimeZone"),
+])
+def test_prefix_rules_are_enforced_at_create_and_update(fh, config, needle):
+    with pytest.raises(ClientError) as e:
+        fh.create_delivery_stream(DeliveryStreamName="prefixed", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, **config))
+    code, message, _ = error_of(e)
+    assert code == "InvalidArgumentException" and needle in message, message
+    make_stream(fh, "prefixed")
+    with pytest.raises(ClientError) as e:
+        fh.update_destination(DeliveryStreamName="prefixed", CurrentDeliveryStreamVersionId="1",
+                              DestinationId="destinationId-000000000001", ExtendedS3DestinationUpdate=config)
+    assert error_of(e)[0] == "InvalidArgumentException"
+    ok = {"Prefix": "y=!{timestamp:yyyy}/", "ErrorOutputPrefix": "!{firehose:error-output-type}/", "CustomTimeZone": "Asia/Tokyo"}
+    fh.update_destination(DeliveryStreamName="prefixed", CurrentDeliveryStreamVersionId="1",
+                          DestinationId="destinationId-000000000001", ExtendedS3DestinationUpdate=ok)

@@ -203,7 +203,42 @@ impl Destination {
                 format!("The updated destination is incomplete: {}", e.message),
             )
         })?;
-        Ok(Destination { kind, config })
+        let updated = Destination { kind, config };
+        updated.validate()?;
+        Ok(updated)
+    }
+
+    /// Firehose's creation-time rules that the model cannot express: the `Prefix` /
+    /// `ErrorOutputPrefix` expression rules of every S3 configuration in the
+    /// destination, and a known `CustomTimeZone`.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let invalid = |message: String| ApiError::new(ErrorCode::InvalidArgumentException, message);
+        let check_s3 = |config: &Map<String, Value>, dynamic_partitioning: bool| -> Result<(), ApiError> {
+            let prefix = config.get("Prefix").and_then(Value::as_str).unwrap_or("");
+            let error_prefix = config.get("ErrorOutputPrefix").and_then(Value::as_str);
+            crate::s3_key::validate_prefixes(prefix, error_prefix, dynamic_partitioning).map_err(invalid)?;
+            let zone = config.get("CustomTimeZone").and_then(Value::as_str);
+            crate::s3_key::time_zone(zone).map_err(invalid)?;
+            Ok(())
+        };
+        let nested = |key: &str| self.config.get(key).and_then(Value::as_object);
+        match self.kind {
+            DestinationKind::ExtendedS3 | DestinationKind::S3 => {
+                let dynamic_partitioning = self
+                    .config
+                    .get("DynamicPartitioningConfiguration")
+                    .and_then(|d| d.get("Enabled"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                check_s3(&self.config, dynamic_partitioning)?;
+                nested("S3BackupConfiguration").map(|backup| check_s3(backup, false)).transpose()?;
+            }
+            DestinationKind::HttpEndpoint => {
+                nested("S3Configuration").map(|s3| check_s3(s3, false)).transpose()?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// `S3BackupMode` of the destination, as described.

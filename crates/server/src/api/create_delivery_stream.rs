@@ -53,6 +53,7 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
             sluice_protocol::dto::destination_member(destination.kind)
         )));
     }
+    destination.validate()?;
     let encryption = match &input.encryption {
         Some(requested) => {
             let (key_type, key_arn) = check_encryption(state, requested)?;
