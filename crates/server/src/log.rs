@@ -1,5 +1,6 @@
 //! The narrow interface between Sluice and its record log: append and get a durable
-//! sequence range, read from a cursor, acknowledge up to a sequence number. The
+//! sequence range, read from a cursor, acknowledge up to a sequence number (and
+//! record the intent of the batch being delivered, so it is rebuilt identically). The
 //! embedded write-ahead log implements it today; a replicated backend (NATS
 //! JetStream) is meant to implement the same trait, so nothing above this module
 //! may depend on files or segments.
@@ -58,8 +59,14 @@ pub trait RecordLog: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Appended, LogError>>;
     /// A cursor at `from`, or after the acknowledged records if later.
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError>;
-    /// Durably acknowledges every record up to and including `seq`.
+    /// Durably acknowledges every record up to and including `seq`, ending the batch
+    /// whose intent was recorded.
     fn acknowledge(&self, stream: u64, seq: u64) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Durably records the batch about to be delivered (an opaque description, at
+    /// most 64 KiB), so a retry after a crash can rebuild exactly the same batch.
+    fn record_intent(&self, stream: u64, intent: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
+    /// The recorded intent not yet acknowledged, if any.
+    fn intent(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError>;
     /// `Err(reason)` once the log can no longer be trusted with writes.
     fn health(&self) -> Result<(), String>;
 }
@@ -133,6 +140,20 @@ impl RecordLog for WalLog {
                 .map_err(|e| LogError::Unavailable(e.to_string()))?
                 .map_err(log_error)
         })
+    }
+
+    fn record_intent(&self, stream: u64, intent: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || wal.record_intent(stream, intent))
+                .await
+                .map_err(|e| LogError::Unavailable(e.to_string()))?
+                .map_err(log_error)
+        })
+    }
+
+    fn intent(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError> {
+        self.0.intent(stream).map_err(log_error)
     }
 
     fn health(&self) -> Result<(), String> {

@@ -1,6 +1,11 @@
-//! The checkpoint file: how far delivery has durably acknowledged a stream. Read at
-//! recovery to know where readers resume and which segments are garbage; replaced
-//! atomically on every acknowledgement.
+//! The checkpoint file: how far delivery has durably acknowledged a stream, and the
+//! batch it is delivering now (its *intent*, an opaque blob the delivery engine
+//! writes before an upload so that a retry after a crash rebuilds exactly the same
+//! batch). Read at recovery; replaced atomically on every change.
+//!
+//! Version 2: `magic "SLUICECP" | version u32 = 2 | acked_seq u64 | intent_len u32 |
+//! intent [u8; intent_len] | crc u32` (CRC32C of everything before it). Version 1 had
+//! no intent (`magic | 1 | acked_seq | crc`) and is still read.
 
 use std::fs;
 use std::io::Write;
@@ -10,40 +15,62 @@ use crate::error::{Error, IoContext, Result};
 use crate::segment::sync_dir;
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"SLUICECP";
-const CHECKPOINT_VERSION: u32 = 1;
-const CHECKPOINT_BYTES: usize = 8 + 4 + 8 + 4;
+const CHECKPOINT_VERSION: u32 = 2;
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+/// Largest intent blob: a batch description, not data.
+pub(crate) const INTENT_BYTES_MAX: usize = 64 << 10;
 
-/// Reads the acknowledged sequence number; 0 when there is no checkpoint yet.
-pub(crate) fn read(dir: &Path) -> Result<u64> {
+/// A stream's durable delivery progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub(crate) acked: u64,
+    pub(crate) intent: Option<Vec<u8>>,
+}
+
+/// Reads the checkpoint; the default (nothing acknowledged) when there is none yet.
+pub(crate) fn read(dir: &Path) -> Result<Checkpoint> {
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoint::default()),
         Err(e) => return Err(e).at(&path),
     };
     let corrupt = |reason: &str| Error::Corrupt { path: path.clone(), reason: reason.to_string() };
-    if bytes.len() != CHECKPOINT_BYTES || &bytes[..8] != CHECKPOINT_MAGIC {
+    if bytes.len() < 24 || &bytes[..8] != CHECKPOINT_MAGIC {
         return Err(corrupt("not a checkpoint file"));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != CHECKPOINT_VERSION {
-        return Err(Error::UnsupportedVersion { path, version });
-    }
-    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&bytes[..20]) != crc {
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return Err(corrupt("checksum mismatch"));
     }
-    Ok(u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")))
+    let version = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes"));
+    let acked = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes"));
+    match version {
+        1 if body.len() == 20 => Ok(Checkpoint { acked, intent: None }),
+        2 if body.len() >= 24 => {
+            let intent_len = u32::from_le_bytes(body[20..24].try_into().expect("4 bytes")) as usize;
+            if body.len() != 24 + intent_len {
+                return Err(corrupt("intent length does not match the file"));
+            }
+            let intent = (intent_len > 0).then(|| body[24..].to_vec());
+            Ok(Checkpoint { acked, intent })
+        }
+        1 | 2 => Err(corrupt("wrong length for its version")),
+        version => Err(Error::UnsupportedVersion { path, version }),
+    }
 }
 
 /// Durably replaces the checkpoint: temp file, fsync, rename, fsync the directory.
 /// The directory sync is what makes the rename itself survive a power loss.
-pub(crate) fn write(dir: &Path, acked_seq: u64) -> Result<()> {
-    let mut bytes = Vec::with_capacity(CHECKPOINT_BYTES);
+pub(crate) fn write(dir: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    let intent = checkpoint.intent.as_deref().unwrap_or(&[]);
+    assert!(intent.len() <= INTENT_BYTES_MAX, "callers bound the intent");
+    let mut bytes = Vec::with_capacity(28 + intent.len());
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
     bytes.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&acked_seq.to_le_bytes());
+    bytes.extend_from_slice(&checkpoint.acked.to_le_bytes());
+    bytes.extend_from_slice(&(intent.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(intent);
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     let tmp = dir.join("checkpoint.tmp");
@@ -57,18 +84,33 @@ pub(crate) fn write(dir: &Path, acked_seq: u64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(super::read(dir.path()).unwrap(), 0);
-        super::write(dir.path(), 77).unwrap();
-        assert_eq!(super::read(dir.path()).unwrap(), 77);
-        super::write(dir.path(), 78).unwrap();
-        assert_eq!(super::read(dir.path()).unwrap(), 78);
-        let path = dir.path().join(super::CHECKPOINT_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Checkpoint::default());
+        let with_intent = Checkpoint { acked: 77, intent: Some(b"batch 78..90".to_vec()) };
+        write(dir.path(), &with_intent).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), with_intent);
+        write(dir.path(), &Checkpoint { acked: 90, intent: None }).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Checkpoint { acked: 90, intent: None });
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let mut bytes = fs::read(&path).unwrap();
         bytes[13] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        assert!(super::read(dir.path()).is_err());
+        fs::write(&path, bytes).unwrap();
+        assert!(read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"SLUICECP".to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&42u64.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        fs::write(dir.path().join(CHECKPOINT_FILE), bytes).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Checkpoint { acked: 42, intent: None });
     }
 }

@@ -48,6 +48,14 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A delivery intent is larger than the checkpoint allows.
+    #[error("intent of {bytes} bytes exceeds the limit of {limit} bytes")]
+    IntentTooLarge {
+        /// Size of the intent.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The key-encryption key could not wrap or unwrap a data key.
     #[error("key {key_ref}: {source}")]
     Key {

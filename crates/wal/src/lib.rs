@@ -15,7 +15,9 @@
 //!   caller is answered only after the sync that covers its records.
 //! * [`Wal::reader`] / [`Reader::read`]: read durable records from a cursor.
 //! * [`Wal::acknowledge`]: durably record that everything up to a sequence number has
-//!   been delivered, so whole segments below it can be deleted.
+//!   been delivered, so whole segments below it can be deleted. Before an upload the
+//!   delivery engine may [`Wal::record_intent`], an opaque description of the batch
+//!   kept with the checkpoint, so that after a crash it rebuilds the same batch.
 //!
 //! # On-disk format (version 1)
 //!
@@ -73,9 +75,11 @@
 //! associated data is the frame's `seq`, `arrival_ms` and `flags`, so frames cannot
 //! be swapped undetected.
 //!
-//! **Checkpoint file.** `magic "SLUICECP" | version u32 | acked_seq u64 | crc u32`
-//! (CRC32C of the preceding bytes). Replaced atomically: written to `checkpoint.tmp`,
-//! fsynced, renamed over `checkpoint`, then the directory is fsynced.
+//! **Checkpoint file.** `magic "SLUICECP" | version u32 = 2 | acked_seq u64 |
+//! intent_len u32 | intent [u8; intent_len] | crc u32` (CRC32C of the preceding
+//! bytes; version 1, without the intent, is still read). Replaced atomically:
+//! written to `checkpoint.tmp`, fsynced, renamed over `checkpoint`, then the
+//! directory is fsynced.
 //!
 //! # Recovery
 //!

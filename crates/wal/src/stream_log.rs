@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint, INTENT_BYTES_MAX};
 use crate::crypto::{DataKey, KeyWrapper, TAG_BYTES};
 use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, FrameHeader, FLAG_ENCRYPTED};
@@ -62,6 +62,8 @@ pub(crate) struct SegmentMeta {
 pub(crate) struct Shared {
     pub(crate) segments: Vec<SegmentMeta>,
     pub(crate) acked: u64,
+    /// The delivery engine's description of the batch it is delivering, if any.
+    pub(crate) intent: Option<Vec<u8>>,
 }
 
 pub(crate) struct StreamLog {
@@ -99,13 +101,19 @@ impl StreamLog {
         // One acknowledger per stream (its delivery task) is the contract, so the
         // check and the write need not be atomic; the lock is not held across the
         // checkpoint's fsync, which would stall appends publishing their segments.
-        if seq <= self.shared.lock().expect("lock").acked {
-            return Ok(());
-        }
-        checkpoint::write(&self.dir, seq)?;
+        let acked = {
+            let shared = self.shared.lock().expect("lock");
+            if seq <= shared.acked && shared.intent.is_none() {
+                return Ok(());
+            }
+            shared.acked.max(seq)
+        };
+        // Acknowledging ends the batch in progress, so its intent is cleared.
+        checkpoint::write(&self.dir, &Checkpoint { acked, intent: None })?;
         let deletable: Vec<SegmentMeta> = {
             let mut shared = self.shared.lock().expect("lock");
-            shared.acked = shared.acked.max(seq);
+            shared.acked = acked;
+            shared.intent = None;
             // The last segment is never deleted: the writer may still be appending to it.
             let n_deletable = shared
                 .segments
@@ -121,6 +129,20 @@ impl StreamLog {
             }
             segment::sync_dir(&self.dir)?;
         }
+        Ok(())
+    }
+}
+
+impl StreamLog {
+    /// Durably records the batch delivery is about to upload (an opaque blob), so a
+    /// retry after a crash can rebuild exactly that batch. Blocking.
+    pub(crate) fn record_intent(&self, intent: Vec<u8>) -> Result<()> {
+        if intent.len() > INTENT_BYTES_MAX {
+            return Err(Error::IntentTooLarge { bytes: intent.len(), limit: INTENT_BYTES_MAX });
+        }
+        let acked = self.shared.lock().expect("lock").acked;
+        checkpoint::write(&self.dir, &Checkpoint { acked, intent: Some(intent.clone()) })?;
+        self.shared.lock().expect("lock").intent = Some(intent);
         Ok(())
     }
 }

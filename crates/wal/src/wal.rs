@@ -184,7 +184,7 @@ impl Wal {
         let path = self.dir.join(stream_dir_name(id));
         fs::create_dir_all(&path).at(&path)?;
         segment::sync_dir(&self.dir)?;
-        let shared = Shared { segments: Vec::new(), acked: 0 };
+        let shared = Shared { segments: Vec::new(), acked: 0, intent: None };
         let log = self.start_stream(id, path, shared, 1);
         streams.insert(id, log);
         Ok(())
@@ -226,6 +226,18 @@ impl Wal {
     /// segments that hold nothing newer. Blocking.
     pub fn acknowledge(&self, id: StreamId, seq: u64) -> Result<()> {
         self.stream(id)?.acknowledge(seq)
+    }
+
+    /// Durably records the batch delivery is about to upload: an opaque blob (at most
+    /// 64 KiB) kept with the checkpoint until the next [`Wal::acknowledge`]. Blocking.
+    pub fn record_intent(&self, id: StreamId, intent: Vec<u8>) -> Result<()> {
+        self.stream(id)?.record_intent(intent)
+    }
+
+    /// The intent recorded and not yet acknowledged, if any (after a crash: the
+    /// batch to deliver again, exactly).
+    pub fn intent(&self, id: StreamId) -> Result<Option<Vec<u8>>> {
+        Ok(self.stream(id)?.shared.lock().expect("lock").intent.clone())
     }
 
     /// The highest acknowledged sequence number (0 when none).
@@ -279,7 +291,7 @@ impl Wal {
     }
 
     fn recover_stream(&self, id: StreamId, dir: &Path, report: &mut RecoveryReport) -> Result<Arc<StreamLog>> {
-        let acked = checkpoint::read(dir)?;
+        let checkpoint::Checkpoint { acked, intent } = checkpoint::read(dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).at(dir)? {
             let path = entry.at(dir)?.path();
@@ -359,7 +371,7 @@ impl Wal {
         }
         let next_seq =
             segments.last().map(|s| s.last_seq.max(s.base_seq.saturating_sub(1))).unwrap_or(0).max(acked) + 1;
-        Ok(self.start_stream(id, dir.to_path_buf(), Shared { segments, acked }, next_seq))
+        Ok(self.start_stream(id, dir.to_path_buf(), Shared { segments, acked, intent }, next_seq))
     }
 
     fn quarantine(

@@ -277,3 +277,29 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     assert!(seqs.starts_with(&[1, 2]), "acknowledged records survive: {seqs:?}");
     assert!(!seqs.contains(&4), "a refused append never reaches the log");
 }
+
+#[test]
+fn a_delivery_intent_survives_a_restart_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10, Encryption::None, small_options());
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), small_options());
+    assert_eq!(wal.intent(STREAM).unwrap(), None);
+    wal.acknowledge(STREAM, 3).unwrap();
+    wal.record_intent(STREAM, b"batch 4..7 key k".to_vec()).unwrap();
+    assert!(matches!(wal.record_intent(STREAM, vec![0; 65 << 10]), Err(crate::Error::IntentTooLarge { .. })));
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, _) = open(dir.path(), small_options());
+    assert_eq!(wal.intent(STREAM).unwrap().as_deref(), Some(&b"batch 4..7 key k"[..]));
+    assert_eq!(wal.acknowledged(STREAM).unwrap(), 3, "recording an intent keeps the acknowledged position");
+    wal.acknowledge(STREAM, 7).unwrap();
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, _) = open(dir.path(), small_options());
+    assert_eq!(wal.intent(STREAM).unwrap(), None, "acknowledging ends the batch");
+    assert_eq!(wal.acknowledged(STREAM).unwrap(), 7);
+    assert_eq!(read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
+    rt.block_on(wal.shutdown());
+}
