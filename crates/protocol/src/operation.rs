@@ -354,3 +354,87 @@ mod tests {
         assert_eq!(input.tags, vec![Tag { key: "k".into(), value: Some("v".into()) }]);
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const OPERATIONS: [&str; 13] = [
+        "CreateDeliveryStream",
+        "DeleteDeliveryStream",
+        "DescribeDeliveryStream",
+        "ListDeliveryStreams",
+        "ListTagsForDeliveryStream",
+        "PutRecord",
+        "PutRecordBatch",
+        "StartDeliveryStreamEncryption",
+        "StopDeliveryStreamEncryption",
+        "TagDeliveryStream",
+        "UntagDeliveryStream",
+        "UpdateDestination",
+        "Nope",
+    ];
+
+    /// JSON values of any shape, with the member names the model uses, so the
+    /// validator is exercised deep inside real shapes and not only at the top.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let names = prop::sample::select(vec![
+            "DeliveryStreamName",
+            "Record",
+            "Records",
+            "Data",
+            "Tags",
+            "Key",
+            "Value",
+            "Limit",
+            "BucketARN",
+            "RoleARN",
+            "ExtendedS3DestinationConfiguration",
+            "BufferingHints",
+            "SizeInMBs",
+            "Prefix",
+            "ProcessingConfiguration",
+            "Processors",
+            "Parameters",
+            "DeliveryStreamEncryptionConfigurationInput",
+            "KeyType",
+            "TagKeys",
+            "HttpEndpointDestinationConfiguration",
+            "EndpointConfiguration",
+            "Url",
+            "S3Configuration",
+        ]);
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            "[a-zA-Z0-9+/=:!{}.-]{0,40}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(names.clone(), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parsing_arbitrary_json_never_panics(op in prop::sample::select(OPERATIONS.to_vec()), body in json()) {
+            let target = format!("{TARGET_PREFIX}.{op}");
+            let _ = Operation::parse(Some(&target), body.to_string().as_bytes());
+        }
+
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(op in prop::sample::select(OPERATIONS.to_vec()), body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let target = format!("{TARGET_PREFIX}.{op}");
+            let _ = Operation::parse(Some(&target), &body);
+        }
+    }
+}
