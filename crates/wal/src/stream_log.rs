@@ -191,6 +191,14 @@ pub(crate) async fn run_writer(
                 Err(_) => break,
             }
         }
+        // Requests queued before another stream's sync failed must not be written
+        // now: a sync after a failed one can succeed without the data being safe.
+        if let Some(reason) = log.poison.reason() {
+            for request in group {
+                let _ = request.reply.send(Err(Error::Poisoned(reason.clone())));
+            }
+            continue;
+        }
         let task_log = log.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let outcome = write_group(&task_log, &mut state, &group);
@@ -227,7 +235,8 @@ fn publish(log: &StreamLog, state: &WriterState, segments: Vec<SegmentMeta>) {
     }
     let mut shared = log.shared.lock().expect("lock");
     for meta in segments {
-        match shared.segments.iter_mut().find(|s| s.base_seq == meta.base_seq) {
+        // Nearly always the last segment: search from the end.
+        match shared.segments.iter_mut().rev().find(|s| s.base_seq == meta.base_seq) {
             Some(existing) => *existing = meta,
             None => shared.segments.push(meta),
         }

@@ -97,10 +97,14 @@ pub(crate) struct Poison {
 
 impl Poison {
     pub(crate) fn check(&self) -> Result<()> {
-        match &*self.reason.borrow() {
-            Some(reason) => Err(Error::Poisoned(reason.clone())),
+        match self.reason() {
+            Some(reason) => Err(Error::Poisoned(reason)),
             None => Ok(()),
         }
+    }
+
+    pub(crate) fn reason(&self) -> Option<String> {
+        self.reason.borrow().clone()
     }
 
     pub(crate) fn set(&self, reason: String) {

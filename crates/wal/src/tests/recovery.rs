@@ -303,3 +303,20 @@ fn a_delivery_intent_survives_a_restart_until_acknowledged() {
     assert_eq!(read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
     rt.block_on(wal.shutdown());
 }
+
+#[test]
+fn after_one_stream_poisons_the_log_no_stream_acknowledges_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), WalOptions { fail_syncs_after: Some(1), ..small_options() });
+    wal.create_stream(1).unwrap();
+    wal.create_stream(2).unwrap();
+    rt.block_on(wal.append(1, vec![record(1)], Encryption::None)).unwrap();
+    assert!(rt.block_on(wal.append(1, vec![record(2)], Encryption::None)).is_err());
+    // The other stream's sync would "work" now (the hook only counts), but the log
+    // as a whole is poisoned: nothing more may be acknowledged anywhere.
+    let other = rt.block_on(wal.append(2, vec![record(3)], Encryption::None));
+    assert!(matches!(other, Err(crate::Error::Poisoned(_))), "{other:?}");
+    rt.block_on(wal.shutdown());
+}
