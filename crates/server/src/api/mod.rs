@@ -21,9 +21,8 @@ mod update_destination;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -164,7 +163,10 @@ fn region_from_authorization(value: &str) -> Option<&str> {
     (!region.is_empty() && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(region)
 }
 
-async fn firehose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    // Taken apart rather than extracted, which would copy the header map.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let request_id = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();
     let declared =
