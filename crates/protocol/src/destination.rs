@@ -240,11 +240,6 @@ impl Destination {
         }
         Ok(())
     }
-
-    /// `S3BackupMode` of the destination, as described.
-    pub fn s3_backup_mode(&self) -> Option<&str> {
-        self.config.get("S3BackupMode").and_then(Value::as_str)
-    }
 }
 
 impl DestinationKind {

@@ -79,15 +79,18 @@ pub(crate) struct StreamLog {
 }
 
 impl StreamLog {
+    /// Queues records for the writer and waits for the sync that covers them.
     pub(crate) async fn append(
         &self,
-        request: AppendRequest,
-        reply: oneshot::Receiver<Result<Appended>>,
+        records: Vec<Vec<u8>>,
+        key_ref: Option<String>,
+        arrival_ms: u64,
     ) -> Result<Appended> {
         self.poison.check()?;
         let sender = self.requests.lock().expect("lock").clone().ok_or(Error::Closed)?;
-        sender.send(request).await.map_err(|_| Error::Closed)?;
-        reply.await.map_err(|_| Error::Closed)?
+        let (reply, answer) = oneshot::channel();
+        sender.send(AppendRequest { records, key_ref, arrival_ms, reply }).await.map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
     }
 
     pub(crate) fn durable_next(&self) -> u64 {

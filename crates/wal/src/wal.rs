@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint;
 use crate::crypto::{DataKey, KeyWrapper};
 use crate::error::{Error, IoContext, Result};
 use crate::segment::{self, BadRange};
-use crate::stream_log::{self, AppendRequest, Appended, Reader, SegmentMeta, Shared, StreamLog, WriterState};
+use crate::stream_log::{self, Appended, Reader, SegmentMeta, Shared, StreamLog, WriterState};
 
 /// A stream's identity in the log. The application assigns it and never reuses it.
 pub type StreamId = u64;
@@ -209,14 +209,11 @@ impl Wal {
 
     /// Appends records; resolves once they are durable.
     pub async fn append(&self, id: StreamId, records: Vec<Vec<u8>>, encryption: Encryption) -> Result<Appended> {
-        let log = self.stream(id)?;
-        let (reply, receive) = oneshot::channel();
         let key_ref = match encryption {
             Encryption::None => None,
             Encryption::Key(key_ref) => Some(key_ref),
         };
-        let request = AppendRequest { records, key_ref, arrival_ms: now_ms(), reply };
-        log.append(request, receive).await
+        self.stream(id)?.append(records, key_ref, now_ms()).await
     }
 
     /// A reader positioned at `from`, or just after the acknowledged records if later.
@@ -252,13 +249,6 @@ impl Wal {
     /// The next sequence number to be assigned: everything below it is durable.
     pub fn durable_next(&self, id: StreamId) -> Result<u64> {
         Ok(self.stream(id)?.durable_next())
-    }
-
-    /// Bytes of segment files currently held for a stream.
-    pub fn retained_bytes(&self, id: StreamId) -> Result<u64> {
-        let log = self.stream(id)?;
-        let shared = log.shared.lock().expect("lock");
-        Ok(shared.segments.iter().map(|s| s.end).sum())
     }
 
     /// Stops accepting appends and waits for every queued append to be answered.
