@@ -221,3 +221,38 @@ def test_data_files_are_owner_only(server, fh):
         for name in dirs + files:
             mode = os.stat(os.path.join(root, name)).st_mode & 0o077
             assert mode == 0, f"{os.path.join(root, name)} is readable by others: {oct(mode)}"
+
+
+def test_a_full_buffer_refuses_puts_with_503_and_keeps_everything_acknowledged(tmp_path):
+    from conftest import Server
+    server = Server(tmp_path / "data", extra_config="[limits]\nbuffer_mib_per_stream_max = 1\nbuffer_mib_max = 3\n").start()
+    fh = server.client()
+
+    def fill(stream):
+        acked = []
+        for i in range(100):
+            records = [f"{stream}-{i}-{j}|".encode() + b"x" * 100_000 for j in range(2)]
+            try:
+                fh.put_record_batch(DeliveryStreamName=stream, Records=[{"Data": r} for r in records])
+            except ClientError as e:
+                assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+                assert e.response["Error"]["Code"] == "ServiceUnavailableException"
+                assert "not yet delivered" in e.response["Error"]["Message"]
+                return acked
+            acked.extend(records)
+        raise AssertionError(f"{stream} was never refused")
+
+    for name in ("full", "second", "third", "fourth"):
+        make_stream(fh, name)
+    full = fill("full")
+    assert 800_000 < sum(map(len, full)) <= 1 << 20
+    # Per-stream limit: other streams still accept.
+    assert fh.put_record(DeliveryStreamName="second", Record={"Data": b"fine"})["RecordId"]
+    fill("second")
+    fill("third")
+    # Three streams hold about 3 MiB: the global limit now refuses a stream holding nothing.
+    with pytest.raises(ClientError) as e:
+        fh.put_record_batch(DeliveryStreamName="fourth", Records=[{"Data": b"y" * 200_000}])
+    assert error_of(e)[:1] == ("ServiceUnavailableException",)
+    assert server.stop() == 0
+    assert [base64.b64decode(r["data"]) for r in server.dump("full")] == full

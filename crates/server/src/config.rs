@@ -24,6 +24,9 @@ pub struct RawConfig {
     /// Write-ahead log sizes.
     #[serde(default)]
     pub wal: RawWalConfig,
+    /// Back-pressure.
+    #[serde(default)]
+    pub limits: RawLimitsConfig,
     /// Encryption at rest.
     #[serde(default)]
     pub encryption: RawEncryptionConfig,
@@ -35,6 +38,17 @@ pub struct RawConfig {
 pub struct RawWalConfig {
     /// Segment size in MiB. Default 64.
     pub segment_mib_max: Option<u64>,
+}
+
+/// `[limits]`: how much undelivered data Sluice holds on disk before it refuses
+/// puts with `ServiceUnavailableException` (acknowledged data is never evicted).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitsConfig {
+    /// Per stream, in MiB. Default 8192.
+    pub buffer_mib_per_stream_max: Option<u64>,
+    /// All streams together, in MiB. Default 32768.
+    pub buffer_mib_max: Option<u64>,
 }
 
 /// `[encryption]`.
@@ -78,6 +92,10 @@ pub struct Config {
     pub transition_ms: u64,
     /// Segment size.
     pub segment_bytes_max: u64,
+    /// Undelivered bytes held per stream before puts are refused.
+    pub buffer_bytes_per_stream_max: u64,
+    /// Undelivered bytes held in all before puts are refused.
+    pub buffer_bytes_max: u64,
     /// Master key file.
     pub master_key_file: PathBuf,
     /// Customer managed keys.
@@ -135,6 +153,8 @@ impl RawConfig {
             account_id,
             transition_ms: self.transition_ms.unwrap_or(250),
             segment_bytes_max: segment_mib << 20,
+            buffer_bytes_per_stream_max: self.limits.buffer_mib_per_stream_max.unwrap_or(8192) << 20,
+            buffer_bytes_max: self.limits.buffer_mib_max.unwrap_or(32768) << 20,
             kms_keys: self.encryption.keys,
         })
     }

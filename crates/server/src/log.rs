@@ -67,6 +67,10 @@ pub trait RecordLog: Send + Sync + 'static {
     fn record_intent(&self, stream: u64, intent: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
     /// The recorded intent not yet acknowledged, if any.
     fn intent(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError>;
+    /// Bytes the log holds for a stream (for back-pressure).
+    fn retained_bytes(&self, stream: u64) -> Result<u64, LogError>;
+    /// Bytes the log holds for all streams.
+    fn retained_bytes_total(&self) -> u64;
     /// `Err(reason)` once the log can no longer be trusted with writes.
     fn health(&self) -> Result<(), String>;
 }
@@ -154,6 +158,14 @@ impl RecordLog for WalLog {
 
     fn intent(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError> {
         self.0.intent(stream).map_err(log_error)
+    }
+
+    fn retained_bytes(&self, stream: u64) -> Result<u64, LogError> {
+        self.0.retained_bytes(stream).map_err(log_error)
+    }
+
+    fn retained_bytes_total(&self) -> u64 {
+        self.0.retained_bytes_total()
     }
 
     fn health(&self) -> Result<(), String> {

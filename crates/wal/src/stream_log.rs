@@ -4,6 +4,7 @@
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -76,6 +77,10 @@ pub(crate) struct StreamLog {
     pub(crate) durable: watch::Sender<u64>,
     pub(crate) requests: Mutex<Option<mpsc::Sender<AppendRequest>>>,
     pub(crate) poison: Arc<Poison>,
+    /// Bytes of this stream's segments (durable part), for back-pressure.
+    pub(crate) retained_bytes: AtomicU64,
+    /// The same summed over every stream of the log.
+    pub(crate) total_retained_bytes: Arc<AtomicU64>,
 }
 
 impl StreamLog {
@@ -91,6 +96,17 @@ impl StreamLog {
         let (reply, answer) = oneshot::channel();
         sender.send(AppendRequest { records, key_ref, arrival_ms, reply }).await.map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Adds `delta` bytes to the stream's and the log's retained counts.
+    pub(crate) fn retain(&self, delta: i64) {
+        if delta >= 0 {
+            self.retained_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+            self.total_retained_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.retained_bytes.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            self.total_retained_bytes.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn durable_next(&self) -> u64 {
@@ -129,6 +145,7 @@ impl StreamLog {
         if !deletable.is_empty() {
             for segment in &deletable {
                 fs::remove_file(&segment.path).at(&segment.path)?;
+                self.retain(-(segment.end as i64));
             }
             segment::sync_dir(&self.dir)?;
         }
@@ -237,14 +254,22 @@ fn publish(log: &StreamLog, state: &WriterState, segments: Vec<SegmentMeta>) {
         return;
     }
     let mut shared = log.shared.lock().expect("lock");
+    let mut grown = 0i64;
     for meta in segments {
         // Nearly always the last segment: search from the end.
         match shared.segments.iter_mut().rev().find(|s| s.base_seq == meta.base_seq) {
-            Some(existing) => *existing = meta,
-            None => shared.segments.push(meta),
+            Some(existing) => {
+                grown += meta.end as i64 - existing.end as i64;
+                *existing = meta;
+            }
+            None => {
+                grown += meta.end as i64;
+                shared.segments.push(meta);
+            }
         }
     }
     drop(shared);
+    log.retain(grown);
     log.durable.send_replace(state.next_seq);
 }
 

@@ -130,6 +130,8 @@ pub struct Wal {
     poison: Arc<Poison>,
     /// Where writer tasks run; captured at open so streams can be created from any thread.
     runtime: tokio::runtime::Handle,
+    /// Bytes of all segments of all streams.
+    total_retained_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -157,6 +159,7 @@ impl Wal {
                 n_syncs: std::sync::atomic::AtomicU64::new(0),
             }),
             runtime: tokio::runtime::Handle::current(),
+            total_retained_bytes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let mut report = RecoveryReport::default();
         for entry in fs::read_dir(dir).at(dir)? {
@@ -198,6 +201,7 @@ impl Wal {
     pub fn delete_stream(&self, id: StreamId) -> Result<()> {
         let log = self.streams.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
         log.requests.lock().expect("lock").take();
+        log.retain(-(log.retained_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64));
         fs::remove_dir_all(&log.dir).at(&log.dir)?;
         segment::sync_dir(&self.dir)
     }
@@ -251,6 +255,17 @@ impl Wal {
         Ok(self.stream(id)?.durable_next())
     }
 
+    /// Bytes of segment files held for a stream (records not yet acknowledged, plus
+    /// the rest of the segments they share), for back-pressure.
+    pub fn retained_bytes(&self, id: StreamId) -> Result<u64> {
+        Ok(self.stream(id)?.retained_bytes.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// [`Wal::retained_bytes`] summed over every stream.
+    pub fn retained_bytes_total(&self) -> u64 {
+        self.total_retained_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops accepting appends and waits for every queued append to be answered.
     pub async fn shutdown(&self) {
         for log in self.streams.lock().expect("lock").values() {
@@ -277,7 +292,11 @@ impl Wal {
             durable: watch::channel(next_seq).0,
             requests: Mutex::new(Some(sender)),
             poison: self.poison.clone(),
+            retained_bytes: std::sync::atomic::AtomicU64::new(0),
+            total_retained_bytes: self.total_retained_bytes.clone(),
         });
+        let retained: u64 = log.shared.lock().expect("lock").segments.iter().map(|s| s.end).sum();
+        log.retain(retained as i64);
         let state = WriterState { next_seq, active: None };
         let writer = self.runtime.spawn(stream_log::run_writer(log.clone(), state, receiver));
         self.writers.lock().expect("lock").push(writer);

@@ -24,6 +24,7 @@ pub(super) async fn ingest(
         let message = format!("Firehose {name} under account {account} is not ACTIVE (status {status}).");
         return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
     }
+    check_buffer_room(state, &stream, records.iter().map(Vec::len).sum())?;
     let encryption = match stream.encryption.key_ref() {
         Some(key_ref) => {
             state.keys.check(&key_ref).map_err(|reason| kms_error(&key_ref, &reason))?;
@@ -37,6 +38,25 @@ pub(super) async fn ingest(
         Err(LogError::UnknownStream(_)) => Err(ApiError::stream_not_found(name, &state.config.account_id)),
         Err(e) => Err(log_failure(e)),
     }
+}
+
+/// Back-pressure: refuses a put that would take the stream's (or Sluice's) held,
+/// undelivered bytes past the configured limit. Acknowledged data is never evicted
+/// to make room; the producer retries (SDKs retry 503) once delivery catches up.
+fn check_buffer_room(state: &AppState, stream: &StreamRecord, n_bytes: usize) -> Result<(), ApiError> {
+    let held = state.log.retained_bytes(stream.id).unwrap_or(0);
+    let held_total = state.log.retained_bytes_total();
+    let config = &state.config;
+    if held + n_bytes as u64 > config.buffer_bytes_per_stream_max
+        || held_total + n_bytes as u64 > config.buffer_bytes_max
+    {
+        let message = format!(
+            "Firehose {} is holding {held} bytes not yet delivered (limits: {} per stream, {} in all); try again later.",
+            stream.name, config.buffer_bytes_per_stream_max, config.buffer_bytes_max
+        );
+        return Err(ApiError::new(ErrorCode::ServiceUnavailableException, message));
+    }
+    Ok(())
 }
 
 /// An opaque, stable record id that names the stream's log and the record's

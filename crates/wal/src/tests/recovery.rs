@@ -320,3 +320,33 @@ fn after_one_stream_poisons_the_log_no_stream_acknowledges_anything() {
     assert!(matches!(other, Err(crate::Error::Poisoned(_))), "{other:?}");
     rt.block_on(wal.shutdown());
 }
+
+#[test]
+fn retained_bytes_follow_appends_acknowledgements_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 100, Encryption::None, small_options());
+    let on_disk = |dir: &Path| segments(dir).iter().map(|p| fs::metadata(p).unwrap().len()).sum::<u64>();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), small_options());
+    // After recovery every segment is cut to its used length, so files and count agree.
+    let after_open = wal.retained_bytes(STREAM).unwrap();
+    assert_eq!(after_open, on_disk(dir.path()));
+    assert_eq!(wal.retained_bytes_total(), after_open);
+    rt.block_on(wal.append(STREAM, vec![record(101)], Encryption::None)).unwrap();
+    let after_append = wal.retained_bytes(STREAM).unwrap();
+    assert!(after_append > after_open);
+    wal.acknowledge(STREAM, 90).unwrap();
+    let after_ack = wal.retained_bytes(STREAM).unwrap();
+    assert!(after_ack < after_append, "deleted segments are no longer counted");
+    wal.create_stream(7).unwrap();
+    rt.block_on(wal.append(7, vec![record(1)], Encryption::None)).unwrap();
+    assert_eq!(wal.retained_bytes_total(), after_ack + wal.retained_bytes(7).unwrap());
+    wal.delete_stream(7).unwrap();
+    assert_eq!(wal.retained_bytes_total(), after_ack);
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, _) = open(dir.path(), small_options());
+    assert_eq!(wal.retained_bytes(STREAM).unwrap(), on_disk(dir.path()));
+    rt.block_on(wal.shutdown());
+}
