@@ -295,7 +295,7 @@ fn write_group(log: &StreamLog, state: &mut WriterState, group: &[AppendRequest]
     }
     if io_error.is_none() {
         if let Some(active) = state.active.as_mut() {
-            if let Err(e) = flush_pending(active) {
+            if let Err(e) = flush_pending(log, active) {
                 io_error = Some(e);
             } else if active.offset > active.group_start {
                 if let Err(e) = sync(log, &active.file, false) {
@@ -404,14 +404,14 @@ fn append_request(
         active.last_seq = seq;
         state.next_seq += 1;
         if active.pending.len() >= log.options.write_chunk_bytes {
-            flush_pending(active)?;
+            flush_pending(log, active)?;
         }
     }
     Ok(Appended { first_seq, last_seq: state.next_seq - 1, encrypted: request.key_ref.is_some() })
 }
 
 /// Writes encoded frames at the segment's offset, growing the preallocation first.
-fn flush_pending(active: &mut Active) -> Result<()> {
+fn flush_pending(log: &StreamLog, active: &mut Active) -> Result<()> {
     if active.pending.is_empty() {
         return Ok(());
     }
@@ -420,6 +420,13 @@ fn flush_pending(active: &mut Active) -> Result<()> {
         let step = (end - active.offset).max(PREALLOCATE_STEP_BYTES.min(active.segment_bytes_max));
         active.allocated = segment::preallocate(&active.file, &active.path, active.offset, step)?;
     }
+    #[cfg(any(test, feature = "failpoints"))]
+    if let Some(n) = log.options.fail_write_number {
+        if log.poison.n_writes.fetch_add(1, Ordering::SeqCst) == n {
+            return Err(std::io::Error::from_raw_os_error(28)).at(&active.path); // ENOSPC
+        }
+    }
+    let _ = log;
     active.file.write_all_at(&active.pending, active.offset).at(&active.path)?;
     active.offset = end;
     active.pending.clear();
@@ -465,7 +472,7 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
         _ => Vec::new(),
     };
     if let Some(mut old) = state.active.take() {
-        flush_pending(&mut old)?;
+        flush_pending(log, &mut old)?;
         // Sealed segments are complete on disk, and cut to their used length, before a
         // newer one exists, so recovery can treat damage in any segment but the last as
         // corruption, not a torn tail.

@@ -34,6 +34,9 @@ pub struct WalOptions {
     /// Fault injection: after this many successful syncs, every sync fails with EIO.
     #[cfg(any(test, feature = "failpoints"))]
     pub fail_syncs_after: Option<u64>,
+    /// Fault injection: the write with this number (from 0) fails with ENOSPC.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fail_write_number: Option<u64>,
 }
 
 impl Default for WalOptions {
@@ -46,6 +49,8 @@ impl Default for WalOptions {
             queue_depth_max: 1024,
             #[cfg(any(test, feature = "failpoints"))]
             fail_syncs_after: None,
+            #[cfg(any(test, feature = "failpoints"))]
+            fail_write_number: None,
         }
     }
 }
@@ -93,6 +98,9 @@ pub(crate) struct Poison {
     /// Syncs done so far, for the `fail_syncs_after` fault hook.
     #[cfg(any(test, feature = "failpoints"))]
     pub(crate) n_syncs: std::sync::atomic::AtomicU64,
+    /// Writes done so far, for the `fail_write_number` fault hook.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub(crate) n_writes: std::sync::atomic::AtomicU64,
 }
 
 impl Poison {
@@ -157,6 +165,8 @@ impl Wal {
                 reason: watch::channel(None).0,
                 #[cfg(any(test, feature = "failpoints"))]
                 n_syncs: std::sync::atomic::AtomicU64::new(0),
+                #[cfg(any(test, feature = "failpoints"))]
+                n_writes: std::sync::atomic::AtomicU64::new(0),
             }),
             runtime: tokio::runtime::Handle::current(),
             total_retained_bytes: Arc::new(std::sync::atomic::AtomicU64::new(0)),

@@ -350,3 +350,30 @@ fn retained_bytes_follow_appends_acknowledgements_and_restarts() {
     assert_eq!(wal.retained_bytes(STREAM).unwrap(), on_disk(dir.path()));
     rt.block_on(wal.shutdown());
 }
+
+#[test]
+fn a_failed_write_fails_its_group_leaves_nothing_behind_and_is_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    // Writes 0 and 1 succeed, write 2 (the third append) hits ENOSPC.
+    let (wal, _) = open(dir.path(), WalOptions { fail_write_number: Some(2), ..small_options() });
+    wal.create_stream(STREAM).unwrap();
+    for i in 1..=2 {
+        rt.block_on(wal.append(STREAM, vec![record(i)], Encryption::None)).unwrap();
+    }
+    let failed = rt.block_on(wal.append(STREAM, vec![record(3)], Encryption::None));
+    assert!(matches!(failed, Err(crate::Error::Io { .. })), "{failed:?}");
+    assert!(wal.fatal().borrow().is_none(), "a failed write is not fatal");
+    let after = rt.block_on(wal.append(STREAM, vec![record(4)], Encryption::None)).unwrap();
+    assert_eq!(after.first_seq, 3, "the failed append's sequence number is reused");
+    let read: Vec<Vec<u8>> = read_all(&wal, STREAM, 1).into_iter().map(|r| r.data).collect();
+    assert_eq!(read, vec![record(1), record(2), record(4)]);
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, report) = open(dir.path(), small_options());
+    assert!(report.quarantined.is_empty());
+    let read: Vec<Vec<u8>> = read_all(&wal, STREAM, 1).into_iter().map(|r| r.data).collect();
+    assert_eq!(read, vec![record(1), record(2), record(4)], "the refused record never reappears");
+    rt.block_on(wal.shutdown());
+}
