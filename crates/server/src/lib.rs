@@ -15,6 +15,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod delivery;
 pub mod keys;
 pub mod log;
 pub mod metrics;
