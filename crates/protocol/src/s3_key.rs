@@ -86,14 +86,14 @@ impl PrefixTemplate {
         Ok(PrefixTemplate { parts })
     }
 
-    /// Whether the template uses any `!{...}` expression besides the appended
-    /// default time path.
-    pub fn uses(&self, what: &str) -> bool {
-        self.parts.iter().any(|p| match (p, what) {
-            (Part::ErrorOutputType, "error-output-type") => true,
-            (Part::PartitionKeyFromQuery(_) | Part::PartitionKeyFromLambda(_), "partition-key") => true,
-            _ => false,
-        })
+    /// Whether the template contains `!{firehose:error-output-type}`.
+    pub fn uses_error_output_type(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::ErrorOutputType))
+    }
+
+    /// Whether the template contains a `partitionKeyFrom...` expression.
+    pub fn uses_partition_keys(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::PartitionKeyFromQuery(_) | Part::PartitionKeyFromLambda(_)))
     }
 
     /// Evaluates the prefix. Fails when the result is longer than 512 characters.
@@ -285,13 +285,13 @@ pub fn validate_prefixes(
         return Err("ErrorOutputPrefix cannot be null or empty when Prefix contains expressions or dynamic partitioning is enabled".into());
     }
     if let Some((template, has_expressions)) = &error {
-        if *has_expressions && !template.uses("error-output-type") {
+        if *has_expressions && !template.uses_error_output_type() {
             return Err(
                 "ErrorOutputPrefix must contain !{firehose:error-output-type} when it contains expressions".into()
             );
         }
     }
-    if dynamic_partitioning && !data.uses("partition-key") {
+    if dynamic_partitioning && !data.uses_partition_keys() {
         return Err("Prefix must contain a partitionKeyFromQuery or partitionKeyFromLambda expression when dynamic partitioning is enabled".into());
     }
     Ok(())
