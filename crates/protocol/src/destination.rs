@@ -125,7 +125,63 @@ fn describe_s3(config: &Map<String, Value>) -> Map<String, Value> {
     d
 }
 
+/// What delivery needs from an S3 (or ExtendedS3) configuration, with Firehose's
+/// defaults applied: a typed view, so delivery never reads JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// The bucket name (from `arn:aws:s3:::NAME`).
+    pub bucket: String,
+    /// `Prefix` (empty: the default time path).
+    pub prefix: String,
+    /// `ErrorOutputPrefix`, if set.
+    pub error_output_prefix: Option<String>,
+    /// `BufferingHints.SizeInMBs` (default 5).
+    pub buffer_mib: u64,
+    /// `BufferingHints.IntervalInSeconds` (default 300).
+    pub buffer_interval_s: u64,
+    /// `CompressionFormat` as in the API (default `UNCOMPRESSED`).
+    pub compression: String,
+    /// `FileExtension`, if set (overrides the compression's extension).
+    pub file_extension: Option<String>,
+    /// `CustomTimeZone`, if set.
+    pub custom_time_zone: Option<String>,
+    /// `DynamicPartitioningConfiguration.Enabled`.
+    pub dynamic_partitioning: bool,
+}
+
+impl S3Settings {
+    /// Reads an `S3DestinationConfiguration`-shaped object (ExtendedS3 members are
+    /// read when present). `None` without a valid `BucketARN`.
+    pub fn from_config(config: &Map<String, Value>) -> Option<S3Settings> {
+        let text = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_string);
+        let hint = |key: &str| config.get("BufferingHints").and_then(|h| h.get(key)).and_then(Value::as_u64);
+        Some(S3Settings {
+            bucket: text("BucketARN")?.strip_prefix("arn:aws:s3:::")?.to_string(),
+            prefix: text("Prefix").unwrap_or_default(),
+            error_output_prefix: text("ErrorOutputPrefix").filter(|p| !p.is_empty()),
+            buffer_mib: hint("SizeInMBs").unwrap_or(5),
+            buffer_interval_s: hint("IntervalInSeconds").unwrap_or(300),
+            compression: text("CompressionFormat").unwrap_or_else(|| "UNCOMPRESSED".into()),
+            file_extension: text("FileExtension").filter(|e| !e.is_empty()),
+            custom_time_zone: text("CustomTimeZone").filter(|z| !z.is_empty()),
+            dynamic_partitioning: config
+                .get("DynamicPartitioningConfiguration")
+                .and_then(|d| d.get("Enabled"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+}
+
 impl Destination {
+    /// Where an S3 or ExtendedS3 destination delivers; `None` for other kinds.
+    pub fn s3_settings(&self) -> Option<S3Settings> {
+        match self.kind {
+            DestinationKind::ExtendedS3 | DestinationKind::S3 => S3Settings::from_config(&self.config),
+            _ => None,
+        }
+    }
+
     /// The description with Firehose's defaults filled in. An S3 or ExtendedS3
     /// destination is described both ways, as Firehose does.
     pub fn describe(&self, destination_id: &str) -> DestinationDescription {
@@ -306,6 +362,21 @@ mod tests {
         assert_eq!(e["BufferingHints"]["SizeInMBs"], 1);
         assert_eq!(d["S3DestinationDescription"]["BucketARN"], "arn:aws:s3:::b");
         assert_eq!(d["DestinationId"], "destinationId-000000000001");
+    }
+
+    #[test]
+    fn s3_settings_apply_firehose_defaults() {
+        let settings = s3().s3_settings().unwrap();
+        assert_eq!(settings.bucket, "b");
+        assert_eq!((settings.buffer_mib, settings.buffer_interval_s), (1, 60));
+        assert_eq!(settings.compression, "UNCOMPRESSED");
+        assert_eq!((settings.prefix.as_str(), settings.error_output_prefix.as_deref()), ("", None));
+        assert!(!settings.dynamic_partitioning);
+        let bare = json!({"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::logs", "CompressionFormat": "GZIP"});
+        let settings = S3Settings::from_config(bare.as_object().unwrap()).unwrap();
+        assert_eq!((settings.buffer_mib, settings.buffer_interval_s, settings.compression.as_str()), (5, 300, "GZIP"));
+        let http = Destination { kind: DestinationKind::HttpEndpoint, config: Map::new() };
+        assert_eq!(http.s3_settings(), None);
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! Object keys of delivered batches, in Firehose's layout, derived only from facts
+//! fixed when the batch was decided (stream, destination version, first sequence
+//! number, arrival of the oldest record). An upload repeated after a crash or a
+//! timeout therefore writes the same key and overwrites instead of duplicating.
+
+use sluice_protocol::destination::S3Settings;
+use sluice_protocol::s3_key::{self, PrefixContext, PrefixKind, PrefixTemplate};
+use uuid::Uuid;
+
+use super::encode::Compression;
+
+/// Namespace of Sluice's deterministic batch UUIDs (a fixed, random UUID).
+const BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x5c1d_7a4e_93b2_4f0e_8a61_2d9e_b7c3_f105);
+
+/// What identifies a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchIdentity<'a> {
+    /// The stream's name (first part of the suffix).
+    pub stream_name: &'a str,
+    /// The stream's log id: names are reused after delete and create, ids are not.
+    pub stream_id: u64,
+    /// The stream's `VersionId` when the batch was decided.
+    pub version: u64,
+    /// Sequence number of the batch's first record.
+    pub first_seq: u64,
+    /// Arrival time of the batch's oldest record, Unix ms: prefixes and the suffix
+    /// timestamp are evaluated on it.
+    pub oldest_arrival_ms: u64,
+}
+
+impl BatchIdentity<'_> {
+    /// The batch's UUID: a name-based (v5) UUID of stream id, version and first
+    /// sequence number.
+    pub fn uuid(&self) -> Uuid {
+        let mut name = [0u8; 24];
+        name[..8].copy_from_slice(&self.stream_id.to_be_bytes());
+        name[8..16].copy_from_slice(&self.version.to_be_bytes());
+        name[16..].copy_from_slice(&self.first_seq.to_be_bytes());
+        Uuid::new_v5(&BATCH_NAMESPACE, &name)
+    }
+}
+
+/// The key of a batch's object. With `error_output_type` (`processing-failed`, ...),
+/// the key of its error object: under `ErrorOutputPrefix`, or when that is unset
+/// under `<Prefix><error-output-type>/yyyy/MM/dd/HH/`.
+pub fn object_key(
+    settings: &S3Settings,
+    batch: &BatchIdentity<'_>,
+    error_output_type: Option<&str>,
+) -> Result<String, String> {
+    let template = match error_output_type {
+        None => PrefixTemplate::parse(&settings.prefix, PrefixKind::Data, settings.dynamic_partitioning)?,
+        Some(_) => {
+            let default_error_prefix =
+                format!("{}!{{firehose:error-output-type}}/!{{timestamp:yyyy/MM/dd/HH/}}", settings.prefix);
+            let prefix = settings.error_output_prefix.as_deref().unwrap_or(&default_error_prefix);
+            PrefixTemplate::parse(prefix, PrefixKind::Error, settings.dynamic_partitioning)?
+        }
+    };
+    let zone = s3_key::time_zone(settings.custom_time_zone.as_deref())?;
+    let time = s3_key::zoned(batch.oldest_arrival_ms, &zone);
+    let uuid = batch.uuid();
+    // `!{firehose:random-string}` must be random-looking yet the same on a retry:
+    // derived from the batch's UUID and the expression's position.
+    let mut n_random = 0u32;
+    let mut random_string = || {
+        n_random += 1;
+        let derived = Uuid::new_v5(&uuid, &n_random.to_be_bytes());
+        derived.simple().to_string()[..11].to_string()
+    };
+    let mut context = PrefixContext { time: &time, random_string: &mut random_string, error_output_type };
+    // Partition keys come with dynamic partitioning (issue 4); without them a key
+    // expression cannot be evaluated.
+    let prefix = template.render(&mut context, &|_| None)?;
+    let compression = Compression::from_api(&settings.compression)
+        .ok_or_else(|| format!("Unknown CompressionFormat {}", settings.compression))?;
+    let extension = settings.file_extension.as_deref().unwrap_or(compression.extension());
+    let suffix = s3_key::suffix(batch.stream_name, batch.version, &time, &uuid.hyphenated().to_string(), extension);
+    Ok(prefix + &suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-07-13 14:05:09.123 UTC.
+    const ARRIVAL_MS: u64 = 1_783_951_509_123;
+
+    fn settings(prefix: &str) -> S3Settings {
+        S3Settings {
+            bucket: "b".into(),
+            prefix: prefix.into(),
+            error_output_prefix: None,
+            buffer_mib: 5,
+            buffer_interval_s: 300,
+            compression: "UNCOMPRESSED".into(),
+            file_extension: None,
+            custom_time_zone: None,
+            dynamic_partitioning: false,
+        }
+    }
+
+    fn batch(first_seq: u64) -> BatchIdentity<'static> {
+        BatchIdentity { stream_name: "orders", stream_id: 3, version: 2, first_seq, oldest_arrival_ms: ARRIVAL_MS }
+    }
+
+    #[test]
+    fn keys_follow_firehose_layout() {
+        let key = object_key(&settings(""), &batch(1), None).unwrap();
+        let uuid = batch(1).uuid().hyphenated().to_string();
+        assert_eq!(key, format!("2026/07/13/14/orders-2-2026-07-13-14-05-09-{uuid}"));
+        let key = object_key(&settings("legacy"), &batch(1), None).unwrap();
+        assert!(key.starts_with("legacy2026/07/13/14/orders-2-"), "{key}");
+        let gz = S3Settings { compression: "GZIP".into(), custom_time_zone: Some("Asia/Tokyo".into()), ..settings("") };
+        let key = object_key(&gz, &batch(1), None).unwrap();
+        assert!(key.starts_with("2026/07/13/23/orders-2-2026-07-13-23-05-09-") && key.ends_with(".gz"), "{key}");
+        let custom = S3Settings { compression: "GZIP".into(), file_extension: Some(".json.gz".into()), ..settings("") };
+        assert!(object_key(&custom, &batch(1), None).unwrap().ends_with(".json.gz"));
+        let error = object_key(&settings("data/"), &batch(1), Some("processing-failed")).unwrap();
+        assert!(error.starts_with("data/processing-failed/2026/07/13/14/orders-2-"), "{error}");
+    }
+
+    #[test]
+    fn the_same_batch_always_gets_the_same_key() {
+        let s = settings("r=!{firehose:random-string}/!{firehose:random-string}/");
+        let s = S3Settings { error_output_prefix: Some("!{firehose:error-output-type}/".into()), ..s };
+        let a = object_key(&s, &batch(7), None).unwrap();
+        assert_eq!(a, object_key(&s, &batch(7), None).unwrap());
+        assert_ne!(a, object_key(&s, &batch(8), None).unwrap());
+        let parts: Vec<&str> = a.split('/').collect();
+        assert_eq!(parts[0].len(), "r=".len() + 11);
+        assert_ne!(parts[0], format!("r={}", parts[1]), "each use of random-string differs");
+        let moved = BatchIdentity { version: 3, ..batch(7) };
+        assert_ne!(batch(7).uuid(), moved.uuid(), "a new destination version is a new batch");
+    }
+}
