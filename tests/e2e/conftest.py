@@ -127,5 +127,6 @@ def wait_active(client, name, timeout=5):
 
 
 def make_stream(client, name, **kwargs):
-    client.create_delivery_stream(DeliveryStreamName=name, ExtendedS3DestinationConfiguration=S3_CONFIG, **kwargs)
+    kwargs.setdefault("ExtendedS3DestinationConfiguration", S3_CONFIG)
+    client.create_delivery_stream(DeliveryStreamName=name, **kwargs)
     return wait_active(client, name)

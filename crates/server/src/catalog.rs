@@ -174,6 +174,11 @@ impl Catalog {
         state.streams.get(&(region.to_string(), name.to_string())).cloned()
     }
 
+    /// The stream whose log id is `id`, in whatever region.
+    pub fn get_by_id(&self, id: u64) -> Option<Arc<StreamRecord>> {
+        self.state.read().expect("lock").streams.values().find(|s| s.id == id).cloned()
+    }
+
     /// A snapshot of every stream.
     pub fn snapshot(&self) -> CatalogState {
         self.state.read().expect("lock").clone()

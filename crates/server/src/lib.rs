@@ -33,6 +33,10 @@ use crate::config::Config;
 use crate::keys::KeyRegistry;
 use crate::log::WalLog;
 
+/// How long shutdown waits for buffered batches to be delivered; what is not
+/// delivered by then stays in the log and is delivered after the next start.
+const SHUTDOWN_DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
+
 /// Why the server stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -130,8 +134,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
         }
     };
+    let delivery = delivery::DeliveryEngine::start(state.clone());
     let served = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await;
     upkeep.abort();
+    // No more puts: deliver what is buffered (no minimum), within a bounded time.
+    delivery.stop(SHUTDOWN_DELIVERY_DEADLINE).await;
     // Every answered put was already synced; this waits for the log's writers to
     // answer anything still queued, so no request is left hanging.
     wal.shutdown().await;

@@ -55,6 +55,7 @@ pub struct Metrics {
     prometheus: Option<PrometheusHandle>,
     /// By stream id, so the put path looks handles up without allocating.
     streams: RwLock<HashMap<u64, Arc<StreamMetrics>>>,
+    names: RwLock<HashMap<u64, String>>,
 }
 
 impl Metrics {
@@ -62,7 +63,7 @@ impl Metrics {
     /// second call (in tests) records into the first.
     pub fn install() -> Metrics {
         let prometheus = PrometheusBuilder::new().install_recorder().ok();
-        Metrics { prometheus, streams: RwLock::new(HashMap::new()) }
+        Metrics { prometheus, streams: RwLock::new(HashMap::new()), names: RwLock::new(HashMap::new()) }
     }
 
     /// The handles of stream `id`, named `name`.
@@ -71,6 +72,25 @@ impl Metrics {
             return m.clone();
         }
         self.streams.write().expect("lock").entry(id).or_insert_with(|| Arc::new(StreamMetrics::new(name))).clone()
+    }
+
+    /// Records one upload attempt of a batch to S3 (`DeliveryToS3.*`; `Success`
+    /// counts successful attempts and `Attempts` all of them, so their ratio is
+    /// Firehose's `DeliveryToS3.Success`).
+    pub fn delivery_to_s3(&self, stream_id: u64, ok: bool, n_records: u64, n_bytes: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("DeliveryToS3.Attempts", &labels).increment(1);
+        if ok {
+            metrics::counter!("DeliveryToS3.Success", &labels).increment(1);
+            metrics::counter!("DeliveryToS3.Records", &labels).increment(n_records);
+            metrics::counter!("DeliveryToS3.Bytes", &labels).increment(n_bytes);
+        }
+    }
+
+    /// Records the name of stream `id` for metrics reported by id.
+    pub fn name_stream(&self, id: u64, name: &str) {
+        self.names.write().expect("lock").insert(id, name.to_string());
     }
 
     /// Records one control-plane call.

@@ -1,0 +1,233 @@
+//! One stream's delivery loop: read the log from the checkpoint, buffer until
+//! `SizeInMBs` or `IntervalInSeconds` (whichever comes first, measured from the
+//! oldest buffered record), then: record the batch's intent, upload, acknowledge.
+//! After a crash the recorded intent is delivered again, identically, under the same
+//! key, so S3 never holds a record twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_protocol::destination::S3Settings;
+use tokio::sync::watch;
+
+use super::encode::Compression;
+use super::key::{object_key, BatchIdentity};
+use super::store::LocalBuckets;
+use crate::api::{now_ms, AppState};
+use crate::catalog::StreamRecord;
+use crate::log::{LogCursor, StoredRecord};
+
+/// The batch being delivered, as kept with the log's checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Intent {
+    first_seq: u64,
+    last_seq: u64,
+    bucket: String,
+    key: String,
+    compression: String,
+}
+
+/// Records read per call to the log.
+const READ_RECORDS_MAX: usize = 10_000;
+/// How often an idle worker re-reads its stream's definition.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Retry delays: exponential from 1 s, capped, with ±20% jitter.
+const RETRY_DELAY_MIN: Duration = Duration::from_secs(1);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
+
+pub(super) async fn run(state: Arc<AppState>, stream_id: u64, mut shutdown: watch::Receiver<bool>) {
+    let store = LocalBuckets::new(state.config.data_dir.join("buckets"));
+    if let Ok(Some(bytes)) = state.log.intent(stream_id) {
+        match serde_json::from_slice::<Intent>(&bytes) {
+            Ok(intent) => {
+                if !redo(&state, &store, stream_id, intent, &mut shutdown).await {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::error!(stream_id, %error, "Unreadable delivery intent; delivering from the checkpoint.")
+            }
+        }
+    }
+    let mut cursor = match state.log.cursor(stream_id, 0) {
+        Ok(cursor) => cursor,
+        Err(error) => {
+            tracing::error!(stream_id, %error, "Cannot read the stream's log; its delivery stops.");
+            return;
+        }
+    };
+    let mut buffer: Vec<StoredRecord> = Vec::new();
+    let mut buffer_bytes = 0u64;
+    loop {
+        let Some(stream) = state.catalog.get_by_id(stream_id) else { return };
+        let stopping = *shutdown.borrow();
+        let Some(settings) = stream.destination.s3_settings() else {
+            // HTTP endpoint delivery comes with issue 4: records wait in the log.
+            if stopping || wait(&mut shutdown, IDLE_POLL).await {
+                return;
+            }
+            continue;
+        };
+        let size_max = settings.buffer_mib << 20;
+        if buffer_bytes < size_max {
+            match cursor.read(READ_RECORDS_MAX, (size_max - buffer_bytes) as usize).await {
+                Ok(records) => {
+                    buffer_bytes += records.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                    buffer.extend(records);
+                }
+                Err(error) => {
+                    tracing::error!(stream = %stream.name, %error, "Reading the log failed; retrying.");
+                    if wait(&mut shutdown, RETRY_DELAY_MIN).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let deadline_ms = buffer.first().map(|r| r.arrival_ms + settings.buffer_interval_s * 1000);
+        let due = deadline_ms.is_some_and(|d| buffer_bytes >= size_max || now_ms() >= d || stopping);
+        if due {
+            let batch = std::mem::take(&mut buffer);
+            buffer_bytes = 0;
+            if !deliver(&state, &store, &stream, &settings, batch, &mut shutdown).await {
+                return;
+            }
+            continue;
+        }
+        if stopping {
+            return;
+        }
+        let pause = deadline_ms.map(|d| Duration::from_millis(d.saturating_sub(now_ms()))).unwrap_or(IDLE_POLL);
+        tokio::select! {
+            () = cursor.wait() => {}
+            () = tokio::time::sleep(pause.min(IDLE_POLL)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Resolves `true` if shutdown was requested while waiting.
+async fn wait(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Decides, records and delivers one batch. `false` if it stopped for shutdown
+/// before the batch was delivered (its intent stays, to be redone at the next start).
+async fn deliver(
+    state: &AppState,
+    store: &LocalBuckets,
+    stream: &StreamRecord,
+    settings: &S3Settings,
+    batch: Vec<StoredRecord>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let (first, last) = (&batch[0], batch.last().expect("batches are not empty"));
+    let identity = BatchIdentity {
+        stream_name: &stream.name,
+        stream_id: stream.id,
+        version: stream.version_id,
+        first_seq: first.seq,
+        oldest_arrival_ms: first.arrival_ms,
+    };
+    let key = loop {
+        match object_key(settings, &identity, None) {
+            Ok(key) => break key,
+            Err(error) => {
+                tracing::error!(stream = %stream.name, %error, "Cannot build the object key; retrying.");
+                if wait(shutdown, RETRY_DELAY_MAX).await {
+                    return false;
+                }
+            }
+        }
+    };
+    let intent = Intent {
+        first_seq: first.seq,
+        last_seq: last.seq,
+        bucket: settings.bucket.clone(),
+        key,
+        compression: settings.compression.clone(),
+    };
+    let bytes = serde_json::to_vec(&intent).expect("intents serialise");
+    if let Err(error) = state.log.record_intent(stream.id, bytes).await {
+        tracing::error!(stream = %stream.name, %error, "Recording the batch failed; it will be decided again.");
+        return !wait(shutdown, RETRY_DELAY_MIN).await;
+    }
+    upload(state, store, stream.id, &intent, &batch, shutdown).await
+}
+
+/// Delivers the batch an interrupted run recorded, exactly as recorded.
+async fn redo(
+    state: &AppState,
+    store: &LocalBuckets,
+    stream_id: u64,
+    intent: Intent,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut cursor: Box<dyn LogCursor> = match state.log.cursor(stream_id, intent.first_seq) {
+        Ok(cursor) => cursor,
+        Err(_) => return false,
+    };
+    let mut batch = Vec::new();
+    while batch.last().is_none_or(|r: &StoredRecord| r.seq < intent.last_seq) {
+        match cursor.read(READ_RECORDS_MAX, usize::MAX).await {
+            Ok(records) if records.is_empty() => break,
+            Ok(records) => batch.extend(records.into_iter().filter(|r| r.seq <= intent.last_seq)),
+            Err(error) => {
+                tracing::error!(stream_id, %error, "Reading an interrupted batch failed; retrying.");
+                if wait(shutdown, RETRY_DELAY_MIN).await {
+                    return false;
+                }
+            }
+        }
+    }
+    tracing::info!(stream_id, key = %intent.key, n_records = batch.len(), "Delivering a batch interrupted by a restart again.");
+    upload(state, store, stream_id, &intent, &batch, shutdown).await
+}
+
+/// Uploads until it succeeds (then acknowledges) or shutdown is requested.
+async fn upload(
+    state: &AppState,
+    store: &LocalBuckets,
+    stream_id: u64,
+    intent: &Intent,
+    batch: &[StoredRecord],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let compression = Compression::from_api(&intent.compression).unwrap_or(Compression::Uncompressed);
+    let data: Vec<u8> = batch.iter().flat_map(|r| r.data.iter().copied()).collect();
+    let entry = intent.key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
+    let body = Arc::new(compression.encode(&data, &entry));
+    let mut delay = RETRY_DELAY_MIN;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let (put_store, bucket, key, put_body) =
+            (store.clone(), intent.bucket.clone(), intent.key.clone(), body.clone());
+        let result = tokio::task::spawn_blocking(move || put_store.put(&bucket, &key, &put_body))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        state.metrics.delivery_to_s3(stream_id, result.is_ok(), batch.len() as u64, data.len() as u64);
+        match result {
+            Ok(_) => match state.log.acknowledge(stream_id, intent.last_seq).await {
+                Ok(()) => return true,
+                Err(error) => tracing::error!(stream_id, %error, "Acknowledging a delivered batch failed; retrying."),
+            },
+            Err(error) => {
+                tracing::warn!(stream_id, bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed; retrying.");
+            }
+        }
+        if *shutdown.borrow() {
+            return false;
+        }
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        if wait(shutdown, delay.mul_f64(jitter)).await {
+            return false;
+        }
+        delay = (delay * 2).min(RETRY_DELAY_MAX);
+    }
+}
