@@ -10,6 +10,7 @@ import random
 import re
 import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 from conftest import S3_CONFIG, Server, make_stream
@@ -63,6 +64,10 @@ def test_interval_zero_delivers_within_two_seconds_with_firehose_keys(server, fh
     assert m["prefix"] == arrival.strftime("%Y/%m/%d/%H/")
     assert (m["stream"], m["version"], m["ext"]) == ("keys", "1", "")
     assert (out / key).read_bytes() == b"".join(records), "records concatenated in order, no delimiter added"
+    with urllib.request.urlopen(server.endpoint + "/metrics") as r:
+        metrics = r.read().decode()
+    assert 'DeliveryToS3_Records{DeliveryStreamName="keys"} 50' in metrics
+    assert 'DeliveryToS3_Success{DeliveryStreamName="keys"} 1' in metrics
     assert server.stop() == 0
     assert server.dump("keys") == [], "delivered records are acknowledged and leave the log"
 
@@ -185,3 +190,18 @@ def test_kill_9_during_delivery_leaves_every_acked_record_in_exactly_one_object(
     assert set(seen) <= set(acked) | set(unknown)
     print(f"\ndelivery crash report: acked={len(acked)} unknown={len(unknown)} objects={len(objects(out))} "
           f"delivered={len(seen)} left_in_log={len(left)} duplicates=0 lost=0")
+
+
+def test_update_destination_applies_to_new_batches(server, fh):
+    out = bucket(server)
+    make_stream(fh, "moving", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, Prefix="v1/", BufferingHints=hints(1, 0)))
+    fh.put_record(DeliveryStreamName="moving", Record={"Data": b"before\n"})
+    [first] = wait_for_objects(out)
+    fh.update_destination(DeliveryStreamName="moving", CurrentDeliveryStreamVersionId="1",
+                          DestinationId="destinationId-000000000001", ExtendedS3DestinationUpdate={"Prefix": "v2/"})
+    fh.put_record(DeliveryStreamName="moving", Record={"Data": b"after\n"})
+    keys = wait_for_objects(out, n=2)
+    [second] = [k for k in keys if k != first]
+    assert first.startswith("v1") and KEY.match(first)["version"] == "1"
+    assert second.startswith("v2") and KEY.match(second)["version"] == "2", second
+    assert (out / second).read_bytes() == b"after\n"
