@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// Back-pressure.
     #[serde(default)]
     pub limits: RawLimitsConfig,
+    /// Delivery to an S3-compatible service instead of the local directory.
+    #[serde(default)]
+    pub s3: RawS3Config,
     /// Encryption at rest.
     #[serde(default)]
     pub encryption: RawEncryptionConfig,
@@ -49,6 +52,17 @@ pub struct RawLimitsConfig {
     pub buffer_mib_per_stream_max: Option<u64>,
     /// All streams together, in MiB. Default 32768.
     pub buffer_mib_max: Option<u64>,
+}
+
+/// `[s3]`: deliver to an S3-compatible service. Credentials come from the standard
+/// AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`. Unset: local-directory buckets.
+    pub endpoint: Option<String>,
+    /// Signing region. Default: the server's region.
+    pub region: Option<String>,
 }
 
 /// `[encryption]`.
@@ -100,6 +114,10 @@ pub struct Config {
     pub master_key_file: PathBuf,
     /// Customer managed keys.
     pub kms_keys: Vec<RawKmsKey>,
+    /// S3-compatible endpoint for delivery; `None` for local-directory buckets.
+    pub s3_endpoint: Option<String>,
+    /// Region S3 requests are signed for.
+    pub s3_region: String,
 }
 
 /// A configuration that cannot be used.
@@ -135,7 +153,12 @@ impl RawConfig {
 
     /// Validates, filling in defaults. `listen` and `data_dir` from the command line
     /// or the environment win over the file.
-    pub fn into_config(self, listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> Result<Config, ConfigError> {
+    pub fn into_config(
+        self,
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+        s3_endpoint: Option<String>,
+    ) -> Result<Config, ConfigError> {
         let data_dir = data_dir.or(self.data_dir).unwrap_or_else(|| PathBuf::from("./sluice-data"));
         let account_id = self.account_id.unwrap_or_else(|| "000000000000".into());
         if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
@@ -145,11 +168,20 @@ impl RawConfig {
         if !(1..=1024).contains(&segment_mib) {
             return Err(ConfigError::Invalid(format!("wal.segment_mib_max must be 1..=1024, got {segment_mib}")));
         }
+        let region = self.region.unwrap_or_else(|| "us-east-1".into());
+        let s3_endpoint = s3_endpoint.or(self.s3.endpoint);
+        if let Some(endpoint) = &s3_endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!("s3 endpoint must be an http(s) URL, got {endpoint:?}")));
+            }
+        }
         Ok(Config {
+            s3_region: self.s3.region.unwrap_or_else(|| region.clone()),
+            s3_endpoint,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:4573".parse().expect("valid address")),
             master_key_file: self.encryption.master_key_file.unwrap_or_else(|| data_dir.join("master.key")),
             data_dir,
-            region: self.region.unwrap_or_else(|| "us-east-1".into()),
+            region,
             account_id,
             transition_ms: self.transition_ms.unwrap_or(250),
             segment_bytes_max: segment_mib << 20,

@@ -53,6 +53,9 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
+    /// Deliver to this S3-compatible endpoint instead of `<data-dir>/buckets/`.
+    #[arg(long, env = "SLUICE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
 }
 
 #[derive(Args)]
@@ -71,7 +74,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
     };
-    Ok(raw.into_config(args.listen, args.data_dir.clone())?)
+    Ok(raw.into_config(args.listen, args.data_dir.clone(), args.s3_endpoint.clone())?)
 }
 
 fn main() -> anyhow::Result<()> {

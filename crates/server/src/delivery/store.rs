@@ -1,12 +1,18 @@
-//! The default object store: bucket `arn:aws:s3:::NAME` is the directory
+//! Object stores for delivered batches. The default: bucket `arn:aws:s3:::NAME` is the directory
 //! `<data-dir>/buckets/NAME/`, and an object is the file at its key, so delivered
 //! data can be read with `ls` and `cat`. Written durably (temp file, fsync, rename,
 //! fsync of the directories) before delivery acknowledges the records in the log:
 //! the log may then delete them, so the object must survive a power loss too.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 
 /// Why an object could not be stored. Every case is retried: a missing bucket is
 /// a delivery failure (as on S3), never created on the user's behalf.
@@ -73,6 +79,77 @@ impl LocalBuckets {
             dir = dir.parent().expect("inside the bucket");
         }
         Ok(path)
+    }
+}
+
+/// Buckets on an S3-compatible service (`[s3] endpoint`), through `object_store`.
+/// Credentials come from the standard AWS environment variables. A missing bucket
+/// fails the upload, which is retried; it is never created.
+#[derive(Clone)]
+pub struct S3Buckets {
+    endpoint: String,
+    region: String,
+    clients: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+}
+
+impl S3Buckets {
+    /// Buckets at `endpoint` (path-style addressing, as S3-compatible servers expect).
+    pub fn new(endpoint: &str, region: &str) -> S3Buckets {
+        S3Buckets { endpoint: endpoint.to_string(), region: region.to_string(), clients: Arc::default() }
+    }
+
+    fn client(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+        let mut clients = self.clients.lock().expect("lock");
+        if let Some(client) = clients.get(bucket) {
+            return Ok(client.clone());
+        }
+        let client = AmazonS3Builder::from_env()
+            .with_endpoint(&self.endpoint)
+            .with_region(&self.region)
+            .with_bucket_name(bucket)
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(self.endpoint.starts_with("http://"))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let client: Arc<dyn ObjectStore> = Arc::new(client);
+        clients.insert(bucket.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Uploads `body` to `key` with `Content-Type: application/octet-stream`, as
+    /// Firehose does.
+    pub async fn put(&self, bucket: &str, key: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
+        let client = self.client(bucket)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "application/octet-stream".into());
+        let options = PutOptions { attributes, ..PutOptions::default() };
+        let payload = PutPayload::from(bytes::Bytes::from(body.as_ref().clone()));
+        client.put_opts(&ObjectPath::from(key), payload, options).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Where delivered objects go.
+#[derive(Clone)]
+pub enum Store {
+    /// `<data-dir>/buckets/NAME/` (the default).
+    Local(LocalBuckets),
+    /// An S3-compatible service.
+    S3(S3Buckets),
+}
+
+impl Store {
+    /// Stores one object, replacing any object at the same key.
+    pub async fn put(&self, bucket: &str, key: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
+        match self {
+            Store::Local(local) => {
+                let (local, bucket, key) = (local.clone(), bucket.to_string(), key.to_string());
+                tokio::task::spawn_blocking(move || local.put(&bucket, &key, &body).map(|_| ()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            Store::S3(s3) => s3.put(bucket, key, body).await,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::encode::Compression;
 use super::key::{object_key, BatchIdentity};
-use super::store::LocalBuckets;
+use super::store::{LocalBuckets, S3Buckets, Store};
 use crate::api::{now_ms, AppState};
 use crate::catalog::StreamRecord;
 use crate::log::{LogCursor, StoredRecord};
@@ -37,7 +37,10 @@ const RETRY_DELAY_MIN: Duration = Duration::from_secs(1);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(state: Arc<AppState>, stream_id: u64, mut shutdown: watch::Receiver<bool>) {
-    let store = LocalBuckets::new(state.config.data_dir.join("buckets"));
+    let store = match &state.config.s3_endpoint {
+        Some(endpoint) => Store::S3(S3Buckets::new(endpoint, &state.config.s3_region)),
+        None => Store::Local(LocalBuckets::new(state.config.data_dir.join("buckets"))),
+    };
     if let Ok(Some(bytes)) = state.log.intent(stream_id) {
         match serde_json::from_slice::<Intent>(&bytes) {
             Ok(intent) => {
@@ -119,7 +122,7 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
 /// before the batch was delivered (its intent stays, to be redone at the next start).
 async fn deliver(
     state: &AppState,
-    store: &LocalBuckets,
+    store: &Store,
     stream: &StreamRecord,
     settings: &S3Settings,
     batch: Vec<StoredRecord>,
@@ -162,7 +165,7 @@ async fn deliver(
 /// Delivers the batch an interrupted run recorded, exactly as recorded.
 async fn redo(
     state: &AppState,
-    store: &LocalBuckets,
+    store: &Store,
     stream_id: u64,
     intent: Intent,
     shutdown: &mut watch::Receiver<bool>,
@@ -191,7 +194,7 @@ async fn redo(
 /// Uploads until it succeeds (then acknowledges) or shutdown is requested.
 async fn upload(
     state: &AppState,
-    store: &LocalBuckets,
+    store: &Store,
     stream_id: u64,
     intent: &Intent,
     batch: &[StoredRecord],
@@ -205,12 +208,7 @@ async fn upload(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let (put_store, bucket, key, put_body) =
-            (store.clone(), intent.bucket.clone(), intent.key.clone(), body.clone());
-        let result = tokio::task::spawn_blocking(move || put_store.put(&bucket, &key, &put_body))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = store.put(&intent.bucket, &intent.key, body.clone()).await;
         state.metrics.delivery_to_s3(stream_id, result.is_ok(), batch.len() as u64, data.len() as u64);
         match result {
             Ok(_) => match state.log.acknowledge(stream_id, intent.last_seq).await {
