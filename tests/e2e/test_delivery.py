@@ -68,6 +68,7 @@ def test_interval_zero_delivers_within_two_seconds_with_firehose_keys(server, fh
         metrics = r.read().decode()
     assert 'DeliveryToS3_Records{DeliveryStreamName="keys"} 50' in metrics
     assert 'DeliveryToS3_Success{DeliveryStreamName="keys"} 1' in metrics
+    assert 'DeliveryToS3_DataFreshness{DeliveryStreamName="keys"}' in metrics
     assert server.stop() == 0
     assert server.dump("keys") == [], "delivered records are acknowledged and leave the log"
 
@@ -121,6 +122,10 @@ def test_a_missing_bucket_is_retried_not_created(server, fh):
     fh.put_record(DeliveryStreamName="nobucket", Record={"Data": b"patient\n"})
     time.sleep(1.5)
     assert not (server.data_dir / "buckets" / "bucket").exists(), "Sluice must not create buckets"
+    with urllib.request.urlopen(server.endpoint + "/metrics") as r:
+        line = next(l for l in r.read().decode().splitlines()
+                    if l.startswith('DeliveryToS3_DataFreshness{DeliveryStreamName="nobucket"}'))
+    assert float(line.split()[-1]) >= 1.0, f"the waiting record's age is reported: {line}"
     out = bucket(server)
     [key] = wait_for_objects(out, timeout=10)
     assert (out / key).read_bytes() == b"patient\n"

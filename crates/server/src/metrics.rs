@@ -88,6 +88,13 @@ impl Metrics {
         }
     }
 
+    /// `DeliveryToS3.DataFreshness`: age in seconds of the oldest record not yet
+    /// delivered (0 when nothing is waiting).
+    pub fn data_freshness(&self, stream_id: u64, seconds: f64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        metrics::gauge!("DeliveryToS3.DataFreshness", &[("DeliveryStreamName", name)]).set(seconds);
+    }
+
     /// Records the name of stream `id` for metrics reported by id.
     pub fn name_stream(&self, id: u64, name: &str) {
         self.names.write().expect("lock").insert(id, name.to_string());
