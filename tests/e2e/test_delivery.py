@@ -268,3 +268,36 @@ def test_delivery_to_a_real_s3_compatible_server(tmp_path):
     finally:
         moto.kill()
         moto.wait()
+
+
+def test_records_outliving_the_retention_period_are_counted_logged_and_written_as_errors(tmp_path):
+    import json
+    server = Server(tmp_path / "data", extra_config="[delivery]\nretention_s = 2\n").start()
+    fh = server.client()
+    out = bucket(server)
+    # The data key has an empty segment the local store refuses; the error prefix does not.
+    make_stream(fh, "doomed", ExtendedS3DestinationConfiguration=dict(
+        S3_CONFIG, Prefix="bad//", ErrorOutputPrefix="errors/", BufferingHints=hints(1, 0)))
+    make_stream(fh, "homeless", ExtendedS3DestinationConfiguration=dict(
+        S3_CONFIG, BucketARN="arn:aws:s3:::missing", BufferingHints=hints(1, 0)))
+    records = [f"doomed-{i}".encode() for i in range(3)]
+    fh.put_record_batch(DeliveryStreamName="doomed", Records=[{"Data": r} for r in records])
+    fh.put_record(DeliveryStreamName="homeless", Record={"Data": b"nowhere"})
+    [key] = wait_for_objects(out, timeout=15)
+    assert key.startswith("errors/doomed-1-"), key
+    lines = [json.loads(l) for l in (out / key).read_text().splitlines()]
+    assert [base64.b64decode(l["rawData"]) for l in lines] == records
+    assert all(l["errorCode"] == "S3.DeliveryFailed" and l["attemptsMade"] >= 1 for l in lines)
+    assert all({"arrivalTimestamp", "errorMessage", "attemptEndingTimestamp"} <= set(l) for l in lines)
+    deadline = time.time() + 15
+    while True:
+        with urllib.request.urlopen(server.endpoint + "/metrics") as r:
+            metrics = r.read().decode()
+        if 'sluice_records_expired{DeliveryStreamName="homeless"} 1' in metrics:
+            break
+        assert time.time() < deadline, "the record for a missing bucket was never given up"
+        time.sleep(0.2)
+    assert 'sluice_records_expired{DeliveryStreamName="doomed"} 3' in metrics
+    assert server.stop() == 0
+    assert "outlived the retention period" in server.log.read_text()
+    assert server.dump("doomed") == [] and server.dump("homeless") == []

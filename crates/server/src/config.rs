@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// Delivery to an S3-compatible service instead of the local directory.
     #[serde(default)]
     pub s3: RawS3Config,
+    /// Delivery retries.
+    #[serde(default)]
+    pub delivery: RawDeliveryConfig,
     /// Encryption at rest.
     #[serde(default)]
     pub encryption: RawEncryptionConfig,
@@ -63,6 +66,15 @@ pub struct RawS3Config {
     pub endpoint: Option<String>,
     /// Signing region. Default: the server's region.
     pub region: Option<String>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeliveryConfig {
+    /// How long a record may wait for a successful delivery, in seconds, counted
+    /// from its arrival. Default 86400 (24 hours, as Firehose).
+    pub retention_s: Option<u64>,
 }
 
 /// `[encryption]`.
@@ -118,6 +130,8 @@ pub struct Config {
     pub s3_endpoint: Option<String>,
     /// Region S3 requests are signed for.
     pub s3_region: String,
+    /// How long delivery retries a record before giving it up, in milliseconds.
+    pub retention_ms: u64,
 }
 
 /// A configuration that cannot be used.
@@ -177,6 +191,7 @@ impl RawConfig {
         }
         Ok(Config {
             s3_region: self.s3.region.unwrap_or_else(|| region.clone()),
+            retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,
             s3_endpoint,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:4573".parse().expect("valid address")),
             master_key_file: self.encryption.master_key_file.unwrap_or_else(|| data_dir.join("master.key")),

@@ -95,6 +95,12 @@ impl Metrics {
         metrics::gauge!("DeliveryToS3.DataFreshness", &[("DeliveryStreamName", name)]).set(seconds);
     }
 
+    /// Records that gave up after the retention period (`sluice_records_expired`).
+    pub fn records_expired(&self, stream_id: u64, n_records: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        metrics::counter!("sluice_records_expired", &[("DeliveryStreamName", name)]).increment(n_records);
+    }
+
     /// Records the name of stream `id` for metrics reported by id.
     pub fn name_stream(&self, id: u64, name: &str) {
         self.names.write().expect("lock").insert(id, name.to_string());

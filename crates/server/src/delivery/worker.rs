@@ -26,7 +26,14 @@ struct Intent {
     bucket: String,
     key: String,
     compression: String,
+    /// Where the batch's error records go if it outlives the retention period.
+    #[serde(default)]
+    error_key: Option<String>,
 }
+
+/// The `!{firehose:error-output-type}` of records that outlived the retention period
+/// (Firehose drops those; Sluice writes them under the error prefix when it can).
+const RETENTION_EXPIRED: &str = "retention-expired";
 
 /// Records read per call to the log.
 const READ_RECORDS_MAX: usize = 10_000;
@@ -112,6 +119,50 @@ pub(super) async fn run(state: Arc<AppState>, stream_id: u64, mut shutdown: watc
     }
 }
 
+/// A batch older than the retention period is given up: its records are written,
+/// if the store takes them, under the error prefix as Firehose's error records
+/// (one JSON document per line), and always counted and logged, never dropped
+/// silently.
+async fn expire(
+    state: &AppState,
+    store: &Store,
+    stream_id: u64,
+    intent: &Intent,
+    batch: &[StoredRecord],
+    attempt: u32,
+    error: &str,
+) {
+    let error_code = if error.contains("NoSuchBucket") { "S3.NoSuchBucket" } else { "S3.DeliveryFailed" };
+    let ended = now_ms();
+    let mut lines = Vec::new();
+    for record in batch {
+        let line = serde_json::json!({
+            "attemptsMade": attempt,
+            "arrivalTimestamp": record.arrival_ms,
+            "errorCode": error_code,
+            "errorMessage": error,
+            "attemptEndingTimestamp": ended,
+            "rawData": base64_simd::STANDARD.encode_to_string(&record.data),
+        });
+        lines.extend_from_slice(line.to_string().as_bytes());
+        lines.push(b'\n');
+    }
+    let written = match &intent.error_key {
+        Some(key) => store.put(&intent.bucket, key, Arc::new(lines)).await.is_ok(),
+        None => false,
+    };
+    state.metrics.records_expired(stream_id, batch.len() as u64);
+    tracing::error!(
+        stream_id,
+        n_records = batch.len(),
+        bucket = %intent.bucket,
+        error_key = intent.error_key.as_deref().unwrap_or(""),
+        written_to_error_prefix = written,
+        %error,
+        "Records outlived the retention period without being delivered."
+    );
+}
+
 /// Resolves `true` if shutdown was requested while waiting.
 async fn wait(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
     tokio::select! {
@@ -155,6 +206,7 @@ async fn deliver(
         bucket: settings.bucket.clone(),
         key,
         compression: settings.compression.clone(),
+        error_key: object_key(settings, &identity, Some(RETENTION_EXPIRED)).ok(),
     };
     let bytes = serde_json::to_vec(&intent).expect("intents serialise");
     if let Err(error) = state.log.record_intent(stream.id, bytes).await {
@@ -221,6 +273,15 @@ async fn upload(
             },
             Err(error) => {
                 tracing::warn!(stream_id, bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed; retrying.");
+                if age_ms >= state.config.retention_ms {
+                    expire(state, store, stream_id, intent, batch, attempt, &error).await;
+                    match state.log.acknowledge(stream_id, intent.last_seq).await {
+                        Ok(()) => return true,
+                        Err(error) => {
+                            tracing::error!(stream_id, %error, "Acknowledging an expired batch failed; retrying.")
+                        }
+                    }
+                }
             }
         }
         if *shutdown.borrow() {
