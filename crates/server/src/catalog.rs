@@ -122,6 +122,9 @@ pub struct CatalogState {
 pub struct Catalog {
     dir: PathBuf,
     state: RwLock<CatalogState>,
+    /// Streams by log id, rebuilt after every change: delivery workers look their
+    /// stream up by id on every batch.
+    by_id: RwLock<HashMap<u64, Arc<StreamRecord>>>,
 }
 
 /// The catalog could not be read or written.
@@ -165,7 +168,8 @@ impl Catalog {
         }
         let streams = file.streams.into_iter().map(|s| ((s.region.clone(), s.name.clone()), Arc::new(s))).collect();
         let state = CatalogState { next_stream_id: file.next_stream_id.max(1), streams };
-        Ok(Catalog { dir: dir.to_path_buf(), state: RwLock::new(state) })
+        let by_id = RwLock::new(by_id(&state));
+        Ok(Catalog { dir: dir.to_path_buf(), state: RwLock::new(state), by_id })
     }
 
     /// The stream named `name` in `region`.
@@ -176,7 +180,7 @@ impl Catalog {
 
     /// The stream whose log id is `id`, in whatever region.
     pub fn get_by_id(&self, id: u64) -> Option<Arc<StreamRecord>> {
-        self.state.read().expect("lock").streams.values().find(|s| s.id == id).cloned()
+        self.by_id.read().expect("lock").get(&id).cloned()
     }
 
     /// A snapshot of every stream.
@@ -194,6 +198,7 @@ impl Catalog {
         let mut next = state.clone();
         let result = change(&mut next)?;
         self.persist(&next)?;
+        *self.by_id.write().expect("lock") = by_id(&next);
         *state = next;
         Ok(result)
     }

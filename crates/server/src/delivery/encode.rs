@@ -49,12 +49,12 @@ impl Compression {
 
     /// Encodes a batch. `entry_name` names the one file inside a ZIP archive (the
     /// object's key without its directory and `.zip`).
-    pub fn encode(self, data: &[u8], entry_name: &str) -> Vec<u8> {
+    pub fn encode(self, data: Vec<u8>, entry_name: &str) -> Vec<u8> {
         match self {
-            Compression::Uncompressed => data.to_vec(),
+            Compression::Uncompressed => data,
             Compression::Gzip => {
                 let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                encoder.write_all(data).expect("writing to memory cannot fail");
+                encoder.write_all(&data).expect("writing to memory cannot fail");
                 encoder.finish().expect("writing to memory cannot fail")
             }
             Compression::Zip => {
@@ -62,15 +62,15 @@ impl Compression {
                 let options =
                     zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
                 archive.start_file(entry_name, options).expect("writing to memory cannot fail");
-                archive.write_all(data).expect("writing to memory cannot fail");
+                archive.write_all(&data).expect("writing to memory cannot fail");
                 archive.finish().expect("writing to memory cannot fail").into_inner()
             }
             Compression::Snappy => {
                 let mut encoder = snap::write::FrameEncoder::new(Vec::new());
-                encoder.write_all(data).expect("writing to memory cannot fail");
+                encoder.write_all(&data).expect("writing to memory cannot fail");
                 encoder.into_inner().expect("writing to memory cannot fail")
             }
-            Compression::HadoopSnappy => hadoop_snappy(data),
+            Compression::HadoopSnappy => hadoop_snappy(&data),
         }
     }
 }
@@ -120,7 +120,7 @@ mod tests {
     fn every_format_round_trips_through_a_decoder() {
         let data = batch();
         for c in all() {
-            let body = c.encode(&data, "entry");
+            let body = c.encode(data.clone(), "entry");
             let decoded = match c {
                 Compression::Uncompressed => body.clone(),
                 Compression::Gzip => {
@@ -167,12 +167,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = batch();
         let gz = dir.path().join("object.gz");
-        std::fs::write(&gz, Compression::Gzip.encode(&data, "")).unwrap();
+        std::fs::write(&gz, Compression::Gzip.encode(data.clone(), "")).unwrap();
         let out = Command::new("gzip").arg("-dc").arg(&gz).output().expect("gzip is installed (.ci/run installs it)");
         assert!(out.status.success());
         assert_eq!(out.stdout, data);
         let zip_path = dir.path().join("object.zip");
-        std::fs::write(&zip_path, Compression::Zip.encode(&data, "object")).unwrap();
+        std::fs::write(&zip_path, Compression::Zip.encode(data.clone(), "object")).unwrap();
         let out =
             Command::new("unzip").arg("-p").arg(&zip_path).output().expect("unzip is installed (.ci/run installs it)");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -185,8 +185,8 @@ mod tests {
         let data = batch();
         let framed = dir.path().join("framed.snappy");
         let hadoop = dir.path().join("hadoop.snappy");
-        std::fs::write(&framed, Compression::Snappy.encode(&data, "")).unwrap();
-        std::fs::write(&hadoop, Compression::HadoopSnappy.encode(&data, "")).unwrap();
+        std::fs::write(&framed, Compression::Snappy.encode(data.clone(), "")).unwrap();
+        std::fs::write(&hadoop, Compression::HadoopSnappy.encode(data.clone(), "")).unwrap();
         let script = "import sys, io, snappy.snappy_formats as f\n\
             framed, hadoop = sys.argv[1], sys.argv[2]\n\
             out = io.BytesIO(); f.stream_decompress(open(framed, 'rb'), out); a = out.getvalue()\n\

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
@@ -118,12 +119,12 @@ impl S3Buckets {
 
     /// Uploads `body` to `key` with `Content-Type: application/octet-stream`, as
     /// Firehose does.
-    pub async fn put(&self, bucket: &str, key: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
+    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
         let client = self.client(bucket)?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, "application/octet-stream".into());
         let options = PutOptions { attributes, ..PutOptions::default() };
-        let payload = PutPayload::from(bytes::Bytes::from(body.as_ref().clone()));
+        let payload = PutPayload::from(body);
         client.put_opts(&ObjectPath::from(key), payload, options).await.map(|_| ()).map_err(|e| e.to_string())
     }
 }
@@ -139,7 +140,7 @@ pub enum Store {
 
 impl Store {
     /// Stores one object, replacing any object at the same key.
-    pub async fn put(&self, bucket: &str, key: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
+    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
         match self {
             Store::Local(local) => {
                 let (local, bucket, key) = (local.clone(), bucket.to_string(), key.to_string());

@@ -148,7 +148,7 @@ async fn expire(
         lines.push(b'\n');
     }
     let written = match &intent.error_key {
-        Some(key) => store.put(&intent.bucket, key, Arc::new(lines)).await.is_ok(),
+        Some(key) => store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await.is_ok(),
         None => false,
     };
     state.metrics.records_expired(stream_id, batch.len() as u64);
@@ -255,9 +255,13 @@ async fn upload(
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let compression = Compression::from_api(&intent.compression).unwrap_or(Compression::Uncompressed);
-    let data: Vec<u8> = batch.iter().flat_map(|r| r.data.iter().copied()).collect();
+    let n_bytes: usize = batch.iter().map(|r| r.data.len()).sum();
+    let mut data = Vec::with_capacity(n_bytes);
+    for record in batch {
+        data.extend_from_slice(&record.data);
+    }
     let entry = intent.key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
-    let body = Arc::new(compression.encode(&data, &entry));
+    let body = bytes::Bytes::from(compression.encode(data, &entry));
     let mut delay = RETRY_DELAY_MIN;
     let mut attempt = 0u32;
     loop {
@@ -265,7 +269,7 @@ async fn upload(
         let age_ms = now_ms().saturating_sub(batch.first().map_or(0, |r| r.arrival_ms));
         state.metrics.data_freshness(stream_id, age_ms as f64 / 1000.0);
         let result = store.put(&intent.bucket, &intent.key, body.clone()).await;
-        state.metrics.delivery_to_s3(stream_id, result.is_ok(), batch.len() as u64, data.len() as u64);
+        state.metrics.delivery_to_s3(stream_id, result.is_ok(), batch.len() as u64, n_bytes as u64);
         match result {
             Ok(_) => match state.log.acknowledge(stream_id, intent.last_seq).await {
                 Ok(()) => return true,
