@@ -301,3 +301,15 @@ def test_records_outliving_the_retention_period_are_counted_logged_and_written_a
     assert server.stop() == 0
     assert "outlived the retention period" in server.log.read_text()
     assert server.dump("doomed") == [] and server.dump("homeless") == []
+
+
+def test_deleting_a_stream_stops_its_retries(server, fh):
+    make_stream(fh, "gone", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, BufferingHints=hints(1, 0)))
+    fh.put_record(DeliveryStreamName="gone", Record={"Data": b"x\n"})
+    time.sleep(1.2)  # failing: no bucket
+    fh.delete_delivery_stream(DeliveryStreamName="gone")
+    time.sleep(3.5)  # the retry after deletion notices it and stops
+    log = server.log.read_text()
+    assert server.stop() == 0
+    assert "Stream deleted; its delivery stops." in log
+    assert log.count("Delivery to S3 failed") <= 2, "no attempt after the deletion was noticed"

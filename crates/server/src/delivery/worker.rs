@@ -265,6 +265,11 @@ async fn upload(
     let mut delay = RETRY_DELAY_MIN;
     let mut attempt = 0u32;
     loop {
+        if state.catalog.get_by_id(stream_id).is_none() {
+            // Deleted while retrying: its records went with it.
+            tracing::info!(stream_id, "Stream deleted; its delivery stops.");
+            return false;
+        }
         attempt += 1;
         let age_ms = now_ms().saturating_sub(batch.first().map_or(0, |r| r.arrival_ms));
         state.metrics.data_freshness(stream_id, age_ms as f64 / 1000.0);
