@@ -20,19 +20,37 @@ def payload(record_id: str) -> bytes:
     return (record_id + "|" + record_id[::-1] * (1 + hash(record_id) % 7)).encode()
 
 
-def produce(server, stream, producer, iteration, acked, unknown, stop):
+def produce(server, stream, producer, iteration, acked, unknown, stop, make_payload=payload):
     client = server.client()
     n = 0
     while not stop.is_set():
         ids = [f"{iteration}:{producer}:{n + i}" for i in range(random.randint(1, 100))]
         n += len(ids)
         try:
-            out = client.put_record_batch(DeliveryStreamName=stream, Records=[{"Data": payload(i)} for i in ids])
+            out = client.put_record_batch(DeliveryStreamName=stream, Records=[{"Data": make_payload(i)} for i in ids])
         except Exception:  # the server was killed mid-request: outcome unknown
             unknown.extend(ids)
             return
         assert out["FailedPutCount"] == 0
         acked.extend(ids)
+
+
+def kill_under_load(server, producers, pause_s, iteration, unknown, make_payload=payload):
+    """Runs one producer thread per `(stream, name, acked list)`, kills the server with
+    SIGKILL after `pause_s`, restarts it, and returns the restart time in ms."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=produce, args=(server, s, name, iteration, acked, unknown, stop, make_payload))
+               for s, name, acked in producers]
+    for t in threads:
+        t.start()
+    time.sleep(pause_s)
+    server.kill()
+    stop.set()
+    for t in threads:
+        t.join()
+    started = time.time()
+    server.start()
+    return (time.time() - started) * 1000
 
 
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path):
@@ -45,19 +63,8 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path):
     unknown = []
     restart_ms = []
     for iteration in range(ITERATIONS):
-        stop = threading.Event()
-        threads = [threading.Thread(target=produce, args=(server, s, f"{s}/{p}", iteration, acked[(s, p)], unknown, stop))
-                   for (s, p) in acked]
-        for t in threads:
-            t.start()
-        time.sleep(rng.uniform(0.2, 1.2))
-        server.kill()
-        stop.set()
-        for t in threads:
-            t.join()
-        started = time.time()
-        server.start()
-        restart_ms.append((time.time() - started) * 1000)
+        producers = [(s, f"{s}/{p}", acked[(s, p)]) for (s, p) in acked]
+        restart_ms.append(kill_under_load(server, producers, rng.uniform(0.2, 1.2), iteration, unknown))
     assert server.stop() == 0
 
     n_acked = sum(len(v) for v in acked.values())

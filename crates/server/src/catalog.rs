@@ -183,6 +183,11 @@ impl Catalog {
         self.by_id.read().expect("lock").get(&id).cloned()
     }
 
+    /// The log ids of every stream.
+    pub fn ids(&self) -> std::collections::HashSet<u64> {
+        self.by_id.read().expect("lock").keys().copied().collect()
+    }
+
     /// A snapshot of every stream.
     pub fn snapshot(&self) -> CatalogState {
         self.state.read().expect("lock").clone()
@@ -227,7 +232,7 @@ pub fn count_in_region(state: &CatalogState, region: &str) -> usize {
     state.streams.keys().filter(|(r, _)| r == region).count()
 }
 
-/// A map from stream id to record, for recovery-time checks.
-pub fn by_id(state: &CatalogState) -> HashMap<u64, Arc<StreamRecord>> {
+/// The streams by log id.
+fn by_id(state: &CatalogState) -> HashMap<u64, Arc<StreamRecord>> {
     state.streams.values().map(|s| (s.id, s.clone())).collect()
 }

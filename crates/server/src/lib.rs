@@ -153,9 +153,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 /// Makes the log and the catalog agree after a crash between their two writes: logs
 /// of streams the catalog does not name are removed, missing logs are created.
 fn reconcile(catalog: &Catalog, wal: &Wal) -> Result<(), ServerError> {
-    let known = catalog::by_id(&catalog.snapshot());
+    let known = catalog.ids();
     for id in wal.streams() {
-        if !known.contains_key(&id) {
+        if !known.contains(&id) {
             tracing::warn!(
                 stream = id,
                 "Removing the log of a stream the catalog does not know (an interrupted create or delete)."
@@ -164,7 +164,7 @@ fn reconcile(catalog: &Catalog, wal: &Wal) -> Result<(), ServerError> {
         }
     }
     let existing: std::collections::HashSet<u64> = wal.streams().into_iter().collect();
-    for id in known.keys().filter(|id| !existing.contains(id)) {
+    for id in known.iter().filter(|id| !existing.contains(id)) {
         wal.create_stream(*id)?;
     }
     Ok(())

@@ -348,7 +348,7 @@ impl Wal {
             for bad in &scan.bad_ranges {
                 self.quarantine(id, &path, *base, &data, bad, report)?;
             }
-            let mut end = scan.valid_end;
+            let end = scan.valid_end;
             if let Some(tail) = &scan.garbage_tail {
                 if is_last {
                     report.torn_tail_bytes += tail.end - tail.start;
@@ -364,8 +364,6 @@ impl Wal {
                 let file = fs::OpenOptions::new().write(true).open(&path).at(&path)?;
                 file.set_len(end).at(&path)?;
                 file.sync_all().at(&path)?;
-            } else {
-                end = end.max(scan.valid_end);
             }
             report.n_records += scan.n_records;
             let key = match &scan.header.key_ref {
