@@ -56,6 +56,7 @@ pub struct Metrics {
     /// By stream id, so the put path looks handles up without allocating.
     streams: RwLock<HashMap<u64, Arc<StreamMetrics>>>,
     names: RwLock<HashMap<u64, String>>,
+    oldest_undelivered_ms: RwLock<HashMap<u64, Option<u64>>>,
 }
 
 impl Metrics {
@@ -63,7 +64,12 @@ impl Metrics {
     /// second call (in tests) records into the first.
     pub fn install() -> Metrics {
         let prometheus = PrometheusBuilder::new().install_recorder().ok();
-        Metrics { prometheus, streams: RwLock::new(HashMap::new()), names: RwLock::new(HashMap::new()) }
+        Metrics {
+            prometheus,
+            streams: RwLock::new(HashMap::new()),
+            names: RwLock::new(HashMap::new()),
+            oldest_undelivered_ms: RwLock::new(HashMap::new()),
+        }
     }
 
     /// The handles of stream `id`, named `name`.
@@ -88,11 +94,21 @@ impl Metrics {
         }
     }
 
-    /// `DeliveryToS3.DataFreshness`: age in seconds of the oldest record not yet
-    /// delivered (0 when nothing is waiting).
-    pub fn data_freshness(&self, stream_id: u64, seconds: f64) {
-        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
-        metrics::gauge!("DeliveryToS3.DataFreshness", &[("DeliveryStreamName", name)]).set(seconds);
+    /// Notes the arrival time of the oldest record of a stream not yet delivered
+    /// (`None` when nothing waits). `DeliveryToS3.DataFreshness`, its age in seconds,
+    /// is computed when metrics are rendered, so it keeps growing while a batch waits.
+    pub fn oldest_undelivered(&self, stream_id: u64, arrival_ms: Option<u64>) {
+        self.oldest_undelivered_ms.write().expect("lock").insert(stream_id, arrival_ms);
+    }
+
+    fn refresh_data_freshness(&self) {
+        let now_ms = crate::api::now_ms();
+        let names = self.names.read().expect("lock");
+        for (id, arrival_ms) in self.oldest_undelivered_ms.read().expect("lock").iter() {
+            let Some(name) = names.get(id) else { continue };
+            let seconds = arrival_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
+            metrics::gauge!("DeliveryToS3.DataFreshness", &[("DeliveryStreamName", name.clone())]).set(seconds);
+        }
     }
 
     /// Records that gave up after the retention period (`sluice_records_expired`).
@@ -119,6 +135,7 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.refresh_data_freshness();
         self.prometheus.as_ref().map(|p| p.render()).unwrap_or_default()
     }
 

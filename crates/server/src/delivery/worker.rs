@@ -96,7 +96,7 @@ pub(super) async fn run(state: Arc<AppState>, stream_id: u64, mut shutdown: watc
             }
         }
         let oldest_ms = buffer.first().map(|r| r.arrival_ms);
-        state.metrics.data_freshness(stream_id, oldest_ms.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0));
+        state.metrics.oldest_undelivered(stream_id, oldest_ms);
         let deadline_ms = oldest_ms.map(|t| t + settings.buffer_interval_s * 1000);
         let due = deadline_ms.is_some_and(|d| buffer_bytes >= size_max || now_ms() >= d || stopping);
         if due {
@@ -271,8 +271,8 @@ async fn upload(
             return false;
         }
         attempt += 1;
+        state.metrics.oldest_undelivered(stream_id, batch.first().map(|r| r.arrival_ms));
         let age_ms = now_ms().saturating_sub(batch.first().map_or(0, |r| r.arrival_ms));
-        state.metrics.data_freshness(stream_id, age_ms as f64 / 1000.0);
         let result = store.put(&intent.bucket, &intent.key, body.clone()).await;
         state.metrics.delivery_to_s3(stream_id, result.is_ok(), batch.len() as u64, n_bytes as u64);
         match result {
