@@ -145,7 +145,7 @@ def test_a_batch_interrupted_by_a_crash_is_delivered_again_exactly(server, fh):
     keys = wait_for_objects(out, n=2)
     bodies = sorted((out / k).read_bytes() for k in keys)
     assert bodies == sorted([b"".join(first), b"".join(later)]), "the recorded batch, exactly, then the rest"
-    assert "interrupted by a restart" in server.log.read_text()
+    assert "decided before a restart" in server.log.read_text()
 
 
 def delivery_payload(record_id):

@@ -182,6 +182,15 @@ impl Destination {
         }
     }
 
+    /// Where an ExtendedS3 destination with `S3BackupMode` `Enabled` also delivers the
+    /// source records (`S3BackupConfiguration`); `None` otherwise.
+    pub fn backup_s3_settings(&self) -> Option<S3Settings> {
+        if self.kind != DestinationKind::ExtendedS3 || self.config.get("S3BackupMode") != Some(&json!("Enabled")) {
+            return None;
+        }
+        S3Settings::from_config(self.config.get("S3BackupConfiguration")?.as_object()?)
+    }
+
     /// The description with Firehose's defaults filled in. An S3 or ExtendedS3
     /// destination is described both ways, as Firehose does.
     pub fn describe(&self, destination_id: &str) -> DestinationDescription {
@@ -288,6 +297,13 @@ impl Destination {
                     .unwrap_or(false);
                 check_s3(&self.config, dynamic_partitioning)?;
                 nested("S3BackupConfiguration").map(|backup| check_s3(backup, false)).transpose()?;
+                if self.config.get("S3BackupMode") == Some(&json!("Enabled"))
+                    && nested("S3BackupConfiguration").is_none()
+                {
+                    return Err(invalid(
+                        "S3BackupConfiguration must be specified when S3BackupMode is Enabled.".to_string(),
+                    ));
+                }
             }
             DestinationKind::HttpEndpoint => {
                 nested("S3Configuration").map(|s3| check_s3(s3, false)).transpose()?;

@@ -57,15 +57,54 @@ pub struct RawLimitsConfig {
     pub buffer_mib_max: Option<u64>,
 }
 
-/// `[s3]`: deliver to an S3-compatible service. Credentials come from the standard
-/// AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...).
+/// `[s3]`: deliver to an S3-compatible service instead of local directories.
+/// Credentials come from here or, when unset, from the standard AWS environment
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawS3Config {
-    /// Endpoint URL, e.g. `http://127.0.0.1:9000`. Unset: local-directory buckets.
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`. Unset: the local directory
+    /// `<data_dir>/buckets/NAME`.
     pub endpoint: Option<String>,
     /// Signing region. Default: the server's region.
     pub region: Option<String>,
+    /// Path-style requests (`ENDPOINT/BUCKET/KEY`), as most S3-compatible servers
+    /// expect; `false` for virtual-hosted style (`BUCKET.ENDPOINT/KEY`, AWS S3).
+    /// Default true.
+    pub path_style: Option<bool>,
+    /// Access key id; unset: `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Or a file holding it (trailing whitespace ignored).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Part size of multipart uploads, in MiB; objects larger than one part are
+    /// uploaded in parts. Default 8, at least 5 (S3's minimum part size).
+    pub multipart_part_mib: Option<u64>,
+    /// Per-bucket overrides (`[s3.buckets.NAME]`); unset fields are taken from `[s3]`.
+    #[serde(default)]
+    pub buckets: std::collections::BTreeMap<String, RawS3Target>,
+}
+
+/// `[s3.buckets.NAME]`: where one bucket lives; the fields of `[s3]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3Target {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`. Unset: the local directory
+    /// `<data_dir>/buckets/NAME`.
+    pub endpoint: Option<String>,
+    /// Signing region. Default: the server's region.
+    pub region: Option<String>,
+    /// Path-style requests (`ENDPOINT/BUCKET/KEY`), as most S3-compatible servers
+    /// expect; `false` for virtual-hosted style (`BUCKET.ENDPOINT/KEY`, AWS S3).
+    /// Default true.
+    pub path_style: Option<bool>,
+    /// Access key id; unset: `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Or a file holding it (trailing whitespace ignored).
+    pub secret_access_key_file: Option<PathBuf>,
 }
 
 /// `[delivery]`.
@@ -126,12 +165,103 @@ pub struct Config {
     pub master_key_file: PathBuf,
     /// Customer managed keys.
     pub kms_keys: Vec<RawKmsKey>,
-    /// S3-compatible endpoint for delivery; `None` for local-directory buckets.
-    pub s3_endpoint: Option<String>,
-    /// Region S3 requests are signed for.
-    pub s3_region: String,
+    /// Where buckets live.
+    pub s3: S3Config,
     /// How long delivery retries a record before giving it up, in milliseconds.
     pub retention_ms: u64,
+}
+
+/// Where buckets live, validated.
+#[derive(Debug, Clone, Default)]
+pub struct S3Config {
+    /// For buckets without an override.
+    pub default: S3Target,
+    /// Per-bucket overrides, already merged with the default.
+    pub buckets: std::collections::BTreeMap<String, S3Target>,
+    /// Part size of multipart uploads.
+    pub multipart_part_bytes: u64,
+}
+
+impl S3Config {
+    /// Where `bucket` lives.
+    pub fn target(&self, bucket: &str) -> &S3Target {
+        self.buckets.get(bucket).unwrap_or(&self.default)
+    }
+}
+
+/// One bucket's location, validated.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Target {
+    /// `None`: the local directory `<data_dir>/buckets/NAME`.
+    pub endpoint: Option<String>,
+    /// Signing region.
+    pub region: String,
+    /// Path-style addressing.
+    pub path_style: bool,
+    /// `(access key id, secret)`; `None`: the AWS environment variables.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Target {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Target")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
+            .finish()
+    }
+}
+
+impl RawS3Target {
+    /// Fields set here win over `base`'s.
+    fn over(&self, base: &RawS3Target) -> RawS3Target {
+        RawS3Target {
+            endpoint: self.endpoint.clone().or_else(|| base.endpoint.clone()),
+            region: self.region.clone().or_else(|| base.region.clone()),
+            path_style: self.path_style.or(base.path_style),
+            access_key_id: self.access_key_id.clone().or_else(|| base.access_key_id.clone()),
+            secret_access_key: self.secret_access_key.clone().or_else(|| base.secret_access_key.clone()),
+            secret_access_key_file: self.secret_access_key_file.clone().or_else(|| base.secret_access_key_file.clone()),
+        }
+    }
+
+    fn validate(self, what: &str, default_region: &str) -> Result<S3Target, ConfigError> {
+        if let Some(endpoint) = &self.endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {endpoint:?}")));
+            }
+        }
+        let secret = match (&self.secret_access_key, &self.secret_access_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: give secret_access_key or secret_access_key_file, not both"
+                )))
+            }
+            (Some(secret), None) => Some(secret.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .trim_end()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let credentials = match (self.access_key_id, secret) {
+            (Some(id), Some(secret)) => Some((id, secret)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(format!("{what}: access_key_id and a secret access key go together")))
+            }
+        };
+        Ok(S3Target {
+            endpoint: self.endpoint,
+            region: self.region.unwrap_or_else(|| default_region.to_string()),
+            path_style: self.path_style.unwrap_or(true),
+            credentials,
+        })
+    }
 }
 
 /// A configuration that cannot be used.
@@ -183,16 +313,33 @@ impl RawConfig {
             return Err(ConfigError::Invalid(format!("wal.segment_mib_max must be 1..=1024, got {segment_mib}")));
         }
         let region = self.region.unwrap_or_else(|| "us-east-1".into());
-        let s3_endpoint = s3_endpoint.or(self.s3.endpoint);
-        if let Some(endpoint) = &s3_endpoint {
-            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-                return Err(ConfigError::Invalid(format!("s3 endpoint must be an http(s) URL, got {endpoint:?}")));
-            }
+        let default_target = RawS3Target {
+            endpoint: s3_endpoint.or(self.s3.endpoint),
+            region: self.s3.region,
+            path_style: self.s3.path_style,
+            access_key_id: self.s3.access_key_id,
+            secret_access_key: self.s3.secret_access_key,
+            secret_access_key_file: self.s3.secret_access_key_file,
+        };
+        let mut buckets = std::collections::BTreeMap::new();
+        for (name, target) in &self.s3.buckets {
+            let what = format!("s3.buckets.{name}");
+            buckets.insert(name.clone(), target.over(&default_target).validate(&what, &region)?);
         }
+        let multipart_part_mib = self.s3.multipart_part_mib.unwrap_or(8);
+        if !(5..=5120).contains(&multipart_part_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "s3.multipart_part_mib must be 5..=5120, got {multipart_part_mib}"
+            )));
+        }
+        let s3 = S3Config {
+            default: default_target.validate("s3", &region)?,
+            buckets,
+            multipart_part_bytes: multipart_part_mib << 20,
+        };
         Ok(Config {
-            s3_region: self.s3.region.unwrap_or_else(|| region.clone()),
+            s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,
-            s3_endpoint,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:4573".parse().expect("valid address")),
             master_key_file: self.encryption.master_key_file.unwrap_or_else(|| data_dir.join("master.key")),
             data_dir,

@@ -134,7 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
         }
     };
-    let delivery = delivery::DeliveryEngine::start(state.clone());
+    let delivery = delivery::DeliveryEngine::start(delivery::Delivery::new(state.clone(), delivery::Clock::system()));
     let served = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await;
     upkeep.abort();
     // No more puts: deliver what is buffered (no minimum), within a bounded time.

@@ -1,6 +1,7 @@
 //! The narrow interface between Sluice and its record log: append and get a durable
-//! sequence range, read from a cursor, acknowledge up to a sequence number (and
-//! record the intent of the batch being delivered, so it is rebuilt identically). The
+//! sequence range, read from a cursor, and commit: acknowledge up to a sequence
+//! number together with the delivery engine's opaque state (the batches it is
+//! delivering, so they are rebuilt identically after a crash). The
 //! embedded write-ahead log implements it today; a replicated backend (NATS
 //! JetStream) is meant to implement the same trait, so nothing above this module
 //! may depend on files or segments.
@@ -59,14 +60,12 @@ pub trait RecordLog: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Appended, LogError>>;
     /// A cursor at `from`, or after the acknowledged records if later.
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError>;
-    /// Durably acknowledges every record up to and including `seq`, ending the batch
-    /// whose intent was recorded.
-    fn acknowledge(&self, stream: u64, seq: u64) -> BoxFuture<'_, Result<(), LogError>>;
-    /// Durably records the batch about to be delivered (an opaque description, at
-    /// most 64 KiB), so a retry after a crash can rebuild exactly the same batch.
-    fn record_intent(&self, stream: u64, intent: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
-    /// The recorded intent not yet acknowledged, if any.
-    fn intent(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError>;
+    /// In one durable, atomic step: acknowledges every record up to and including
+    /// `seq` (never moving back; the log may then drop them) and replaces the
+    /// delivery state, an opaque blob of at most 64 KiB (empty for none).
+    fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
+    /// The delivery state last committed, if any.
+    fn state(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError>;
     /// Bytes the log holds for a stream (for back-pressure).
     fn retained_bytes(&self, stream: u64) -> Result<u64, LogError>;
     /// Bytes the log holds for all streams.
@@ -136,28 +135,18 @@ impl RecordLog for WalLog {
         Ok(Box::new(WalCursor(Some(self.0.reader(stream, from).map_err(log_error)?))))
     }
 
-    fn acknowledge(&self, stream: u64, seq: u64) -> BoxFuture<'_, Result<(), LogError>> {
+    fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
         let wal = self.0.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || wal.acknowledge(stream, seq))
+            tokio::task::spawn_blocking(move || wal.commit(stream, seq, state))
                 .await
                 .map_err(|e| LogError::Unavailable(e.to_string()))?
                 .map_err(log_error)
         })
     }
 
-    fn record_intent(&self, stream: u64, intent: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
-        let wal = self.0.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || wal.record_intent(stream, intent))
-                .await
-                .map_err(|e| LogError::Unavailable(e.to_string()))?
-                .map_err(log_error)
-        })
-    }
-
-    fn intent(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError> {
-        self.0.intent(stream).map_err(log_error)
+    fn state(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError> {
+        self.0.state(stream).map_err(log_error)
     }
 
     fn retained_bytes(&self, stream: u64) -> Result<u64, LogError> {

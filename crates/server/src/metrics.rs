@@ -56,7 +56,8 @@ pub struct Metrics {
     /// By stream id, so the put path looks handles up without allocating.
     streams: RwLock<HashMap<u64, Arc<StreamMetrics>>>,
     names: RwLock<HashMap<u64, String>>,
-    oldest_undelivered_ms: RwLock<HashMap<u64, Option<u64>>>,
+    /// By stream id and metric prefix (`DeliveryToS3`, `BackupToS3`).
+    oldest_undelivered_ms: RwLock<HashMap<(u64, &'static str), Option<u64>>>,
 }
 
 impl Metrics {
@@ -80,34 +81,35 @@ impl Metrics {
         self.streams.write().expect("lock").entry(id).or_insert_with(|| Arc::new(StreamMetrics::new(name))).clone()
     }
 
-    /// Records one upload attempt of a batch to S3 (`DeliveryToS3.*`; `Success`
-    /// counts successful attempts and `Attempts` all of them, so their ratio is
-    /// Firehose's `DeliveryToS3.Success`).
-    pub fn delivery_to_s3(&self, stream_id: u64, ok: bool, n_records: u64, n_bytes: u64) {
+    /// Records one upload attempt of a batch (`DeliveryToS3.*` or `BackupToS3.*`,
+    /// as `prefix` says; `Success` counts successful attempts and `Attempts` all of
+    /// them, so their ratio is Firehose's `Success`).
+    pub fn delivery(&self, stream_id: u64, prefix: &str, ok: bool, n_records: u64, n_bytes: u64) {
         let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
         let labels = [("DeliveryStreamName", name)];
-        metrics::counter!("DeliveryToS3.Attempts", &labels).increment(1);
+        metrics::counter!(format!("{prefix}.Attempts"), &labels).increment(1);
         if ok {
-            metrics::counter!("DeliveryToS3.Success", &labels).increment(1);
-            metrics::counter!("DeliveryToS3.Records", &labels).increment(n_records);
-            metrics::counter!("DeliveryToS3.Bytes", &labels).increment(n_bytes);
+            metrics::counter!(format!("{prefix}.Success"), &labels).increment(1);
+            metrics::counter!(format!("{prefix}.Records"), &labels).increment(n_records);
+            metrics::counter!(format!("{prefix}.Bytes"), &labels).increment(n_bytes);
         }
     }
 
     /// Notes the arrival time of the oldest record of a stream not yet delivered
-    /// (`None` when nothing waits). `DeliveryToS3.DataFreshness`, its age in seconds,
-    /// is computed when metrics are rendered, so it keeps growing while a batch waits.
-    pub fn oldest_undelivered(&self, stream_id: u64, arrival_ms: Option<u64>) {
-        self.oldest_undelivered_ms.write().expect("lock").insert(stream_id, arrival_ms);
+    /// by one lane (`None` when nothing waits). `<prefix>.DataFreshness`, its age in
+    /// seconds, is computed when metrics are rendered, so it keeps growing while a
+    /// batch waits.
+    pub fn oldest_undelivered(&self, stream_id: u64, prefix: &'static str, arrival_ms: Option<u64>) {
+        self.oldest_undelivered_ms.write().expect("lock").insert((stream_id, prefix), arrival_ms);
     }
 
     fn refresh_data_freshness(&self) {
         let now_ms = crate::api::now_ms();
         let names = self.names.read().expect("lock");
-        for (id, arrival_ms) in self.oldest_undelivered_ms.read().expect("lock").iter() {
+        for ((id, prefix), arrival_ms) in self.oldest_undelivered_ms.read().expect("lock").iter() {
             let Some(name) = names.get(id) else { continue };
             let seconds = arrival_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
-            metrics::gauge!("DeliveryToS3.DataFreshness", &[("DeliveryStreamName", name.clone())]).set(seconds);
+            metrics::gauge!(format!("{prefix}.DataFreshness"), &[("DeliveryStreamName", name.clone())]).set(seconds);
         }
     }
 

@@ -48,10 +48,10 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
-    /// A delivery intent is larger than the checkpoint allows.
-    #[error("intent of {bytes} bytes exceeds the limit of {limit} bytes")]
-    IntentTooLarge {
-        /// Size of the intent.
+    /// A consumer state is larger than the checkpoint allows.
+    #[error("consumer state of {bytes} bytes exceeds the limit of {limit} bytes")]
+    StateTooLarge {
+        /// Size of the state.
         bytes: usize,
         /// The limit.
         limit: usize,

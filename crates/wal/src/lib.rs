@@ -15,9 +15,10 @@
 //!   caller is answered only after the sync that covers its records.
 //! * [`Wal::reader`] / [`Reader::read`]: read durable records from a cursor.
 //! * [`Wal::acknowledge`]: durably record that everything up to a sequence number has
-//!   been delivered, so whole segments below it can be deleted. Before an upload the
-//!   delivery engine may [`Wal::record_intent`], an opaque description of the batch
-//!   kept with the checkpoint, so that after a crash it rebuilds the same batch.
+//!   been delivered, so whole segments below it can be deleted. [`Wal::commit`] does
+//!   the same and, in the same atomic write, replaces the consumer's state: an opaque
+//!   blob in which the delivery engine describes the batches it is about to upload,
+//!   so that after a crash it rebuilds the same batches.
 //!
 //! # On-disk format (version 1)
 //!
@@ -76,8 +77,8 @@
 //! be swapped undetected.
 //!
 //! **Checkpoint file.** `magic "SLUICECP" | version u32 = 2 | acked_seq u64 |
-//! intent_len u32 | intent [u8; intent_len] | crc u32` (CRC32C of the preceding
-//! bytes; version 1, without the intent, is still read). Replaced atomically:
+//! state_len u32 | state [u8; state_len] | crc u32` (CRC32C of the preceding
+//! bytes; version 1, without the state, is still read). Replaced atomically:
 //! written to `checkpoint.tmp`, fsynced, renamed over `checkpoint`, then the
 //! directory is fsynced.
 //!

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::checkpoint::{self, Checkpoint, INTENT_BYTES_MAX};
+use crate::checkpoint::{self, Checkpoint, STATE_BYTES_MAX};
 use crate::crypto::{DataKey, KeyWrapper, TAG_BYTES};
 use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, FrameHeader, FLAG_ENCRYPTED};
@@ -63,8 +63,8 @@ pub(crate) struct SegmentMeta {
 pub(crate) struct Shared {
     pub(crate) segments: Vec<SegmentMeta>,
     pub(crate) acked: u64,
-    /// The delivery engine's description of the batch it is delivering, if any.
-    pub(crate) intent: Option<Vec<u8>>,
+    /// The consumer's opaque state (delivery progress), kept with the checkpoint.
+    pub(crate) state: Option<Vec<u8>>,
 }
 
 pub(crate) struct StreamLog {
@@ -113,32 +113,39 @@ impl StreamLog {
         *self.durable.borrow()
     }
 
-    /// Durably records that everything up to `seq` is delivered and deletes the
-    /// segments that held only such records. Blocking.
-    pub(crate) fn acknowledge(&self, seq: u64) -> Result<()> {
+    /// Durably records that everything up to `seq` is delivered (never moving the
+    /// position back) and, with `state`, replaces the consumer's state blob in the
+    /// same atomic write; then deletes the segments that held only delivered
+    /// records. Blocking.
+    pub(crate) fn commit(&self, seq: u64, state: Option<Vec<u8>>) -> Result<()> {
+        if state.as_ref().is_some_and(|s| s.len() > STATE_BYTES_MAX) {
+            let bytes = state.as_ref().map_or(0, Vec::len);
+            return Err(Error::StateTooLarge { bytes, limit: STATE_BYTES_MAX });
+        }
         let seq = seq.min(self.durable_next().saturating_sub(1));
-        // One acknowledger per stream (its delivery task) is the contract, so the
+        // One consumer per stream (its delivery task) is the contract, so the
         // check and the write need not be atomic; the lock is not held across the
         // checkpoint's fsync, which would stall appends publishing their segments.
-        let acked = {
+        let checkpoint = {
             let shared = self.shared.lock().expect("lock");
-            if seq <= shared.acked && shared.intent.is_none() {
+            if seq <= shared.acked && state.is_none() {
                 return Ok(());
             }
-            shared.acked.max(seq)
+            let state = state.or_else(|| shared.state.clone()).filter(|s| !s.is_empty());
+            Checkpoint { acked: shared.acked.max(seq), state }
         };
-        // Acknowledging ends the batch in progress, so its intent is cleared.
-        checkpoint::write(&self.dir, &Checkpoint { acked, intent: None })?;
+        checkpoint::write(&self.dir, &checkpoint)?;
+        let acked = checkpoint.acked;
         let deletable: Vec<SegmentMeta> = {
             let mut shared = self.shared.lock().expect("lock");
             shared.acked = acked;
-            shared.intent = None;
+            shared.state = checkpoint.state;
             // The last segment is never deleted: the writer may still be appending to it.
             let n_deletable = shared
                 .segments
                 .iter()
                 .take(shared.segments.len().saturating_sub(1))
-                .take_while(|s| s.last_seq <= seq)
+                .take_while(|s| s.last_seq <= acked)
                 .count();
             shared.segments.drain(..n_deletable).collect()
         };
@@ -149,20 +156,6 @@ impl StreamLog {
             }
             segment::sync_dir(&self.dir)?;
         }
-        Ok(())
-    }
-}
-
-impl StreamLog {
-    /// Durably records the batch delivery is about to upload (an opaque blob), so a
-    /// retry after a crash can rebuild exactly that batch. Blocking.
-    pub(crate) fn record_intent(&self, intent: Vec<u8>) -> Result<()> {
-        if intent.len() > INTENT_BYTES_MAX {
-            return Err(Error::IntentTooLarge { bytes: intent.len(), limit: INTENT_BYTES_MAX });
-        }
-        let acked = self.shared.lock().expect("lock").acked;
-        checkpoint::write(&self.dir, &Checkpoint { acked, intent: Some(intent.clone()) })?;
-        self.shared.lock().expect("lock").intent = Some(intent);
         Ok(())
     }
 }

@@ -201,7 +201,7 @@ impl Wal {
         let path = self.dir.join(stream_dir_name(id));
         fs::create_dir_all(&path).at(&path)?;
         segment::sync_dir(&self.dir)?;
-        let shared = Shared { segments: Vec::new(), acked: 0, intent: None };
+        let shared = Shared { segments: Vec::new(), acked: 0, state: None };
         let log = self.start_stream(id, path, shared, 1);
         streams.insert(id, log);
         Ok(())
@@ -238,21 +238,23 @@ impl Wal {
     }
 
     /// Durably acknowledges every record up to and including `seq`, and deletes
-    /// segments that hold nothing newer. Blocking.
+    /// segments that hold nothing newer. The consumer state is kept. Blocking.
     pub fn acknowledge(&self, id: StreamId, seq: u64) -> Result<()> {
-        self.stream(id)?.acknowledge(seq)
+        self.stream(id)?.commit(seq, None)
     }
 
-    /// Durably records the batch delivery is about to upload: an opaque blob (at most
-    /// 64 KiB) kept with the checkpoint until the next [`Wal::acknowledge`]. Blocking.
-    pub fn record_intent(&self, id: StreamId, intent: Vec<u8>) -> Result<()> {
-        self.stream(id)?.record_intent(intent)
+    /// Durably acknowledges every record up to `seq` (never moving back) and
+    /// replaces the consumer's state (an opaque blob of at most 64 KiB; empty for
+    /// none) in one atomic write. The delivery engine records there the batch it is
+    /// about to upload, so that after a crash it rebuilds exactly that batch.
+    /// Blocking.
+    pub fn commit(&self, id: StreamId, seq: u64, state: Vec<u8>) -> Result<()> {
+        self.stream(id)?.commit(seq, Some(state))
     }
 
-    /// The intent recorded and not yet acknowledged, if any (after a crash: the
-    /// batch to deliver again, exactly).
-    pub fn intent(&self, id: StreamId) -> Result<Option<Vec<u8>>> {
-        Ok(self.stream(id)?.shared.lock().expect("lock").intent.clone())
+    /// The consumer state last committed, if any.
+    pub fn state(&self, id: StreamId) -> Result<Option<Vec<u8>>> {
+        Ok(self.stream(id)?.shared.lock().expect("lock").state.clone())
     }
 
     /// The highest acknowledged sequence number (0 when none).
@@ -314,7 +316,7 @@ impl Wal {
     }
 
     fn recover_stream(&self, id: StreamId, dir: &Path, report: &mut RecoveryReport) -> Result<Arc<StreamLog>> {
-        let checkpoint::Checkpoint { acked, intent } = checkpoint::read(dir)?;
+        let checkpoint::Checkpoint { acked, state } = checkpoint::read(dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).at(dir)? {
             let path = entry.at(dir)?.path();
@@ -392,7 +394,7 @@ impl Wal {
         }
         let next_seq =
             segments.last().map(|s| s.last_seq.max(s.base_seq.saturating_sub(1))).unwrap_or(0).max(acked) + 1;
-        Ok(self.start_stream(id, dir.to_path_buf(), Shared { segments, acked, intent }, next_seq))
+        Ok(self.start_stream(id, dir.to_path_buf(), Shared { segments, acked, state }, next_seq))
     }
 
     fn quarantine(

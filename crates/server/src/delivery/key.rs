@@ -12,6 +12,10 @@ use super::encode::Compression;
 /// Namespace of Sluice's deterministic batch UUIDs (a fixed, random UUID).
 const BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x5c1d_7a4e_93b2_4f0e_8a61_2d9e_b7c3_f105);
 
+/// The lane whose keys predate lanes (kept, so batches recorded by earlier versions
+/// are redone under the same key).
+pub const DESTINATION_LANE: &str = "destination";
+
 /// What identifies a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchIdentity<'a> {
@@ -21,6 +25,9 @@ pub struct BatchIdentity<'a> {
     pub stream_id: u64,
     /// The stream's `VersionId` when the batch was decided.
     pub version: u64,
+    /// Which of the stream's deliveries the batch belongs to (`destination`,
+    /// `backup`): the backup of a batch is another object, even in the same place.
+    pub lane: &'a str,
     /// Sequence number of the batch's first record.
     pub first_seq: u64,
     /// Arrival time of the batch's oldest record, Unix ms: prefixes and the suffix
@@ -29,13 +36,16 @@ pub struct BatchIdentity<'a> {
 }
 
 impl BatchIdentity<'_> {
-    /// The batch's UUID: a name-based (v5) UUID of stream id, version and first
-    /// sequence number.
+    /// The batch's UUID: a name-based (v5) UUID of stream id, version, first
+    /// sequence number and, except for the destination itself, the lane.
     pub fn uuid(&self) -> Uuid {
-        let mut name = [0u8; 24];
-        name[..8].copy_from_slice(&self.stream_id.to_be_bytes());
-        name[8..16].copy_from_slice(&self.version.to_be_bytes());
-        name[16..].copy_from_slice(&self.first_seq.to_be_bytes());
+        let mut name = Vec::with_capacity(24 + self.lane.len());
+        name.extend_from_slice(&self.stream_id.to_be_bytes());
+        name.extend_from_slice(&self.version.to_be_bytes());
+        name.extend_from_slice(&self.first_seq.to_be_bytes());
+        if self.lane != DESTINATION_LANE {
+            name.extend_from_slice(self.lane.as_bytes());
+        }
         Uuid::new_v5(&BATCH_NAMESPACE, &name)
     }
 }
@@ -101,7 +111,14 @@ mod tests {
     }
 
     fn batch(first_seq: u64) -> BatchIdentity<'static> {
-        BatchIdentity { stream_name: "orders", stream_id: 3, version: 2, first_seq, oldest_arrival_ms: ARRIVAL_MS }
+        BatchIdentity {
+            stream_name: "orders",
+            stream_id: 3,
+            version: 2,
+            lane: DESTINATION_LANE,
+            first_seq,
+            oldest_arrival_ms: ARRIVAL_MS,
+        }
     }
 
     #[test]
@@ -132,5 +149,7 @@ mod tests {
         assert_ne!(parts[0], format!("r={}", parts[1]), "each use of random-string differs");
         let moved = BatchIdentity { version: 3, ..batch(7) };
         assert_ne!(batch(7).uuid(), moved.uuid(), "a new destination version is a new batch");
+        let backup = BatchIdentity { lane: "backup", ..batch(7) };
+        assert_ne!(batch(7).uuid(), backup.uuid(), "a batch's backup is another object");
     }
 }

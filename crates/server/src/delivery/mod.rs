@@ -1,12 +1,19 @@
 //! Delivery: what happens to records after they are durable. The engine runs one
-//! worker per stream (`worker`), which batches by buffering hints, names the object
-//! (`key`), encodes it (`encode`) and stores it (`store`: the local-directory
-//! buckets), then acknowledges the records in the log. Delivery only ever uses the
-//! `RecordLog` interface and never blocks ingest.
+//! worker per stream (`worker`), which runs one lane per place the stream delivers
+//! to (`lane`: the destination, and the S3 backup when enabled). A lane batches by
+//! its buffering hints, names the object (`key`), encodes it (`encode`) and stores
+//! it (`store`: local-directory buckets or an S3-compatible service); the worker
+//! commits each lane's progress (`progress`) and acknowledges in the log what every
+//! lane has delivered. Delivery only ever uses the `RecordLog` interface and never
+//! blocks ingest.
 
 pub mod encode;
 pub mod key;
+mod lane;
+mod progress;
 pub mod store;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::HashMap;
@@ -17,9 +24,65 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::AppState;
+use store::Store;
 
 /// How often the engine matches its workers to the catalog (new and deleted streams).
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// Wall-clock time as delivery sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// `None`: the system clock. `Some`: the wall time at an instant of tokio's
+    /// clock, advanced by tokio's clock since, so that a test on a paused runtime
+    /// controls how much time passes.
+    anchor: Option<(u64, tokio::time::Instant)>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock { anchor: None }
+    }
+
+    /// Now, advancing with tokio's clock (paused in tests) from here on.
+    pub fn tokio() -> Clock {
+        Clock { anchor: Some((crate::api::now_ms(), tokio::time::Instant::now())) }
+    }
+
+    /// Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        match self.anchor {
+            None => crate::api::now_ms(),
+            Some((wall_ms, at)) => wall_ms + at.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// What every delivery worker shares.
+pub struct Delivery {
+    /// The catalog, the log, metrics and configuration.
+    pub state: Arc<AppState>,
+    /// Where objects go.
+    pub store: Store,
+    /// Time.
+    pub clock: Clock,
+    /// Bytes of batches being read, encoded and uploaded at once, in KiB permits:
+    /// batches wait for room, so many streams flushing together stay within memory.
+    batch_kib_in_flight: tokio::sync::Semaphore,
+}
+
+/// Batch bytes held in memory for delivery at once, across all streams. A batch
+/// larger than this (SizeInMBs reaches 128) takes all of it.
+pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
+
+impl Delivery {
+    /// Delivery for `state`'s streams, to the stores its configuration names.
+    pub fn new(state: Arc<AppState>, clock: Clock) -> Delivery {
+        let store = Store::new(state.config.data_dir.join("buckets"), state.config.s3.clone());
+        let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);
+        Delivery { state, store, clock, batch_kib_in_flight }
+    }
+}
 
 /// The running delivery workers.
 pub struct DeliveryEngine {
@@ -29,9 +92,9 @@ pub struct DeliveryEngine {
 
 impl DeliveryEngine {
     /// Starts delivering every stream in the catalog, and streams created later.
-    pub fn start(state: Arc<AppState>) -> DeliveryEngine {
+    pub fn start(delivery: Delivery) -> DeliveryEngine {
         let (shutdown, signal) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(state, signal));
+        let supervisor = tokio::spawn(supervise(Arc::new(delivery), signal));
         DeliveryEngine { shutdown, supervisor }
     }
 
@@ -47,15 +110,15 @@ impl DeliveryEngine {
     }
 }
 
-async fn supervise(state: Arc<AppState>, mut signal: watch::Receiver<bool>) {
+async fn supervise(delivery: Arc<Delivery>, mut signal: watch::Receiver<bool>) {
     let mut workers: HashMap<u64, JoinHandle<()>> = HashMap::new();
     loop {
-        let streams = state.catalog.snapshot().streams;
+        let streams = delivery.state.catalog.snapshot().streams;
         for stream in streams.values() {
-            state.metrics.name_stream(stream.id, &stream.name);
+            delivery.state.metrics.name_stream(stream.id, &stream.name);
             let running = workers.get(&stream.id).is_some_and(|w| !w.is_finished());
-            if !running && stream.status(crate::api::now_ms()) == "ACTIVE" {
-                let worker = tokio::spawn(worker::run(state.clone(), stream.id, signal.clone()));
+            if !running && stream.status(delivery.clock.now_ms()) == "ACTIVE" {
+                let worker = tokio::spawn(worker::run(delivery.clone(), stream.id, signal.clone()));
                 workers.insert(stream.id, worker);
             }
         }

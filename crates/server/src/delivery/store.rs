@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
+use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
+
+use crate::config::{S3Config, S3Target};
 
 /// Why an object could not be stored. Every case is retried: a missing bucket is
 /// a delivery failure (as on S3), never created on the user's behalf.
@@ -83,74 +85,87 @@ impl LocalBuckets {
     }
 }
 
-/// Buckets on an S3-compatible service (`[s3] endpoint`), through `object_store`.
-/// Credentials come from the standard AWS environment variables. A missing bucket
-/// fails the upload, which is retried; it is never created.
-#[derive(Clone)]
-pub struct S3Buckets {
-    endpoint: String,
-    region: String,
-    clients: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+/// Where delivered objects go: each bucket to the place `[s3]` (or its
+/// `[s3.buckets.NAME]` override) names, by default a local directory. Clients for
+/// S3-compatible services are built once per bucket and reused.
+pub struct Store {
+    local: LocalBuckets,
+    s3: S3Config,
+    clients: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
-impl S3Buckets {
-    /// Buckets at `endpoint` (path-style addressing, as S3-compatible servers expect).
-    pub fn new(endpoint: &str, region: &str) -> S3Buckets {
-        S3Buckets { endpoint: endpoint.to_string(), region: region.to_string(), clients: Arc::default() }
+impl Store {
+    /// Local buckets live under `local_root`; the others where `s3` says.
+    pub fn new(local_root: PathBuf, s3: S3Config) -> Store {
+        Store { local: LocalBuckets::new(local_root), s3, clients: Mutex::default() }
     }
 
-    fn client(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    /// Stores one object, replacing any object at the same key. On an S3-compatible
+    /// service, a body larger than one part is uploaded in parts (multipart upload,
+    /// aborted if a part fails), with `Content-Type: application/octet-stream` as
+    /// Firehose writes it.
+    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
+        let target = self.s3.target(bucket);
+        let Some(endpoint) = &target.endpoint else {
+            let (local, bucket, key) = (self.local.clone(), bucket.to_string(), key.to_string());
+            return tokio::task::spawn_blocking(move || local.put(&bucket, &key, &body).map(|_| ()))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string());
+        };
+        let client = self.client(bucket, endpoint, target)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, "application/octet-stream".into());
+        let path = ObjectPath::from(key);
+        let part_bytes = self.s3.multipart_part_bytes as usize;
+        if body.len() <= part_bytes {
+            let options = PutOptions { attributes, ..PutOptions::default() };
+            return client
+                .put_opts(&path, PutPayload::from(body), options)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
+        let mut upload = client.put_multipart_opts(&path, options).await.map_err(|e| e.to_string())?;
+        // Parts are slices of `body` (no copies), sent one after the other; any
+        // failure aborts the upload so that no orphaned parts stay in the bucket.
+        let mut result = Ok(());
+        for offset in (0..body.len()).step_by(part_bytes) {
+            let part = body.slice(offset..(offset + part_bytes).min(body.len()));
+            result = upload.put_part(PutPayload::from(part)).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let result = match result {
+            Ok(()) => upload.complete().await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            let _ = upload.abort().await;
+            return Err(error.to_string());
+        }
+        Ok(())
+    }
+
+    fn client(&self, bucket: &str, endpoint: &str, target: &S3Target) -> Result<Arc<dyn ObjectStore>, String> {
         let mut clients = self.clients.lock().expect("lock");
         if let Some(client) = clients.get(bucket) {
             return Ok(client.clone());
         }
-        let client = AmazonS3Builder::from_env()
-            .with_endpoint(&self.endpoint)
-            .with_region(&self.region)
+        let mut builder = AmazonS3Builder::from_env()
+            .with_endpoint(endpoint)
+            .with_region(&target.region)
             .with_bucket_name(bucket)
-            .with_virtual_hosted_style_request(false)
-            .with_allow_http(self.endpoint.starts_with("http://"))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let client: Arc<dyn ObjectStore> = Arc::new(client);
+            .with_virtual_hosted_style_request(!target.path_style)
+            .with_allow_http(endpoint.starts_with("http://"));
+        if let Some((id, secret)) = &target.credentials {
+            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let client: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| e.to_string())?);
         clients.insert(bucket.to_string(), client.clone());
         Ok(client)
-    }
-
-    /// Uploads `body` to `key` with `Content-Type: application/octet-stream`, as
-    /// Firehose does.
-    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
-        let client = self.client(bucket)?;
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::ContentType, "application/octet-stream".into());
-        let options = PutOptions { attributes, ..PutOptions::default() };
-        let payload = PutPayload::from(body);
-        client.put_opts(&ObjectPath::from(key), payload, options).await.map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-/// Where delivered objects go.
-#[derive(Clone)]
-pub enum Store {
-    /// `<data-dir>/buckets/NAME/` (the default).
-    Local(LocalBuckets),
-    /// An S3-compatible service.
-    S3(S3Buckets),
-}
-
-impl Store {
-    /// Stores one object, replacing any object at the same key.
-    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
-        match self {
-            Store::Local(local) => {
-                let (local, bucket, key) = (local.clone(), bucket.to_string(), key.to_string());
-                tokio::task::spawn_blocking(move || local.put(&bucket, &key, &body).map(|_| ()))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            }
-            Store::S3(s3) => s3.put(bucket, key, body).await,
-        }
     }
 }
 

@@ -279,26 +279,29 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
 }
 
 #[test]
-fn a_delivery_intent_survives_a_restart_until_acknowledged() {
+fn consumer_state_survives_restarts_and_acknowledging_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 10, Encryption::None, small_options());
     let rt = runtime();
     let _guard = rt.enter();
     let (wal, _) = open(dir.path(), small_options());
-    assert_eq!(wal.intent(STREAM).unwrap(), None);
+    assert_eq!(wal.state(STREAM).unwrap(), None);
     wal.acknowledge(STREAM, 3).unwrap();
-    wal.record_intent(STREAM, b"batch 4..7 key k".to_vec()).unwrap();
-    assert!(matches!(wal.record_intent(STREAM, vec![0; 65 << 10]), Err(crate::Error::IntentTooLarge { .. })));
+    wal.commit(STREAM, 0, b"batch 4..7 key k".to_vec()).unwrap();
+    assert!(matches!(wal.commit(STREAM, 9, vec![0; 65 << 10]), Err(crate::Error::StateTooLarge { .. })));
+    assert_eq!(wal.acknowledged(STREAM).unwrap(), 3, "a refused commit changes nothing");
     rt.block_on(wal.shutdown());
     drop(wal);
     let (wal, _) = open(dir.path(), small_options());
-    assert_eq!(wal.intent(STREAM).unwrap().as_deref(), Some(&b"batch 4..7 key k"[..]));
-    assert_eq!(wal.acknowledged(STREAM).unwrap(), 3, "recording an intent keeps the acknowledged position");
-    wal.acknowledge(STREAM, 7).unwrap();
+    assert_eq!(wal.state(STREAM).unwrap().as_deref(), Some(&b"batch 4..7 key k"[..]));
+    assert_eq!(wal.acknowledged(STREAM).unwrap(), 3, "a commit never moves the position back");
+    wal.acknowledge(STREAM, 5).unwrap();
+    assert_eq!(wal.state(STREAM).unwrap().as_deref(), Some(&b"batch 4..7 key k"[..]), "acknowledging keeps the state");
+    wal.commit(STREAM, 7, Vec::new()).unwrap();
     rt.block_on(wal.shutdown());
     drop(wal);
     let (wal, _) = open(dir.path(), small_options());
-    assert_eq!(wal.intent(STREAM).unwrap(), None, "acknowledging ends the batch");
+    assert_eq!(wal.state(STREAM).unwrap(), None, "an empty state is no state");
     assert_eq!(wal.acknowledged(STREAM).unwrap(), 7);
     assert_eq!(read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
     rt.block_on(wal.shutdown());

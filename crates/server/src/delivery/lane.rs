@@ -1,0 +1,411 @@
+//! One lane of a stream's delivery: the destination itself, or the S3 backup of the
+//! source records (`S3BackupMode` `Enabled`), each with its own buffering, prefix
+//! and compression. A lane reads the log from where it last delivered, counts what
+//! it buffers until `SizeInMBs` or `IntervalInSeconds` (whichever comes first,
+//! measured from the oldest buffered record), then decides the batch: its
+//! boundaries and key are committed before the upload, and the upload reads the
+//! records back from the log. After a crash the committed batch is delivered again,
+//! identically, under the same key, so S3 never holds a record twice.
+//!
+//! Buffering holds counts, not records: memory holds only the batches being
+//! uploaded, within [`super::BATCH_BYTES_IN_FLIGHT_MAX`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::destination::{Destination, S3Settings};
+use tokio::sync::watch;
+
+use super::encode::Compression;
+use super::key::{object_key, BatchIdentity, DESTINATION_LANE};
+use super::progress::Intent;
+use super::worker::StreamProgress;
+use super::Delivery;
+use crate::catalog::StreamRecord;
+use crate::log::{LogError, StoredRecord};
+
+/// The `!{firehose:error-output-type}` of records that outlived the retention period
+/// (Firehose drops those; Sluice writes them under the error prefix when it can).
+const RETENTION_EXPIRED: &str = "retention-expired";
+
+/// Records read per call to the log.
+const READ_RECORDS_MAX: usize = 10_000;
+/// How often an idle lane re-reads its stream's definition.
+pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Retry delays: exponential from 1 s, capped at 60 s, with ±20% jitter.
+const RETRY_DELAY_MIN: Duration = Duration::from_secs(1);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
+const RETRY_JITTER: f64 = 0.2;
+
+/// Where a lane delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum LaneKind {
+    /// The stream's S3 or ExtendedS3 destination.
+    Destination,
+    /// `S3BackupConfiguration`, with `S3BackupMode` `Enabled`.
+    Backup,
+}
+
+impl LaneKind {
+    pub(super) const ALL: [LaneKind; 2] = [LaneKind::Destination, LaneKind::Backup];
+
+    /// The lane's name in the progress state and in batch identities.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            LaneKind::Destination => DESTINATION_LANE,
+            LaneKind::Backup => "backup",
+        }
+    }
+
+    /// The prefix of the lane's Firehose metrics.
+    fn metric(self) -> &'static str {
+        match self {
+            LaneKind::Destination => "DeliveryToS3",
+            LaneKind::Backup => "BackupToS3",
+        }
+    }
+
+    /// Where the lane delivers for this destination; `None` if it has no such lane.
+    /// (HTTP endpoint destinations come with issue 4: their records wait in the log.)
+    pub(super) fn settings(self, destination: &Destination) -> Option<S3Settings> {
+        match self {
+            LaneKind::Destination => destination.s3_settings(),
+            LaneKind::Backup => destination.backup_s3_settings(),
+        }
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone)]
+pub(super) struct Backoff {
+    next: Duration,
+    max: Duration,
+    jitter: f64,
+}
+
+impl Backoff {
+    /// Delays from `min`, doubling up to `max`, each varied by ±`jitter` (a fraction).
+    pub(super) fn new(min: Duration, max: Duration, jitter: f64) -> Backoff {
+        Backoff { next: min, max, jitter }
+    }
+
+    /// The delay before the next attempt; `unit` in [0, 1) picks where in the
+    /// jitter range it falls.
+    pub(super) fn next_delay(&mut self, unit: f64) -> Duration {
+        let delay = self.next.mul_f64(1.0 - self.jitter + 2.0 * self.jitter * unit);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+/// What a lane has read and not yet put in a batch: counts, not records.
+#[derive(Debug, Clone, Copy)]
+struct Buffered {
+    first_seq: u64,
+    last_seq: u64,
+    oldest_arrival_ms: u64,
+    bytes: u64,
+}
+
+/// Resolves `true` if shutdown was requested while waiting.
+pub(super) async fn wait(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+pub(super) async fn run(
+    delivery: Arc<Delivery>,
+    progress: Arc<StreamProgress>,
+    kind: LaneKind,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stream_id = progress.stream_id;
+    if let Some(intent) = progress.lane(kind.name()).await.batch {
+        tracing::info!(stream_id, lane = kind.name(), key = %intent.key, "Delivering a batch decided before a restart.");
+        if !deliver(&delivery, &progress, kind, &intent, &mut shutdown).await {
+            return;
+        }
+    }
+    let from = progress.lane(kind.name()).await.delivered_seq.map_or(0, |seq| seq + 1);
+    let mut cursor = match delivery.state.log.cursor(stream_id, from) {
+        Ok(cursor) => cursor,
+        Err(error) => {
+            tracing::error!(stream_id, %error, "Cannot read the stream's log; its delivery stops.");
+            return;
+        }
+    };
+    let mut buffered: Option<Buffered> = None;
+    loop {
+        let Some(stream) = delivery.state.catalog.get_by_id(stream_id) else { return };
+        let stopping = *shutdown.borrow();
+        // The lane is gone when the destination no longer has it; what it buffered
+        // stays in the log, and the stream's worker releases its hold on it.
+        let Some(settings) = kind.settings(&stream.destination) else { return };
+        let size_max = settings.buffer_mib << 20;
+        let bytes = buffered.map_or(0, |b| b.bytes);
+        if bytes < size_max {
+            match cursor.read(READ_RECORDS_MAX, (size_max - bytes) as usize).await {
+                Ok(records) => {
+                    for record in &records {
+                        let b = buffered.get_or_insert(Buffered {
+                            first_seq: record.seq,
+                            last_seq: record.seq,
+                            oldest_arrival_ms: record.arrival_ms,
+                            bytes: 0,
+                        });
+                        b.last_seq = record.seq;
+                        b.bytes += record.data.len() as u64;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(stream = %stream.name, %error, "Reading the log failed; retrying.");
+                    if wait(&mut shutdown, RETRY_DELAY_MIN).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let metrics = &delivery.state.metrics;
+        metrics.oldest_undelivered(stream_id, kind.metric(), buffered.map(|b| b.oldest_arrival_ms));
+        let deadline_ms = buffered.map(|b| b.oldest_arrival_ms + settings.buffer_interval_s * 1000);
+        let now_ms = delivery.clock.now_ms();
+        let full = buffered.is_some_and(|b| b.bytes >= size_max);
+        if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {
+            if full || now_ms >= deadline_ms || stopping {
+                buffered = None;
+                let Some(intent) = decide(&progress, &stream, &settings, kind, batch, &mut shutdown).await else {
+                    return;
+                };
+                if !deliver(&delivery, &progress, kind, &intent, &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        if stopping {
+            return;
+        }
+        let pause = deadline_ms.map_or(IDLE_POLL, |d| Duration::from_millis(d.saturating_sub(now_ms)));
+        tokio::select! {
+            () = cursor.wait() => {}
+            () = tokio::time::sleep(pause.min(IDLE_POLL)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Names the batch and commits it as the lane's batch in progress. `None` if
+/// shutdown came first.
+async fn decide(
+    progress: &StreamProgress,
+    stream: &StreamRecord,
+    settings: &S3Settings,
+    kind: LaneKind,
+    batch: Buffered,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Intent> {
+    let identity = BatchIdentity {
+        stream_name: &stream.name,
+        stream_id: stream.id,
+        version: stream.version_id,
+        lane: kind.name(),
+        first_seq: batch.first_seq,
+        oldest_arrival_ms: batch.oldest_arrival_ms,
+    };
+    let key = loop {
+        match object_key(settings, &identity, None) {
+            Ok(key) => break key,
+            Err(error) => {
+                tracing::error!(stream = %stream.name, %error, "Cannot build the object key; retrying.");
+                if wait(shutdown, RETRY_DELAY_MAX).await {
+                    return None;
+                }
+            }
+        }
+    };
+    let intent = Intent {
+        first_seq: batch.first_seq,
+        last_seq: batch.last_seq,
+        bucket: settings.bucket.clone(),
+        key,
+        compression: settings.compression.clone(),
+        error_key: object_key(settings, &identity, Some(RETENTION_EXPIRED)).ok(),
+        bytes: batch.bytes,
+    };
+    loop {
+        match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
+            Ok(()) => return Some(intent),
+            Err(error) => {
+                tracing::error!(stream = %stream.name, %error, "Recording the batch failed; retrying.");
+                if wait(shutdown, RETRY_DELAY_MIN).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The batch's records, read back from the log.
+async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Result<Vec<StoredRecord>, LogError> {
+    let mut cursor = delivery.state.log.cursor(stream_id, intent.first_seq)?;
+    let mut batch: Vec<StoredRecord> = Vec::new();
+    while batch.last().is_none_or(|r| r.seq < intent.last_seq) {
+        let records = cursor.read(READ_RECORDS_MAX, usize::MAX).await?;
+        if records.is_empty() {
+            break;
+        }
+        batch.extend(records.into_iter().take_while(|r| r.seq <= intent.last_seq));
+    }
+    Ok(batch)
+}
+
+/// Uploads the lane's batch in progress until it is stored (or, past the retention
+/// period, given up), then commits the lane's progress. Each attempt reads the
+/// records back from the log under the in-flight memory budget, so a batch waiting
+/// for its bucket holds no memory. `false` if it stopped for shutdown or deletion
+/// first (the batch stays recorded, to be delivered after the next start).
+async fn deliver(
+    delivery: &Delivery,
+    progress: &StreamProgress,
+    kind: LaneKind,
+    intent: &Intent,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let stream_id = progress.stream_id;
+    let state = &delivery.state;
+    let compression = Compression::from_api(&intent.compression).unwrap_or(Compression::Uncompressed);
+    let entry = intent.key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
+    let kib = (intent.bytes >> 10).clamp(1, (super::BATCH_BYTES_IN_FLIGHT_MAX >> 10) as u64) as u32;
+    let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
+    let mut attempt = 0u32;
+    loop {
+        if state.catalog.get_by_id(stream_id).is_none() {
+            // Deleted while retrying: its records went with it.
+            tracing::info!(stream_id, "Stream deleted; its delivery stops.");
+            return false;
+        }
+        attempt += 1;
+        let permit = delivery.batch_kib_in_flight.acquire_many(kib).await.expect("never closed");
+        let outcome: Result<(), String> = match read_batch(delivery, stream_id, intent).await {
+            Err(error) => Err(format!("reading the batch from the log: {error}")),
+            Ok(batch) if batch.is_empty() => {
+                // Cannot happen while lanes hold the log; said loudly if it does.
+                tracing::error!(stream_id, key = %intent.key, "The batch's records are no longer in the log.");
+                break;
+            }
+            Ok(batch) => {
+                let oldest_ms = batch[0].arrival_ms;
+                state.metrics.oldest_undelivered(stream_id, kind.metric(), Some(oldest_ms));
+                let n_bytes: usize = batch.iter().map(|r| r.data.len()).sum();
+                let mut data = Vec::with_capacity(n_bytes);
+                for record in &batch {
+                    data.extend_from_slice(&record.data);
+                }
+                let body = bytes::Bytes::from(compression.encode(data, &entry));
+                let result = delivery.store.put(&intent.bucket, &intent.key, body).await;
+                state.metrics.delivery(stream_id, kind.metric(), result.is_ok(), batch.len() as u64, n_bytes as u64);
+                let age_ms = delivery.clock.now_ms().saturating_sub(oldest_ms);
+                match result {
+                    Ok(()) => break,
+                    Err(error) if age_ms >= state.config.retention_ms => {
+                        tracing::warn!(stream_id, bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed past the retention period.");
+                        expire(delivery, stream_id, intent, &batch, attempt, &error).await;
+                        break;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        drop(permit);
+        if let Err(error) = outcome {
+            tracing::warn!(stream_id, lane = kind.name(), bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed; retrying.");
+        }
+        if *shutdown.borrow() || wait(shutdown, backoff.next_delay(rand::random::<f64>())).await {
+            return false;
+        }
+    }
+    loop {
+        let done = progress
+            .update(kind.name(), |lane| {
+                lane.batch = None;
+                lane.delivered_seq = Some(intent.last_seq);
+            })
+            .await;
+        match done {
+            Ok(()) => {
+                state.metrics.oldest_undelivered(stream_id, kind.metric(), None);
+                return true;
+            }
+            Err(error) => {
+                tracing::error!(stream_id, %error, "Committing a delivered batch failed; retrying.");
+                if wait(shutdown, RETRY_DELAY_MIN).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A batch older than the retention period is given up: its records are written,
+/// if the store takes them, under the error prefix as Firehose's error records
+/// (one JSON document per line), and always counted and logged, never dropped
+/// silently.
+async fn expire(
+    delivery: &Delivery,
+    stream_id: u64,
+    intent: &Intent,
+    batch: &[StoredRecord],
+    attempt: u32,
+    error: &str,
+) {
+    let error_code = if error.contains("NoSuchBucket") { "S3.NoSuchBucket" } else { "S3.DeliveryFailed" };
+    let ended = delivery.clock.now_ms();
+    let mut lines = Vec::new();
+    for record in batch {
+        let line = serde_json::json!({
+            "attemptsMade": attempt,
+            "arrivalTimestamp": record.arrival_ms,
+            "errorCode": error_code,
+            "errorMessage": error,
+            "attemptEndingTimestamp": ended,
+            "rawData": base64_simd::STANDARD.encode_to_string(&record.data),
+        });
+        lines.extend_from_slice(line.to_string().as_bytes());
+        lines.push(b'\n');
+    }
+    let written = match &intent.error_key {
+        Some(key) => delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await.is_ok(),
+        None => false,
+    };
+    delivery.state.metrics.records_expired(stream_id, batch.len() as u64);
+    tracing::error!(
+        stream_id,
+        n_records = batch.len(),
+        bucket = %intent.bucket,
+        error_key = intent.error_key.as_deref().unwrap_or(""),
+        written_to_error_prefix = written,
+        %error,
+        "Records outlived the retention period without being delivered."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_within_the_jitter() {
+        let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
+        let low: Vec<u64> = (0..9).map(|_| backoff.next_delay(0.0).as_millis() as u64).collect();
+        assert_eq!(low, [800, 1600, 3200, 6400, 12800, 25600, 48000, 48000, 48000]);
+        let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
+        let high: Vec<u64> = (0..8).map(|_| backoff.next_delay(0.999_999).as_millis() as u64).collect();
+        assert_eq!(high, [1199, 2399, 4799, 9599, 19199, 38399, 71999, 71999]);
+        let mut plain = Backoff::new(Duration::from_secs(1), Duration::from_secs(120), 0.15);
+        let mid: Vec<u64> = (0..8).map(|_| plain.next_delay(0.5).as_secs()).collect();
+        assert_eq!(mid, [1, 2, 4, 8, 16, 32, 64, 120]);
+    }
+}

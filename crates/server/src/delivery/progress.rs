@@ -1,0 +1,140 @@
+//! A stream's delivery progress, kept as the log's opaque state blob: for each lane
+//! (the destination, the S3 backup) how far it has delivered and the batch it is
+//! delivering now. The log may drop a record once every lane has delivered it, so
+//! the acknowledged position is the lowest lane's. Every change is one atomic
+//! commit to the log (state and acknowledged position together).
+//!
+//! Format (JSON): `{"format_version": 2, "lanes": {"destination": {"delivered_seq":
+//! 41, "batch": {...}}, "backup": {...}}}`. Version 1 was a bare batch description
+//! (one lane, the destination) and is still read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::key::DESTINATION_LANE;
+
+/// Version of the state blob.
+const PROGRESS_FORMAT_VERSION: u32 = 2;
+
+/// A batch whose boundaries and key are decided, kept until it is delivered so a
+/// retry (after a failure or a crash) uploads exactly the same object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Intent {
+    /// Sequence number of the first record.
+    pub(super) first_seq: u64,
+    /// Sequence number of the last record.
+    pub(super) last_seq: u64,
+    /// Bucket name.
+    pub(super) bucket: String,
+    /// Object key.
+    pub(super) key: String,
+    /// `CompressionFormat`, as in the API.
+    pub(super) compression: String,
+    /// Where the batch's error records go if it outlives the retention period.
+    #[serde(default)]
+    pub(super) error_key: Option<String>,
+    /// The records' bytes (before compression), for the in-flight memory budget.
+    #[serde(default)]
+    pub(super) bytes: u64,
+}
+
+/// One lane's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct LaneProgress {
+    /// Every record up to this one is delivered by this lane. `None` for a lane that
+    /// has delivered nothing since it started (at the acknowledged position).
+    pub(super) delivered_seq: Option<u64>,
+    /// The batch being delivered.
+    pub(super) batch: Option<Intent>,
+}
+
+/// Every lane's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Progress {
+    format_version: u32,
+    /// By lane name.
+    pub(super) lanes: BTreeMap<String, LaneProgress>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress { format_version: PROGRESS_FORMAT_VERSION, lanes: BTreeMap::new() }
+    }
+}
+
+impl Progress {
+    /// Reads a committed state blob. An unreadable blob is logged and treated as
+    /// empty: delivery then restarts from the acknowledged position, which can
+    /// repeat an object's records under a new key but never loses any.
+    pub(super) fn decode(stream_id: u64, blob: Option<&[u8]>) -> Progress {
+        let Some(blob) = blob else { return Progress::default() };
+        if let Ok(progress) = serde_json::from_slice::<Progress>(blob) {
+            if progress.format_version <= PROGRESS_FORMAT_VERSION {
+                return progress;
+            }
+        }
+        if let Ok(intent) = serde_json::from_slice::<Intent>(blob) {
+            let lane = LaneProgress { delivered_seq: None, batch: Some(intent) };
+            return Progress {
+                format_version: PROGRESS_FORMAT_VERSION,
+                lanes: [(DESTINATION_LANE.into(), lane)].into(),
+            };
+        }
+        tracing::error!(stream_id, "Unreadable delivery state; delivering again from the acknowledged position.");
+        Progress::default()
+    }
+
+    /// The blob to commit.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("progress serialises")
+    }
+
+    /// Up to where the log may drop records: what every lane has delivered (0,
+    /// which never moves the position, while a lane has delivered nothing yet).
+    pub(super) fn acknowledged_seq(&self) -> u64 {
+        self.lanes.values().map(|lane| lane.delivered_seq.unwrap_or(0)).min().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(first_seq: u64, last_seq: u64) -> Intent {
+        Intent {
+            first_seq,
+            last_seq,
+            bucket: "b".into(),
+            key: "k".into(),
+            compression: "GZIP".into(),
+            error_key: None,
+            bytes: 100,
+        }
+    }
+
+    #[test]
+    fn the_slowest_lane_holds_the_log() {
+        let mut progress = Progress::default();
+        assert_eq!(progress.acknowledged_seq(), 0);
+        progress.lanes.insert("destination".into(), LaneProgress { delivered_seq: Some(40), batch: None });
+        assert_eq!(progress.acknowledged_seq(), 40);
+        progress.lanes.insert("backup".into(), LaneProgress::default());
+        assert_eq!(progress.acknowledged_seq(), 0, "a lane that delivered nothing yet holds everything");
+        progress.lanes.get_mut("backup").unwrap().delivered_seq = Some(12);
+        assert_eq!(progress.acknowledged_seq(), 12);
+    }
+
+    #[test]
+    fn round_trips_and_reads_the_single_batch_format() {
+        let mut progress = Progress::default();
+        progress.lanes.insert("backup".into(), LaneProgress { delivered_seq: Some(3), batch: Some(intent(4, 9)) });
+        assert_eq!(Progress::decode(1, Some(&progress.encode())), progress);
+        let old = serde_json::to_vec(&intent(5, 8)).unwrap();
+        let read = Progress::decode(1, Some(&old));
+        assert_eq!(read.lanes[DESTINATION_LANE].batch, Some(intent(5, 8)));
+        assert_eq!(read.acknowledged_seq(), 0);
+        assert_eq!(Progress::decode(1, Some(b"garbage")), Progress::default());
+        assert_eq!(Progress::decode(1, None), Progress::default());
+    }
+}
