@@ -195,64 +195,6 @@ def test_update_destination_applies_to_new_batches(server, fh):
     assert (out / second).read_bytes() == b"after\n"
 
 
-def test_delivery_to_a_real_s3_compatible_server(tmp_path):
-    """moto's S3 server stands in for S3: same keys, gzip bodies, Content-Type, and a
-    missing bucket retried until it exists."""
-    import subprocess
-    import boto3
-    from conftest import free_port
-    port = free_port()
-    moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-        deadline = time.time() + 30
-        while True:
-            try:
-                s3.create_bucket(Bucket="landing")
-                break
-            except Exception:
-                assert time.time() < deadline, "moto_server did not start"
-                time.sleep(0.2)
-        server = Server(tmp_path / "data", extra_config=f'[s3]\nendpoint = "{endpoint}"\n',
-                        env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}).start()
-        fh = server.client()
-        for name, bucket_name in (("tos3", "landing"), ("later", "not-yet")):
-            make_stream(fh, name, ExtendedS3DestinationConfiguration=dict(
-                S3_CONFIG, BucketARN=f"arn:aws:s3:::{bucket_name}", BufferingHints=hints(1, 0), CompressionFormat="GZIP"))
-        records = [f"s3-record-{i}\n".encode() for i in range(100)]
-        fh.put_record_batch(DeliveryStreamName="tos3", Records=[{"Data": r} for r in records])
-        fh.put_record(DeliveryStreamName="later", Record={"Data": b"waited\n"})
-
-        def keys(bucket_name):
-            return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket_name).get("Contents", [])]
-
-        deadline = time.time() + 10
-        while not keys("landing"):
-            assert time.time() < deadline, "nothing delivered to S3"
-            time.sleep(0.1)
-        [key] = keys("landing")
-        m = KEY.match(key)
-        assert m and m["stream"] == "tos3" and m["ext"] == ".gz", key
-        obj = s3.get_object(Bucket="landing", Key=key)
-        assert obj["ContentType"] == "application/octet-stream"
-        assert gzip.decompress(obj["Body"].read()) == b"".join(records)
-        time.sleep(1.5)
-        s3.create_bucket(Bucket="not-yet")
-        deadline = time.time() + 15
-        while not keys("not-yet"):
-            assert time.time() < deadline, "a bucket created later never received the waiting batch"
-            time.sleep(0.2)
-        [late] = keys("not-yet")
-        assert gzip.decompress(s3.get_object(Bucket="not-yet", Key=late)["Body"].read()) == b"waited\n"
-        assert server.stop() == 0
-    finally:
-        moto.kill()
-        moto.wait()
-
-
 def test_records_outliving_the_retention_period_are_counted_logged_and_written_as_errors(tmp_path):
     import json
     server = Server(tmp_path / "data", extra_config="[delivery]\nretention_s = 2\n").start()
@@ -296,3 +238,38 @@ def test_deleting_a_stream_stops_its_retries(server, fh):
     assert server.stop() == 0
     assert "Stream deleted; its delivery stops." in log
     assert log.count("Delivery to S3 failed") <= 2, "no attempt after the deletion was noticed"
+
+
+def test_s3_backup_enabled_by_update_receives_new_records_and_cannot_be_disabled(server, fh):
+    import botocore.exceptions
+    out, copies = bucket(server), bucket(server, "copies")
+    try:
+        make_stream(fh, "nobackupconfig", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, S3BackupMode="Enabled"))
+        raise AssertionError("S3BackupMode Enabled without S3BackupConfiguration was accepted")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidArgumentException", e.response
+    make_stream(fh, "later-backup", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, BufferingHints=hints(1, 0)))
+    fh.put_record(DeliveryStreamName="later-backup", Record={"Data": b"before\n"})
+    wait_for_objects(out)
+    fh.update_destination(
+        DeliveryStreamName="later-backup", CurrentDeliveryStreamVersionId="1",
+        DestinationId="destinationId-000000000001",
+        ExtendedS3DestinationUpdate={"S3BackupMode": "Enabled", "S3BackupUpdate": {
+            "BucketARN": "arn:aws:s3:::copies", "RoleARN": S3_CONFIG["RoleARN"], "Prefix": "copy/",
+            "BufferingHints": hints(1, 0), "CompressionFormat": "GZIP"}})
+    fh.put_record(DeliveryStreamName="later-backup", Record={"Data": b"after\n"})
+    [copy] = wait_for_objects(copies)
+    assert copy.startswith("copy/") and copy.endswith(".gz"), copy
+    assert gzip.decompress((copies / copy).read_bytes()) == b"after\n", "only records after the update"
+    wait_for_objects(out, n=2)
+    try:
+        fh.update_destination(DeliveryStreamName="later-backup", CurrentDeliveryStreamVersionId="2",
+                              DestinationId="destinationId-000000000001",
+                              ExtendedS3DestinationUpdate={"S3BackupMode": "Disabled"})
+        raise AssertionError("S3BackupMode went from Enabled back to Disabled")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidArgumentException", e.response
+    with urllib.request.urlopen(server.endpoint + "/metrics") as r:
+        text = r.read().decode()
+    assert 'BackupToS3_Records{DeliveryStreamName="later-backup"} 1' in text, text
+    assert 'DeliveryToS3_Records{DeliveryStreamName="later-backup"} 2' in text

@@ -113,19 +113,28 @@ impl DeliveryEngine {
 async fn supervise(delivery: Arc<Delivery>, mut signal: watch::Receiver<bool>) {
     let mut workers: HashMap<u64, JoinHandle<()>> = HashMap::new();
     loop {
+        // One more pass after shutdown is requested: a stream that became ACTIVE
+        // since the last pass gets a worker too, which flushes what it holds.
+        let stopping = *signal.borrow();
         let streams = delivery.state.catalog.snapshot().streams;
         for stream in streams.values() {
             delivery.state.metrics.name_stream(stream.id, &stream.name);
-            let running = workers.get(&stream.id).is_some_and(|w| !w.is_finished());
-            if !running && stream.status(delivery.clock.now_ms()) == "ACTIVE" {
+            let start = match workers.get(&stream.id) {
+                None => true,
+                Some(worker) => worker.is_finished() && !stopping,
+            };
+            if start && stream.status(delivery.clock.now_ms()) == "ACTIVE" {
                 let worker = tokio::spawn(worker::run(delivery.clone(), stream.id, signal.clone()));
                 workers.insert(stream.id, worker);
             }
         }
         workers.retain(|id, worker| !worker.is_finished() || streams.values().any(|s| s.id == *id));
+        if stopping {
+            break;
+        }
         tokio::select! {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
-            _ = signal.changed() => break,
+            _ = signal.changed() => {}
         }
     }
     let handles: Vec<JoinHandle<()>> = workers.into_values().collect();

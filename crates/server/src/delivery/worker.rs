@@ -12,13 +12,14 @@ use tokio::task::JoinHandle;
 use super::lane::{self, LaneKind, IDLE_POLL};
 use super::progress::{LaneProgress, Progress};
 use super::Delivery;
-use crate::log::{LogError, RecordLog};
+use crate::api::AppState;
+use crate::log::LogError;
 
 /// A stream's delivery progress, shared by its lanes. Commits are serialised, so
 /// the state the log keeps is always the latest.
 pub(super) struct StreamProgress {
     pub(super) stream_id: u64,
-    log: Arc<dyn RecordLog>,
+    state: Arc<AppState>,
     progress: Mutex<Progress>,
 }
 
@@ -31,36 +32,31 @@ impl StreamProgress {
     /// Changes one lane's progress and commits it, together with the position up to
     /// which every lane has delivered. On failure nothing changes.
     pub(super) async fn update(&self, lane: &str, change: impl FnOnce(&mut LaneProgress)) -> Result<(), LogError> {
-        let mut progress = self.progress.lock().await;
-        let mut next = progress.clone();
-        change(next.lanes.entry(lane.to_string()).or_default());
-        self.log.commit(self.stream_id, next.acknowledged_seq(), next.encode()).await?;
-        *progress = next;
-        Ok(())
-    }
-
-    /// Adds lanes that have no progress yet (delivered nothing), in one commit,
-    /// before any of them runs: a lane holds the log from the moment it exists.
-    async fn register(&self, lanes: &[&str]) -> Result<(), LogError> {
-        let mut progress = self.progress.lock().await;
-        if lanes.iter().all(|lane| progress.lanes.contains_key(*lane)) {
-            return Ok(());
-        }
-        let mut next = progress.clone();
-        for lane in lanes {
-            next.lanes.entry(lane.to_string()).or_default();
-        }
-        self.log.commit(self.stream_id, next.acknowledged_seq(), next.encode()).await?;
-        *progress = next;
-        Ok(())
+        self.commit(|progress| change(progress.lanes.entry(lane.to_string()).or_default())).await
     }
 
     /// Forgets a lane the destination no longer has, so it holds no records back.
     async fn remove(&self, lane: &str) -> Result<(), LogError> {
+        self.commit(|progress| {
+            progress.lanes.remove(lane);
+        })
+        .await
+    }
+
+    /// Commits a change. Every lane the destination has now is in the committed
+    /// progress (a new one with nothing delivered), so no commit can let the log
+    /// drop records a lane added a moment ago (UpdateDestination enabling the
+    /// backup) has yet to deliver.
+    async fn commit(&self, change: impl FnOnce(&mut Progress)) -> Result<(), LogError> {
         let mut progress = self.progress.lock().await;
         let mut next = progress.clone();
-        next.lanes.remove(lane);
-        self.log.commit(self.stream_id, next.acknowledged_seq(), next.encode()).await?;
+        change(&mut next);
+        if let Some(stream) = self.state.catalog.get_by_id(self.stream_id) {
+            for kind in LaneKind::ALL.iter().filter(|kind| kind.settings(&stream.destination).is_some()) {
+                next.lanes.entry(kind.name().to_string()).or_default();
+            }
+        }
+        self.state.log.commit(self.stream_id, next.acknowledged_seq(), next.encode()).await?;
         *progress = next;
         Ok(())
     }
@@ -76,23 +72,11 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
     };
     let progress = Arc::new(StreamProgress {
         stream_id,
-        log: delivery.state.log.clone(),
+        state: delivery.state.clone(),
         progress: Mutex::new(Progress::decode(stream_id, blob.as_deref())),
     });
     let mut lanes: HashMap<LaneKind, JoinHandle<()>> = HashMap::new();
     while let Some(stream) = delivery.state.catalog.get_by_id(stream_id) {
-        let configured: Vec<&str> = LaneKind::ALL
-            .iter()
-            .filter(|kind| kind.settings(&stream.destination).is_some())
-            .map(|k| k.name())
-            .collect();
-        if let Err(error) = progress.register(&configured).await {
-            tracing::error!(stream_id, %error, "Recording the stream's lanes failed; retrying.");
-            if lane::wait(&mut shutdown, IDLE_POLL).await {
-                break;
-            }
-            continue;
-        }
         for kind in LaneKind::ALL {
             let recorded = progress.progress.lock().await.lanes.get(kind.name()).cloned();
             // A lane with a batch in progress finishes it even if the destination
@@ -100,7 +84,13 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
             let wanted = kind.settings(&stream.destination).is_some()
                 || recorded.as_ref().is_some_and(|lane| lane.batch.is_some());
             let running = lanes.get(&kind).is_some_and(|lane| !lane.is_finished());
-            if wanted && !running && !*shutdown.borrow() {
+            // At shutdown a lane that never ran still starts, to flush; one that
+            // ended is not restarted.
+            let start = match lanes.get(&kind) {
+                None => true,
+                Some(lane) => lane.is_finished() && !*shutdown.borrow(),
+            };
+            if wanted && start {
                 let task = lane::run(delivery.clone(), progress.clone(), kind, shutdown.clone());
                 lanes.insert(kind, tokio::spawn(task));
             } else if !wanted && !running && recorded.is_some() {
