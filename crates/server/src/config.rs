@@ -215,15 +215,19 @@ impl std::fmt::Debug for S3Target {
 }
 
 impl RawS3Target {
-    /// Fields set here win over `base`'s.
+    /// Fields set here win over `base`'s. Credentials go together: a bucket that
+    /// names any of its own takes none from `base`.
     fn over(&self, base: &RawS3Target) -> RawS3Target {
+        let own_credentials =
+            self.access_key_id.is_some() || self.secret_access_key.is_some() || self.secret_access_key_file.is_some();
+        let credentials = if own_credentials { self } else { base };
         RawS3Target {
             endpoint: self.endpoint.clone().or_else(|| base.endpoint.clone()),
             region: self.region.clone().or_else(|| base.region.clone()),
             path_style: self.path_style.or(base.path_style),
-            access_key_id: self.access_key_id.clone().or_else(|| base.access_key_id.clone()),
-            secret_access_key: self.secret_access_key.clone().or_else(|| base.secret_access_key.clone()),
-            secret_access_key_file: self.secret_access_key_file.clone().or_else(|| base.secret_access_key_file.clone()),
+            access_key_id: credentials.access_key_id.clone(),
+            secret_access_key: credentials.secret_access_key.clone(),
+            secret_access_key_file: credentials.secret_access_key_file.clone(),
         }
     }
 
@@ -351,5 +355,58 @@ impl RawConfig {
             buffer_bytes_max: self.limits.buffer_mib_max.unwrap_or(32768) << 20,
             kms_keys: self.encryption.keys,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(toml).map_err(|source| ConfigError::Parse { path: "t".into(), source })?;
+        raw.into_config(None, Some("/tmp/unused".into()), None)
+    }
+
+    #[test]
+    fn buckets_inherit_s3_settings_and_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let c = config(&format!(
+            "region = \"eu-west-1\"\n[s3]\naccess_key_id = \"id\"\nsecret_access_key = \"s\"\n\
+             [s3.buckets.remote]\nendpoint = \"http://127.0.0.1:9000\"\npath_style = false\n\
+             [s3.buckets.other]\nendpoint = \"https://x\"\nregion = \"us-west-2\"\naccess_key_id = \"id2\"\n\
+             secret_access_key_file = {:?}\n",
+            secret.display().to_string()
+        ))
+        .unwrap();
+        let local = c.s3.target("anything");
+        assert_eq!(local.endpoint, None, "no endpoint: local directories");
+        assert_eq!(local.region, "eu-west-1", "the server's region by default");
+        let remote = c.s3.target("remote");
+        assert_eq!(remote.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(!remote.path_style);
+        assert_eq!(remote.credentials, Some(("id".into(), "s".into())), "inherited from [s3]");
+        let other = c.s3.target("other");
+        assert_eq!((other.region.as_str(), other.path_style), ("us-west-2", true));
+        assert_eq!(other.credentials, Some(("id2".into(), "from-file".into())));
+        assert!(!format!("{other:?}").contains("from-file"), "secrets stay out of logs");
+        assert_eq!(c.s3.multipart_part_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn bad_s3_settings_are_refused_at_start() {
+        for bad in [
+            "[s3]\nendpoint = \"ftp://x\"",
+            "[s3]\naccess_key_id = \"id\"",
+            "[s3]\nsecret_access_key = \"s\"",
+            "[s3]\naccess_key_id = \"id\"\nsecret_access_key = \"s\"\nsecret_access_key_file = \"/f\"",
+            "[s3]\nmultipart_part_mib = 4",
+            "[s3.buckets.b]\nendpoint = \"x\"",
+            "[s3.buckets.b]\naccess_key_id = \"id\"\nsecret_access_key_file = \"/nonexistent/secret\"",
+            "[s3]\nendpont = \"http://x\"",
+        ] {
+            assert!(config(bad).is_err(), "accepted: {bad}");
+        }
     }
 }
