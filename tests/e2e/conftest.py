@@ -83,10 +83,10 @@ class Server:
         self.proc.kill()
         self.proc.wait()
 
-    def client(self, region="us-east-1", validate=True):
+    def client(self, region="us-east-1", validate=True, access_key_id="AKIDEXAMPLE"):
         return boto3.client(
             "firehose", endpoint_url=self.endpoint, region_name=region,
-            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+            aws_access_key_id=access_key_id, aws_secret_access_key="secret",
             config=Config(parameter_validation=validate, retries={"total_max_attempts": 1, "mode": "standard"}),
         )
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::processing::ProcessingChain;
 
 /// Every destination kind of the Firehose API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +183,18 @@ impl Destination {
         }
     }
 
+    /// The processors the destination runs; `None` without (or with a disabled)
+    /// `ProcessingConfiguration`. The configuration was validated when accepted.
+    pub fn processing(&self) -> Option<ProcessingChain> {
+        let dynamic_partitioning = self.s3_settings().is_some_and(|s| s.dynamic_partitioning);
+        match self.kind {
+            DestinationKind::ExtendedS3 | DestinationKind::HttpEndpoint => {
+                ProcessingChain::from_config(&self.config, dynamic_partitioning).ok().flatten()
+            }
+            _ => None,
+        }
+    }
+
     /// Where an ExtendedS3 destination with `S3BackupMode` `Enabled` also delivers the
     /// source records (`S3BackupConfiguration`); `None` otherwise.
     pub fn backup_s3_settings(&self) -> Option<S3Settings> {
@@ -297,6 +310,8 @@ impl Destination {
                     .unwrap_or(false);
                 check_s3(&self.config, dynamic_partitioning)?;
                 nested("S3BackupConfiguration").map(|backup| check_s3(backup, false)).transpose()?;
+                let chain = ProcessingChain::from_config(&self.config, dynamic_partitioning).map_err(invalid)?;
+                chain.as_ref().map(ProcessingChain::check_supported).transpose().map_err(invalid)?;
                 if self.config.get("S3BackupMode") == Some(&json!("Enabled"))
                     && nested("S3BackupConfiguration").is_none()
                 {
@@ -307,6 +322,8 @@ impl Destination {
             }
             DestinationKind::HttpEndpoint => {
                 nested("S3Configuration").map(|s3| check_s3(s3, false)).transpose()?;
+                let chain = ProcessingChain::from_config(&self.config, false).map_err(invalid)?;
+                chain.as_ref().map(ProcessingChain::check_supported).transpose().map_err(invalid)?;
             }
             _ => {}
         }

@@ -11,6 +11,7 @@ mod error;
 pub mod limits;
 mod model;
 mod operation;
+pub mod processing;
 pub mod s3_key;
 
 pub use error::{ApiError, ErrorCode};

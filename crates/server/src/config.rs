@@ -36,6 +36,19 @@ pub struct RawConfig {
     /// Encryption at rest.
     #[serde(default)]
     pub encryption: RawEncryptionConfig,
+    /// Which callers count as which sources.
+    #[serde(default)]
+    pub sources: RawSourcesConfig,
+}
+
+/// `[sources]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourcesConfig {
+    /// Access key ids whose puts come from CloudWatch Logs (subscription filters):
+    /// only they may put to a stream with the Decompression processor. Default none.
+    #[serde(default)]
+    pub cloudwatch_logs_access_key_ids: Vec<String>,
 }
 
 /// `[wal]`.
@@ -169,6 +182,8 @@ pub struct Config {
     pub s3: S3Config,
     /// How long delivery retries a record before giving it up, in milliseconds.
     pub retention_ms: u64,
+    /// Access key ids that put as CloudWatch Logs.
+    pub cloudwatch_logs_access_key_ids: Vec<String>,
 }
 
 /// Where buckets live, validated.
@@ -354,6 +369,7 @@ impl RawConfig {
             buffer_bytes_per_stream_max: self.limits.buffer_mib_per_stream_max.unwrap_or(8192) << 20,
             buffer_bytes_max: self.limits.buffer_mib_max.unwrap_or(32768) << 20,
             kms_keys: self.encryption.keys,
+            cloudwatch_logs_access_key_ids: self.sources.cloudwatch_logs_access_key_ids,
         })
     }
 }

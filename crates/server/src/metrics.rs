@@ -113,6 +113,20 @@ impl Metrics {
         }
     }
 
+    /// Records what the processing chain did with a delivered batch.
+    pub fn processing(&self, stream_id: u64, stats: &sluice_processing::Stats) {
+        if *stats == sluice_processing::Stats::default() {
+            return;
+        }
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("OutputDecompressedRecords.Success", &labels).increment(stats.decompressed_records);
+        metrics::counter!("OutputDecompressedBytes.Success", &labels).increment(stats.decompressed_bytes);
+        metrics::counter!("OutputDecompressedRecords.Failed", &labels).increment(stats.decompression_failures);
+        metrics::counter!("sluice_cloudwatch_control_messages_dropped", &labels)
+            .increment(stats.control_messages_dropped);
+    }
+
     /// Records that gave up after the retention period (`sluice_records_expired`).
     pub fn records_expired(&self, stream_id: u64, n_records: u64) {
         let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };

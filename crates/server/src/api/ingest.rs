@@ -24,6 +24,7 @@ pub(super) async fn ingest(
         let message = format!("Firehose {name} under account {account} is not ACTIVE (status {status}).");
         return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
     }
+    check_source(state, ctx, &stream)?;
     check_buffer_room(state, &stream, records.iter().map(Vec::len).sum())?;
     let encryption = match stream.encryption.key_ref() {
         Some(key_ref) => {
@@ -38,6 +39,25 @@ pub(super) async fn ingest(
         Err(LogError::UnknownStream(_)) => Err(ApiError::stream_not_found(name, &state.config.account_id)),
         Err(e) => Err(log_failure(e)),
     }
+}
+
+/// A stream that decompresses CloudWatch Logs subscription data takes puts only
+/// from CloudWatch Logs, as on Firehose. Sluice recognises that source by the
+/// access key id the request is signed with (`[sources]
+/// cloudwatch_logs_access_key_ids`).
+fn check_source(state: &AppState, ctx: &RequestContext, stream: &StreamRecord) -> Result<(), ApiError> {
+    if !stream.destination.processing().is_some_and(|chain| chain.decompression) {
+        return Ok(());
+    }
+    let allowed = &state.config.cloudwatch_logs_access_key_ids;
+    if ctx.access_key_id.as_ref().is_some_and(|id| allowed.contains(id)) {
+        return Ok(());
+    }
+    let message = format!(
+        "Put to Firehose failed for AccountId: {}, FirehoseName: {} because the request is not originating from allowed source types.",
+        state.config.account_id, stream.name
+    );
+    Err(ApiError::new(ErrorCode::InvalidSourceException, message))
 }
 
 /// Back-pressure: refuses a put that would take the stream's (or Sluice's) held,

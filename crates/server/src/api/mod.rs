@@ -62,6 +62,8 @@ pub const BODY_BYTES_IN_FLIGHT_MAX: usize = 64 << 20;
 pub(crate) struct RequestContext {
     /// From the SigV4 credential scope, else the configured default.
     pub(crate) region: String,
+    /// The access key id the request was signed with, if it was.
+    pub(crate) access_key_id: Option<String>,
     /// Unix milliseconds when the request arrived.
     pub(crate) now_ms: u64,
 }
@@ -154,13 +156,17 @@ pub(crate) fn kms_error(key_ref: &str, reason: &sluice_wal::KeyError) -> ApiErro
     ApiError::new(ErrorCode::InvalidKMSResourceException, message).with_detail_code(code)
 }
 
-/// The region in `Authorization: AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request, ...`.
-fn region_from_authorization(value: &str) -> Option<&str> {
-    let credential = value.split("Credential=").nth(1)?;
-    let scope = credential.split([',', ' ']).next()?;
+/// The access key id and the region in `Authorization: AWS4-HMAC-SHA256
+/// Credential=AKID/DATE/REGION/SERVICE/aws4_request, ...`.
+fn credential_from_authorization(value: &str) -> (Option<&str>, Option<&str>) {
+    let Some(credential) = value.split("Credential=").nth(1) else { return (None, None) };
+    let scope = credential.split([',', ' ']).next().unwrap_or("");
     let mut parts = scope.split('/');
-    let region = parts.nth(2)?;
-    (!region.is_empty() && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(region)
+    let access_key_id = parts.next().filter(|id| !id.is_empty());
+    let region = parts
+        .nth(1)
+        .filter(|region| !region.is_empty() && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    (access_key_id, region)
 }
 
 async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
@@ -190,13 +196,13 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
         return too_large();
     };
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
-    let region = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(region_from_authorization)
-        .unwrap_or(&state.config.region)
-        .to_string();
-    let ctx = RequestContext { region, now_ms: now_ms() };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (access_key_id, region) = credential_from_authorization(authorization);
+    let ctx = RequestContext {
+        region: region.unwrap_or(&state.config.region).to_string(),
+        access_key_id: access_key_id.map(str::to_string),
+        now_ms: now_ms(),
+    };
     let parsed = Operation::parse(target, &bytes);
     // The decoded records are all that is needed from here on; the encoded body
     // (a third larger) is freed before waiting on the log.
@@ -273,10 +279,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn region_is_read_from_the_credential_scope() {
+    fn key_id_and_region_are_read_from_the_credential_scope() {
         let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-west-2/firehose/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc";
-        assert_eq!(super::region_from_authorization(auth), Some("us-west-2"));
-        assert_eq!(super::region_from_authorization("Bearer x"), None);
-        assert_eq!(super::region_from_authorization("Credential=A/B//firehose"), None);
+        assert_eq!(super::credential_from_authorization(auth), (Some("AKIDEXAMPLE"), Some("us-west-2")));
+        assert_eq!(super::credential_from_authorization("Bearer x"), (None, None));
+        assert_eq!(super::credential_from_authorization("Credential=A/B//firehose"), (Some("A"), None));
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::encode::Compression;
 use super::key::{object_key, BatchIdentity, DESTINATION_LANE};
+use super::process::{error_line, process};
 use super::progress::Intent;
 use super::worker::StreamProgress;
 use super::Delivery;
@@ -27,6 +28,10 @@ use crate::log::{LogError, StoredRecord};
 /// The `!{firehose:error-output-type}` of records that outlived the retention period
 /// (Firehose drops those; Sluice writes them under the error prefix when it can).
 const RETENTION_EXPIRED: &str = "retention-expired";
+
+/// Every error output type a batch of an S3 lane can produce; their keys are
+/// decided with the batch, so a redone batch writes its error objects in place too.
+const ERROR_OUTPUT_TYPES: [&str; 3] = [RETENTION_EXPIRED, "processing-failed", "decompression-failed"];
 
 /// Records read per call to the log.
 const READ_RECORDS_MAX: usize = 10_000;
@@ -232,7 +237,11 @@ async fn decide(
         bucket: settings.bucket.clone(),
         key,
         compression: settings.compression.clone(),
-        error_key: object_key(settings, &identity, Some(RETENTION_EXPIRED)).ok(),
+        error_key: None,
+        error_keys: ERROR_OUTPUT_TYPES
+            .iter()
+            .filter_map(|t| object_key(settings, &identity, Some(t)).ok().map(|key| (t.to_string(), key)))
+            .collect(),
         bytes: batch.bytes,
     };
     loop {
@@ -299,17 +308,35 @@ async fn deliver(
             Ok(batch) => {
                 let oldest_ms = batch[0].arrival_ms;
                 state.metrics.oldest_undelivered(stream_id, kind.metric(), Some(oldest_ms));
-                let n_bytes: usize = batch.iter().map(|r| r.data.len()).sum();
-                let mut data = Vec::with_capacity(n_bytes);
-                for record in &batch {
-                    data.extend_from_slice(&record.data);
+                // The backup keeps the source records; the destination gets them
+                // through its processing chain, as configured now.
+                let chain = match kind {
+                    LaneKind::Destination => {
+                        state.catalog.get_by_id(stream_id).and_then(|s| s.destination.processing())
+                    }
+                    LaneKind::Backup => None,
+                };
+                let processed = process(chain.as_ref(), &batch, attempt, delivery.clock.now_ms());
+                let n_bytes = processed.body.len() as u64;
+                let mut result = Ok(());
+                for (output_type, lines) in processed.errors {
+                    let Some(key) = intent.error_key(output_type) else { continue };
+                    result = delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await;
+                    if result.is_err() {
+                        break;
+                    }
                 }
-                let body = bytes::Bytes::from(compression.encode(data, &entry));
-                let result = delivery.store.put(&intent.bucket, &intent.key, body).await;
-                state.metrics.delivery(stream_id, kind.metric(), result.is_ok(), batch.len() as u64, n_bytes as u64);
+                if result.is_ok() && processed.n_records > 0 {
+                    let body = bytes::Bytes::from(compression.encode(processed.body, &entry));
+                    result = delivery.store.put(&intent.bucket, &intent.key, body).await;
+                }
+                state.metrics.delivery(stream_id, kind.metric(), result.is_ok(), processed.n_records, n_bytes);
                 let age_ms = delivery.clock.now_ms().saturating_sub(oldest_ms);
                 match result {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        state.metrics.processing(stream_id, &processed.stats);
+                        break;
+                    }
                     Err(error) if age_ms >= state.config.retention_ms => {
                         tracing::warn!(stream_id, bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed past the retention period.");
                         expire(delivery, stream_id, intent, &batch, attempt, &error).await;
@@ -365,18 +392,9 @@ async fn expire(
     let ended = delivery.clock.now_ms();
     let mut lines = Vec::new();
     for record in batch {
-        let line = serde_json::json!({
-            "attemptsMade": attempt,
-            "arrivalTimestamp": record.arrival_ms,
-            "errorCode": error_code,
-            "errorMessage": error,
-            "attemptEndingTimestamp": ended,
-            "rawData": base64_simd::STANDARD.encode_to_string(&record.data),
-        });
-        lines.extend_from_slice(line.to_string().as_bytes());
-        lines.push(b'\n');
+        error_line(&mut lines, record, attempt, error_code, error, ended);
     }
-    let written = match &intent.error_key {
+    let written = match intent.error_key(RETENTION_EXPIRED) {
         Some(key) => delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await.is_ok(),
         None => false,
     };
@@ -385,7 +403,7 @@ async fn expire(
         stream_id,
         n_records = batch.len(),
         bucket = %intent.bucket,
-        error_key = intent.error_key.as_deref().unwrap_or(""),
+        error_key = intent.error_key(RETENTION_EXPIRED).unwrap_or(""),
         written_to_error_prefix = written,
         %error,
         "Records outlived the retention period without being delivered."

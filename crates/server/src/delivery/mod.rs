@@ -10,6 +10,7 @@
 pub mod encode;
 pub mod key;
 mod lane;
+mod process;
 mod progress;
 pub mod store;
 #[cfg(test)]

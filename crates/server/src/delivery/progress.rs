@@ -31,12 +31,27 @@ pub(super) struct Intent {
     pub(super) key: String,
     /// `CompressionFormat`, as in the API.
     pub(super) compression: String,
-    /// Where the batch's error records go if it outlives the retention period.
-    #[serde(default)]
+    /// Where the batch's error records would have gone if it outlived the
+    /// retention period (format of the first version; see `error_keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) error_key: Option<String>,
+    /// Where the batch's error records go, by error output type.
+    #[serde(default)]
+    pub(super) error_keys: BTreeMap<String, String>,
     /// The records' bytes (before compression), for the in-flight memory budget.
     #[serde(default)]
     pub(super) bytes: u64,
+}
+
+impl Intent {
+    /// The key of the batch's error object of `output_type`.
+    pub(super) fn error_key(&self, output_type: &str) -> Option<&str> {
+        match self.error_keys.get(output_type) {
+            Some(key) => Some(key),
+            None if output_type == "retention-expired" => self.error_key.as_deref(),
+            None => None,
+        }
+    }
 }
 
 /// One lane's progress.
@@ -109,6 +124,7 @@ mod tests {
             key: "k".into(),
             compression: "GZIP".into(),
             error_key: None,
+            error_keys: BTreeMap::new(),
             bytes: 100,
         }
     }
