@@ -71,7 +71,7 @@ def test_delimited_de_aggregation_with_a_custom_delimiter(server, fh):
     out = bucket(server)
     make_stream(fh, "delimited", ExtendedS3DestinationConfiguration=config_with(processors(
         ("RecordDeAggregation", [("SubRecordType", "DELIMITED"), ("Delimiter", base64.b64encode(b"####").decode())]),
-        ("AppendDelimiterToRecord", [("Delimiter", "\\r\\n")]))))
+        ("AppendDelimiterToRecord", [("Delimiter", base64.b64encode(b"\r\n").decode())]))))
     fh.put_record(DeliveryStreamName="delimited", Record={"Data": b"a####bb####ccc"})
     [key] = wait_for_objects(out)
     assert (out / key).read_bytes() == b"a\r\nbb\r\nccc\r\n"

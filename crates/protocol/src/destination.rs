@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ErrorCode};
 use crate::processing::ProcessingChain;
+use crate::ParseOptions;
 
 /// Every destination kind of the Firehose API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +175,72 @@ impl S3Settings {
     }
 }
 
+/// What delivery needs from an `HttpEndpointDestinationConfiguration`, with
+/// Firehose's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// `EndpointConfiguration.Url`, posted to unchanged.
+    pub url: String,
+    /// `EndpointConfiguration.AccessKey`, sent verbatim as `X-Amz-Firehose-Access-Key`.
+    pub access_key: Option<String>,
+    /// `RequestConfiguration.CommonAttributes`, in the order given.
+    pub common_attributes: Vec<(String, String)>,
+    /// `RequestConfiguration.ContentEncoding` is `GZIP`.
+    pub gzip: bool,
+    /// `RetryOptions.DurationInSeconds` (default 300).
+    pub retry_duration_s: u64,
+    /// `BufferingHints.SizeInMBs` (default 5).
+    pub buffer_mib: u64,
+    /// `BufferingHints.IntervalInSeconds` (default 300).
+    pub buffer_interval_s: u64,
+    /// `S3Configuration`: where failed data (and with `AllData`, every record) goes.
+    pub s3: S3Settings,
+}
+
+impl HttpSettings {
+    /// Reads an `HttpEndpointDestinationConfiguration`; `None` without a URL or a
+    /// valid `S3Configuration`.
+    pub fn from_config(config: &Map<String, Value>) -> Option<HttpSettings> {
+        let endpoint = config.get("EndpointConfiguration")?;
+        let request = config.get("RequestConfiguration");
+        let hint = |key: &str| config.get("BufferingHints").and_then(|h| h.get(key)).and_then(Value::as_u64);
+        let common_attributes = request
+            .and_then(|r| r.get("CommonAttributes"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                let name = a.get("AttributeName")?.as_str()?;
+                let value = a.get("AttributeValue")?.as_str()?;
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect();
+        Some(HttpSettings {
+            url: endpoint.get("Url")?.as_str()?.to_string(),
+            access_key: endpoint.get("AccessKey").and_then(Value::as_str).map(str::to_string),
+            common_attributes,
+            gzip: request.and_then(|r| r.get("ContentEncoding")).and_then(Value::as_str) == Some("GZIP"),
+            retry_duration_s: config
+                .get("RetryOptions")
+                .and_then(|r| r.get("DurationInSeconds"))
+                .and_then(Value::as_u64)
+                .unwrap_or(300),
+            buffer_mib: hint("SizeInMBs").unwrap_or(5),
+            buffer_interval_s: hint("IntervalInSeconds").unwrap_or(300),
+            s3: S3Settings::from_config(config.get("S3Configuration")?.as_object()?)?,
+        })
+    }
+}
+
 impl Destination {
+    /// Where an HTTP endpoint destination delivers; `None` for other kinds.
+    pub fn http_settings(&self) -> Option<HttpSettings> {
+        match self.kind {
+            DestinationKind::HttpEndpoint => HttpSettings::from_config(&self.config),
+            _ => None,
+        }
+    }
+
     /// Where an S3 or ExtendedS3 destination delivers; `None` for other kinds.
     pub fn s3_settings(&self) -> Option<S3Settings> {
         match self.kind {
@@ -195,13 +261,17 @@ impl Destination {
         }
     }
 
-    /// Where an ExtendedS3 destination with `S3BackupMode` `Enabled` also delivers the
-    /// source records (`S3BackupConfiguration`); `None` otherwise.
+    /// Where every source record is also delivered: an ExtendedS3 destination's
+    /// `S3BackupConfiguration` with `S3BackupMode` `Enabled`, or an HTTP endpoint's
+    /// `S3Configuration` with `S3BackupMode` `AllData`. `None` otherwise.
     pub fn backup_s3_settings(&self) -> Option<S3Settings> {
-        if self.kind != DestinationKind::ExtendedS3 || self.config.get("S3BackupMode") != Some(&json!("Enabled")) {
-            return None;
-        }
-        S3Settings::from_config(self.config.get("S3BackupConfiguration")?.as_object()?)
+        let mode = self.config.get("S3BackupMode").and_then(Value::as_str);
+        let member = match (self.kind, mode) {
+            (DestinationKind::ExtendedS3, Some("Enabled")) => "S3BackupConfiguration",
+            (DestinationKind::HttpEndpoint, Some("AllData")) => "S3Configuration",
+            _ => return None,
+        };
+        S3Settings::from_config(self.config.get(member)?.as_object()?)
     }
 
     /// The description with Firehose's defaults filled in. An S3 or ExtendedS3
@@ -252,6 +322,11 @@ impl Destination {
     /// their values; lists and `ProcessingConfiguration` are replaced whole); another
     /// kind replaces the configuration, which must then be complete.
     pub fn apply(&self, update: &DestinationUpdate) -> Result<Destination, ApiError> {
+        self.apply_with(update, &ParseOptions::default())
+    }
+
+    /// [`Destination::apply`] with the server's parse options.
+    pub fn apply_with(&self, update: &DestinationUpdate, options: &ParseOptions) -> Result<Destination, ApiError> {
         let renamed = rename_update_members(&update.update);
         let same_kind = self.kind == update.kind
             || matches!((self.kind, update.kind), (DestinationKind::S3, DestinationKind::ExtendedS3));
@@ -275,7 +350,7 @@ impl Destination {
         }
         let kind = if same_kind { self.kind.max_extended(update.kind) } else { update.kind };
         let shape = format!("{}DestinationConfiguration", kind.name());
-        crate::model::validate_shape(&shape, &Value::Object(config.clone())).map_err(|e| {
+        crate::model::validate_shape(&shape, &Value::Object(config.clone()), options).map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidArgumentException,
                 format!("The updated destination is incomplete: {}", e.message),

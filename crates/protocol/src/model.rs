@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::operation::ParseOptions;
 
 /// botocore 1.43.11, `data/firehose/2015-08-04/service-2.json`, documentation removed.
 const MODEL_JSON: &str = include_str!("../model/firehose-2015-08-04.json");
@@ -55,20 +56,40 @@ struct Model {
     patterns: HashMap<String, fancy_regex::Regex>,
 }
 
-static MODEL: LazyLock<Model> = LazyLock::new(|| {
-    let file: ModelFile = serde_json::from_str(MODEL_JSON).expect("the embedded model is valid JSON");
-    let patterns = file
-        .shapes
-        .iter()
-        .filter_map(|(name, shape)| shape.pattern.as_ref().map(|p| (name, p)))
-        .map(|(name, pattern)| {
-            // The model's patterns are Java regexes matched against the whole value.
-            let anchored = format!("^(?:{})$", java_classes(pattern));
-            (name.clone(), fancy_regex::Regex::new(&anchored).expect("model patterns compile"))
-        })
-        .collect();
-    Model { file, patterns }
-});
+static MODEL: LazyLock<Model> = LazyLock::new(|| Model::load(false));
+/// The model with `HttpEndpointUrl` relaxed to `https?://.*`, for a server
+/// configured to deliver to plain-HTTP endpoints (local development).
+static MODEL_ALLOWING_HTTP: LazyLock<Model> = LazyLock::new(|| Model::load(true));
+
+fn model(options: &ParseOptions) -> &'static Model {
+    if options.allow_http_endpoints {
+        &MODEL_ALLOWING_HTTP
+    } else {
+        &MODEL
+    }
+}
+
+impl Model {
+    fn load(allow_http_endpoints: bool) -> Model {
+        let mut file: ModelFile = serde_json::from_str(MODEL_JSON).expect("the embedded model is valid JSON");
+        if allow_http_endpoints {
+            if let Some(url) = file.shapes.get_mut("HttpEndpointUrl") {
+                url.pattern = Some("https?://.*".into());
+            }
+        }
+        let patterns = file
+            .shapes
+            .iter()
+            .filter_map(|(name, shape)| shape.pattern.as_ref().map(|p| (name, p)))
+            .map(|(name, pattern)| {
+                // The model's patterns are Java regexes matched against the whole value.
+                let anchored = format!("^(?:{})$", java_classes(pattern));
+                (name.clone(), fancy_regex::Regex::new(&anchored).expect("model patterns compile"))
+            })
+            .collect();
+        Model { file, patterns }
+    }
+}
 
 /// Java's `\\w` and `\\d` are ASCII-only; Rust's are Unicode (and `[\\w]{1,255}` in
 /// Unicode blows the regex size limit). Spells them out as ASCII classes.
@@ -104,8 +125,8 @@ fn java_classes(pattern: &str) -> String {
 }
 
 /// Validates `input` against the input shape of `operation`.
-pub(crate) fn validate_input(operation: &str, input: &Value) -> Result<(), ApiError> {
-    let model = &*MODEL;
+pub(crate) fn validate_input(operation: &str, input: &Value, options: &ParseOptions) -> Result<(), ApiError> {
+    let model = model(options);
     let Some(shape) = model.file.operations.get(operation).and_then(|o| o.input.clone()) else {
         return Ok(());
     };
@@ -115,9 +136,9 @@ pub(crate) fn validate_input(operation: &str, input: &Value) -> Result<(), ApiEr
 }
 
 /// Validates `value` against any named shape (used for merged destination updates).
-pub(crate) fn validate_shape(shape: &str, value: &Value) -> Result<(), ApiError> {
+pub(crate) fn validate_shape(shape: &str, value: &Value, options: &ParseOptions) -> Result<(), ApiError> {
     let mut violations = Vec::new();
-    MODEL.check(shape, value, "", &mut violations)?;
+    model(options).check(shape, value, "", &mut violations)?;
     Violation::into_result(violations)
 }
 
@@ -358,7 +379,7 @@ mod tests {
     use serde_json::json;
 
     fn message(operation: &str, input: Value) -> String {
-        validate_input(operation, &input).unwrap_err().message
+        validate_input(operation, &input, &ParseOptions::default()).unwrap_err().message
     }
 
     #[test]
@@ -397,7 +418,7 @@ mod tests {
     #[test]
     fn wrong_types_are_serialization_errors() {
         for input in [json!({"DeliveryStreamName": 5}), json!({"DeliveryStreamName": "s", "Limit": "ten"}), json!([])] {
-            let e = validate_input("DescribeDeliveryStream", &input).unwrap_err();
+            let e = validate_input("DescribeDeliveryStream", &input, &ParseOptions::default()).unwrap_err();
             assert_eq!(e.code, ErrorCode::SerializationException, "{input}");
         }
     }
@@ -407,7 +428,19 @@ mod tests {
         validate_input(
             "CreateDeliveryStream",
             &json!({"DeliveryStreamName": "ok-name_1.2", "ExtendedS3DestinationConfiguration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"}, "Tags": [{"Key": "team", "Value": "data"}]}),
+            &ParseOptions::default(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn plain_http_endpoints_only_when_allowed() {
+        let input = json!({"DeliveryStreamName": "h", "HttpEndpointDestinationConfiguration": {
+            "EndpointConfiguration": {"Url": "http://127.0.0.1:8080/ingest"},
+            "S3Configuration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"}}});
+        let strict = validate_input("CreateDeliveryStream", &input, &ParseOptions::default()).unwrap_err();
+        assert!(strict.message.contains("https://.*"), "{}", strict.message);
+        let relaxed = ParseOptions { allow_http_endpoints: true };
+        validate_input("CreateDeliveryStream", &input, &relaxed).unwrap();
     }
 }

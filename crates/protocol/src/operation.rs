@@ -33,6 +33,14 @@ pub enum Operation {
     UpdateDestination(UpdateDestinationInput),
 }
 
+/// How a server departs from Firehose's validation, by configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Accept `http://` endpoint URLs (Firehose accepts only `https://`); for
+    /// local development.
+    pub allow_http_endpoints: bool,
+}
+
 impl Operation {
     /// The operation's name as in `X-Amz-Target` and metric names.
     pub fn name(&self) -> &'static str {
@@ -54,6 +62,11 @@ impl Operation {
 
     /// Parses and validates a request. `target` is the `X-Amz-Target` header.
     pub fn parse(target: Option<&str>, body: &[u8]) -> Result<Operation, ApiError> {
+        Operation::parse_with(target, body, &ParseOptions::default())
+    }
+
+    /// [`Operation::parse`] with the server's options.
+    pub fn parse_with(target: Option<&str>, body: &[u8], options: &ParseOptions) -> Result<Operation, ApiError> {
         let unknown = || {
             ApiError::new(ErrorCode::UnknownOperationException, format!("Unknown operation {}", target.unwrap_or("")))
         };
@@ -80,7 +93,7 @@ impl Operation {
             _ => return Err(unknown()),
         };
         let value = json_body(body)?;
-        model::validate_input(name, &value)?;
+        model::validate_input(name, &value, options)?;
         match value {
             Value::Object(map) => parse(map),
             _ => Err(serialization("The request body must be a JSON object.")),

@@ -162,9 +162,13 @@ impl ProcessingChain {
                 }
                 "AppendDelimiterToRecord" => {
                     params.only(&["Delimiter"])?;
-                    // Firehose's examples write the delimiter with escapes ("\\n");
-                    // Sluice reads it that way. Unset: a newline.
-                    let delimiter = params.get("Delimiter").map_or_else(|| b"\n".to_vec(), unescape);
+                    // The delimiter is base64, like RecordDeAggregation's; some of
+                    // Firehose's examples write it with escapes ("\\n"), which Sluice
+                    // reads when the value is not base64. Unset: a newline.
+                    let delimiter = params.get("Delimiter").map_or_else(
+                        || b"\n".to_vec(),
+                        |text| base64(text, "Delimiter").unwrap_or_else(|_| unescape(text)),
+                    );
                     chain.append_delimiter = Some(delimiter);
                 }
                 other => return Err(format!("Processor type {other} is not supported.")),
@@ -299,6 +303,8 @@ mod tests {
         assert_eq!(c.append_delimiter.as_deref(), Some(&b"\n"[..]));
         let custom = chain(json!([processor("AppendDelimiterToRecord", &[("Delimiter", "\\r\\n")])]), false);
         assert_eq!(custom.unwrap().unwrap().append_delimiter.as_deref(), Some(&b"\r\n"[..]));
+        let base64 = chain(json!([processor("AppendDelimiterToRecord", &[("Delimiter", "LS0K")])]), false);
+        assert_eq!(base64.unwrap().unwrap().append_delimiter.as_deref(), Some(&b"--\n"[..]));
     }
 
     #[test]

@@ -39,6 +39,33 @@ pub struct RawConfig {
     /// Which callers count as which sources.
     #[serde(default)]
     pub sources: RawSourcesConfig,
+    /// Delivery to HTTP endpoints.
+    #[serde(default)]
+    pub http: RawHttpConfig,
+}
+
+/// `[http]`: how Sluice connects to HTTP endpoint destinations.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpConfig {
+    /// Accept and deliver to `http://` endpoint URLs (Firehose takes only
+    /// `https://`). For local development. Default false.
+    pub allow_http: Option<bool>,
+    /// A PEM file of CA certificates trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for an endpoint's response, in seconds. Default 180 (Firehose's 3 minutes).
+    pub response_timeout_s: Option<u64>,
+}
+
+/// `[http]`, validated.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Plain-HTTP endpoints allowed.
+    pub allow_http: bool,
+    /// Extra trusted CA certificates (PEM), read at start.
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Response timeout.
+    pub response_timeout_s: u64,
 }
 
 /// `[sources]`.
@@ -184,6 +211,8 @@ pub struct Config {
     pub retention_ms: u64,
     /// Access key ids that put as CloudWatch Logs.
     pub cloudwatch_logs_access_key_ids: Vec<String>,
+    /// HTTP endpoint delivery.
+    pub http: HttpConfig,
 }
 
 /// Where buckets live, validated.
@@ -356,7 +385,17 @@ impl RawConfig {
             buckets,
             multipart_part_bytes: multipart_part_mib << 20,
         };
+        let extra_ca_pem = match &self.http.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?),
+            None => None,
+        };
+        let http = HttpConfig {
+            allow_http: self.http.allow_http.unwrap_or(false),
+            extra_ca_pem,
+            response_timeout_s: self.http.response_timeout_s.unwrap_or(180).max(1),
+        };
         Ok(Config {
+            http,
             s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:4573".parse().expect("valid address")),

@@ -65,6 +65,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// Delivery could not be set up.
+    #[error("delivery: {0}")]
+    Delivery(String),
     /// Storage failed while running; acknowledged data is safe, the process must stop.
     #[error("stopped after a fatal storage failure: {0}")]
     Fatal(String),
@@ -134,7 +137,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
         }
     };
-    let delivery = delivery::DeliveryEngine::start(delivery::Delivery::new(state.clone(), delivery::Clock::system()));
+    let delivery = delivery::Delivery::new(state.clone(), delivery::Clock::system()).map_err(ServerError::Delivery)?;
+    let delivery = delivery::DeliveryEngine::start(delivery);
     let served = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await;
     upkeep.abort();
     // No more puts: deliver what is buffered (no minimum), within a bounded time.

@@ -113,6 +113,15 @@ impl Metrics {
         }
     }
 
+    /// Records sent to an HTTP endpoint in one request, retries included
+    /// (`DeliveryToHttpEndpoint.ProcessedRecords` / `.ProcessedBytes`).
+    pub fn http_processed(&self, stream_id: u64, n_records: u64, n_bytes: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("DeliveryToHttpEndpoint.ProcessedRecords", &labels).increment(n_records);
+        metrics::counter!("DeliveryToHttpEndpoint.ProcessedBytes", &labels).increment(n_bytes);
+    }
+
     /// Records what the processing chain did with a delivered batch.
     pub fn processing(&self, stream_id: u64, stats: &sluice_processing::Stats) {
         if *stats == sluice_processing::Stats::default() {

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use sluice_protocol::limits::REQUEST_BODY_BYTES_MAX;
-use sluice_protocol::{ApiError, ErrorCode, Operation};
+use sluice_protocol::{ApiError, ErrorCode, Operation, ParseOptions};
 
 use crate::catalog::{Catalog, CatalogError, StreamRecord};
 use crate::config::Config;
@@ -203,7 +203,8 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
         access_key_id: access_key_id.map(str::to_string),
         now_ms: now_ms(),
     };
-    let parsed = Operation::parse(target, &bytes);
+    let options = ParseOptions { allow_http_endpoints: state.config.http.allow_http };
+    let parsed = Operation::parse_with(target, &bytes, &options);
     // The decoded records are all that is needed from here on; the encoded body
     // (a third larger) is freed before waiting on the log.
     drop(bytes);

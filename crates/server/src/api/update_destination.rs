@@ -35,7 +35,8 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: UpdateDestin
         if input.destination_id != stream.destination_id {
             return Err(invalid(format!("Destination Id {} not found.", input.destination_id)));
         }
-        stream.destination = stream.destination.apply(update)?;
+        let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
+        stream.destination = stream.destination.apply_with(update, &options)?;
         stream.version_id += 1;
         stream.last_update_ms = Some(ctx.now_ms);
         Ok(())

@@ -10,13 +10,16 @@
 //! Buffering holds counts, not records: memory holds only the batches being
 //! uploaded, within [`super::BATCH_BYTES_IN_FLIGHT_MAX`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_protocol::destination::{Destination, S3Settings};
+use sluice_protocol::destination::{Destination, HttpSettings, S3Settings};
+use sluice_protocol::processing::ProcessingChain;
 use tokio::sync::watch;
 
 use super::encode::Compression;
+use super::http::{self, HttpFailure, REQUEST_RECORDS_MAX};
 use super::key::{object_key, BatchIdentity, DESTINATION_LANE};
 use super::process::{error_line, process};
 use super::progress::Intent;
@@ -31,7 +34,15 @@ const RETENTION_EXPIRED: &str = "retention-expired";
 
 /// Every error output type a batch of an S3 lane can produce; their keys are
 /// decided with the batch, so a redone batch writes its error objects in place too.
-const ERROR_OUTPUT_TYPES: [&str; 3] = [RETENTION_EXPIRED, "processing-failed", "decompression-failed"];
+const ERROR_OUTPUT_TYPES: [&str; 4] =
+    [RETENTION_EXPIRED, "processing-failed", "decompression-failed", HTTP_ENDPOINT_FAILED];
+
+/// The `!{firehose:error-output-type}` of records an HTTP endpoint did not take.
+const HTTP_ENDPOINT_FAILED: &str = "http-endpoint-failed";
+/// HTTP endpoint retries: from 1 s, doubling to 120 s, ±15%, as Firehose.
+const HTTP_RETRY_DELAY_MIN: Duration = Duration::from_secs(1);
+const HTTP_RETRY_DELAY_MAX: Duration = Duration::from_secs(120);
+const HTTP_RETRY_JITTER: f64 = 0.15;
 
 /// Records read per call to the log.
 const READ_RECORDS_MAX: usize = 10_000;
@@ -62,20 +73,56 @@ impl LaneKind {
         }
     }
 
-    /// The prefix of the lane's Firehose metrics.
-    fn metric(self) -> &'static str {
+    /// Where the lane delivers for this destination; `None` if it has no such lane.
+    pub(super) fn target(self, destination: &Destination) -> Option<Target> {
         match self {
-            LaneKind::Destination => "DeliveryToS3",
-            LaneKind::Backup => "BackupToS3",
+            LaneKind::Destination => destination
+                .s3_settings()
+                .map(Target::S3)
+                .or_else(|| destination.http_settings().map(|h| Target::Http(Box::new(h)))),
+            LaneKind::Backup => destination.backup_s3_settings().map(Target::S3),
         }
     }
 
-    /// Where the lane delivers for this destination; `None` if it has no such lane.
-    /// (HTTP endpoint destinations come with issue 4: their records wait in the log.)
-    pub(super) fn settings(self, destination: &Destination) -> Option<S3Settings> {
+    /// The prefix of the lane's Firehose metrics.
+    fn metric(self, http: bool) -> &'static str {
+        match (self, http) {
+            (LaneKind::Destination, false) => "DeliveryToS3",
+            (LaneKind::Destination, true) => "DeliveryToHttpEndpoint",
+            (LaneKind::Backup, _) => "BackupToS3",
+        }
+    }
+}
+
+/// What a lane delivers to.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    /// Objects in a bucket.
+    S3(S3Settings),
+    /// Requests to an HTTP endpoint; failed records go to its `S3Configuration`.
+    Http(Box<HttpSettings>),
+}
+
+impl Target {
+    fn buffer_bytes_max(&self) -> u64 {
         match self {
-            LaneKind::Destination => destination.s3_settings(),
-            LaneKind::Backup => destination.backup_s3_settings(),
+            Target::S3(s3) => s3.buffer_mib << 20,
+            Target::Http(http) => http.buffer_mib << 20,
+        }
+    }
+
+    fn buffer_interval_s(&self) -> u64 {
+        match self {
+            Target::S3(s3) => s3.buffer_interval_s,
+            Target::Http(http) => http.buffer_interval_s,
+        }
+    }
+
+    /// Where objects (for HTTP: error objects) are named and written.
+    fn s3(&self) -> &S3Settings {
+        match self {
+            Target::S3(s3) => s3,
+            Target::Http(http) => &http.s3,
         }
     }
 }
@@ -147,8 +194,9 @@ pub(super) async fn run(
         let stopping = *shutdown.borrow();
         // The lane is gone when the destination no longer has it; what it buffered
         // stays in the log, and the stream's worker releases its hold on it.
-        let Some(settings) = kind.settings(&stream.destination) else { return };
-        let size_max = settings.buffer_mib << 20;
+        let Some(target) = kind.target(&stream.destination) else { return };
+        let metric = kind.metric(matches!(target, Target::Http(_)));
+        let size_max = target.buffer_bytes_max();
         let bytes = buffered.map_or(0, |b| b.bytes);
         if bytes < size_max {
             match cursor.read(READ_RECORDS_MAX, (size_max - bytes) as usize).await {
@@ -174,14 +222,14 @@ pub(super) async fn run(
             }
         }
         let metrics = &delivery.state.metrics;
-        metrics.oldest_undelivered(stream_id, kind.metric(), buffered.map(|b| b.oldest_arrival_ms));
-        let deadline_ms = buffered.map(|b| b.oldest_arrival_ms + settings.buffer_interval_s * 1000);
+        metrics.oldest_undelivered(stream_id, metric, buffered.map(|b| b.oldest_arrival_ms));
+        let deadline_ms = buffered.map(|b| b.oldest_arrival_ms + target.buffer_interval_s() * 1000);
         let now_ms = delivery.clock.now_ms();
         let full = buffered.is_some_and(|b| b.bytes >= size_max);
         if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {
             if full || now_ms >= deadline_ms || stopping {
                 buffered = None;
-                let Some(intent) = decide(&progress, &stream, &settings, kind, batch, &mut shutdown).await else {
+                let Some(intent) = decide(&progress, &stream, &target, kind, batch, &mut shutdown).await else {
                     return;
                 };
                 if !deliver(&delivery, &progress, kind, &intent, &mut shutdown).await {
@@ -207,11 +255,12 @@ pub(super) async fn run(
 async fn decide(
     progress: &StreamProgress,
     stream: &StreamRecord,
-    settings: &S3Settings,
+    target: &Target,
     kind: LaneKind,
     batch: Buffered,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Intent> {
+    let settings = target.s3();
     let identity = BatchIdentity {
         stream_name: &stream.name,
         stream_id: stream.id,
@@ -220,7 +269,13 @@ async fn decide(
         first_seq: batch.first_seq,
         oldest_arrival_ms: batch.oldest_arrival_ms,
     };
+    // An HTTP batch has a request id instead of a key: the same on every retry,
+    // after a crash too, so the endpoint can tell a repeat.
+    let http_request_id = matches!(target, Target::Http(_)).then(|| identity.uuid().hyphenated().to_string());
     let key = loop {
+        if let Some(request_id) = &http_request_id {
+            break request_id.clone();
+        }
         match object_key(settings, &identity, None) {
             Ok(key) => break key,
             Err(error) => {
@@ -243,6 +298,7 @@ async fn decide(
             .filter_map(|t| object_key(settings, &identity, Some(t)).ok().map(|key| (t.to_string(), key)))
             .collect(),
         bytes: batch.bytes,
+        http_request_id,
     };
     loop {
         match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
@@ -271,11 +327,10 @@ async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Res
     Ok(batch)
 }
 
-/// Uploads the lane's batch in progress until it is stored (or, past the retention
-/// period, given up), then commits the lane's progress. Each attempt reads the
-/// records back from the log under the in-flight memory budget, so a batch waiting
-/// for its bucket holds no memory. `false` if it stopped for shutdown or deletion
-/// first (the batch stays recorded, to be delivered after the next start).
+/// Delivers the lane's batch in progress (see [`deliver_s3`] and
+/// [`deliver_http`]), then commits the lane's progress. `false` if it stopped for
+/// shutdown or deletion first (the batch stays recorded, to be delivered after the
+/// next start).
 async fn deliver(
     delivery: &Delivery,
     progress: &StreamProgress,
@@ -284,10 +339,73 @@ async fn deliver(
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let stream_id = progress.stream_id;
+    let metric = kind.metric(intent.http_request_id.is_some());
+    let stored = match &intent.http_request_id {
+        Some(request_id) => deliver_http(delivery, stream_id, metric, intent, request_id, shutdown).await,
+        None => deliver_s3(delivery, stream_id, kind, metric, intent, shutdown).await,
+    };
+    if !stored {
+        return false;
+    }
+    loop {
+        let done = progress
+            .update(kind.name(), |lane| {
+                lane.batch = None;
+                lane.delivered_seq = Some(intent.last_seq);
+            })
+            .await;
+        match done {
+            Ok(()) => {
+                delivery.state.metrics.oldest_undelivered(stream_id, metric, None);
+                return true;
+            }
+            Err(error) => {
+                tracing::error!(stream_id, %error, "Committing a delivered batch failed; retrying.");
+                if wait(shutdown, RETRY_DELAY_MIN).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// The processing chain of the stream's destination as configured now; the backup
+/// keeps the source records.
+fn chain_of(delivery: &Delivery, stream_id: u64, kind: LaneKind) -> Option<ProcessingChain> {
+    match kind {
+        LaneKind::Destination => delivery.state.catalog.get_by_id(stream_id).and_then(|s| s.destination.processing()),
+        LaneKind::Backup => None,
+    }
+}
+
+/// Writes the error objects of a processed batch; the first failure stops.
+async fn put_errors(
+    delivery: &Delivery,
+    intent: &Intent,
+    errors: BTreeMap<&'static str, Vec<u8>>,
+) -> Result<(), String> {
+    for (output_type, lines) in errors {
+        let Some(key) = intent.error_key(output_type) else { continue };
+        delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await?;
+    }
+    Ok(())
+}
+
+/// Uploads the batch to S3 until it is stored (or, past the retention period,
+/// given up). Each attempt reads the records back from the log under the in-flight
+/// memory budget, so a batch waiting for its bucket holds no memory. `false` if it
+/// stopped for shutdown or deletion first.
+async fn deliver_s3(
+    delivery: &Delivery,
+    stream_id: u64,
+    kind: LaneKind,
+    metric: &'static str,
+    intent: &Intent,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     let state = &delivery.state;
     let compression = Compression::from_api(&intent.compression).unwrap_or(Compression::Uncompressed);
     let entry = intent.key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
-    let kib = (intent.bytes >> 10).clamp(1, (super::BATCH_BYTES_IN_FLIGHT_MAX >> 10) as u64) as u32;
     let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
     let mut attempt = 0u32;
     loop {
@@ -297,50 +415,36 @@ async fn deliver(
             return false;
         }
         attempt += 1;
-        let permit = delivery.batch_kib_in_flight.acquire_many(kib).await.expect("never closed");
+        let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
         let outcome: Result<(), String> = match read_batch(delivery, stream_id, intent).await {
             Err(error) => Err(format!("reading the batch from the log: {error}")),
             Ok(batch) if batch.is_empty() => {
                 // Cannot happen while lanes hold the log; said loudly if it does.
                 tracing::error!(stream_id, key = %intent.key, "The batch's records are no longer in the log.");
-                break;
+                return true;
             }
             Ok(batch) => {
                 let oldest_ms = batch[0].arrival_ms;
-                state.metrics.oldest_undelivered(stream_id, kind.metric(), Some(oldest_ms));
-                // The backup keeps the source records; the destination gets them
-                // through its processing chain, as configured now.
-                let chain = match kind {
-                    LaneKind::Destination => {
-                        state.catalog.get_by_id(stream_id).and_then(|s| s.destination.processing())
-                    }
-                    LaneKind::Backup => None,
-                };
-                let processed = process(chain.as_ref(), &batch, attempt, delivery.clock.now_ms());
-                let n_bytes = processed.body.len() as u64;
-                let mut result = Ok(());
-                for (output_type, lines) in processed.errors {
-                    let Some(key) = intent.error_key(output_type) else { continue };
-                    result = delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await;
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                if result.is_ok() && processed.n_records > 0 {
-                    let body = bytes::Bytes::from(compression.encode(processed.body, &entry));
+                state.metrics.oldest_undelivered(stream_id, metric, Some(oldest_ms));
+                let chain = chain_of(delivery, stream_id, kind);
+                let mut processed = process(chain.as_ref(), &batch, attempt, delivery.clock.now_ms());
+                let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
+                let mut result = put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await;
+                if result.is_ok() && n_records > 0 {
+                    let body = bytes::Bytes::from(compression.encode(processed.concatenated(), &entry));
                     result = delivery.store.put(&intent.bucket, &intent.key, body).await;
                 }
-                state.metrics.delivery(stream_id, kind.metric(), result.is_ok(), processed.n_records, n_bytes);
+                state.metrics.delivery(stream_id, metric, result.is_ok(), n_records, n_bytes);
                 let age_ms = delivery.clock.now_ms().saturating_sub(oldest_ms);
                 match result {
                     Ok(()) => {
                         state.metrics.processing(stream_id, &processed.stats);
-                        break;
+                        return true;
                     }
                     Err(error) if age_ms >= state.config.retention_ms => {
                         tracing::warn!(stream_id, bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed past the retention period.");
                         expire(delivery, stream_id, intent, &batch, attempt, &error).await;
-                        break;
+                        return true;
                     }
                     Err(error) => Err(error),
                 }
@@ -354,21 +458,159 @@ async fn deliver(
             return false;
         }
     }
-    loop {
-        let done = progress
-            .update(kind.name(), |lane| {
-                lane.batch = None;
-                lane.delivered_seq = Some(intent.last_seq);
-            })
-            .await;
-        match done {
+}
+
+/// In-flight budget permits (KiB) for one batch.
+fn permits(intent: &Intent) -> u32 {
+    (intent.bytes >> 10).clamp(1, (super::BATCH_BYTES_IN_FLIGHT_MAX >> 10) as u64) as u32
+}
+
+/// Sends the batch to the HTTP endpoint, in requests of at most 10,000 records,
+/// retrying with Firehose's backoff until `RetryOptions.DurationInSeconds` has
+/// passed since the first failure (413: not at all); then the batch's records go to
+/// the destination's `S3Configuration` under the error prefix
+/// (`http-endpoint-failed`) as Firehose's error records, never dropped. The URL,
+/// access key and attributes are read again on every attempt, as Firehose does.
+/// `false` if it stopped for shutdown or deletion first.
+async fn deliver_http(
+    delivery: &Delivery,
+    stream_id: u64,
+    metric: &'static str,
+    intent: &Intent,
+    request_id: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let state = &delivery.state;
+    let mut backoff = Backoff::new(HTTP_RETRY_DELAY_MIN, HTTP_RETRY_DELAY_MAX, HTTP_RETRY_JITTER);
+    let mut attempt = 0u32;
+    let mut first_failure: Option<tokio::time::Instant> = None;
+    // Requests already answered with 200 are not sent again within this run.
+    let mut requests_done = 0usize;
+    let failure = loop {
+        let Some(stream) = state.catalog.get_by_id(stream_id) else {
+            tracing::info!(stream_id, "Stream deleted; its delivery stops.");
+            return false;
+        };
+        attempt += 1;
+        let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
+        let batch = match read_batch(delivery, stream_id, intent).await {
+            Ok(batch) if batch.is_empty() => {
+                tracing::error!(stream_id, request_id, "The batch's records are no longer in the log.");
+                return true;
+            }
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(stream_id, %error, "Reading the batch from the log failed; retrying.");
+                drop(permit);
+                if wait(shutdown, RETRY_DELAY_MIN).await {
+                    return false;
+                }
+                continue;
+            }
+        };
+        state.metrics.oldest_undelivered(stream_id, metric, Some(batch[0].arrival_ms));
+        let chain = chain_of(delivery, stream_id, LaneKind::Destination);
+        let now_ms = delivery.clock.now_ms();
+        let mut processed = process(chain.as_ref(), &batch, attempt, now_ms);
+        let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
+        let mut result = match put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(HttpFailure { code: "S3.DeliveryFailed", message: error, permanent: false }),
+        };
+        let settings = stream.destination.http_settings();
+        let source_arn = state.arn(&stream.region, &stream.name);
+        for (i, records) in processed.records.chunks(REQUEST_RECORDS_MAX).enumerate().skip(requests_done) {
+            let Some(settings) = &settings else {
+                let message = "The destination is no longer an HTTP endpoint.".to_string();
+                result = Err(HttpFailure { code: "HttpEndpoint.InvalidEndpoint", message, permanent: false });
+                break;
+            };
+            if result.is_err() {
+                break;
+            }
+            let id = if i == 0 { request_id.to_string() } else { format!("{request_id}-{i}") };
+            state.metrics.http_processed(stream_id, records.len() as u64, records.iter().map(|r| r.len() as u64).sum());
+            result = delivery.http.send(settings, &source_arn, &id, now_ms, records).await;
+            if result.is_ok() {
+                requests_done = i + 1;
+            }
+        }
+        drop(permit);
+        state.metrics.delivery(stream_id, metric, result.is_ok(), n_records, n_bytes);
+        let failure = match result {
             Ok(()) => {
-                state.metrics.oldest_undelivered(stream_id, kind.metric(), None);
+                state.metrics.processing(stream_id, &processed.stats);
+                return true;
+            }
+            Err(failure) => failure,
+        };
+        tracing::warn!(stream_id, request_id, attempt, code = failure.code, error = %failure.message, "Delivery to the HTTP endpoint failed.");
+        if failure.permanent {
+            break failure;
+        }
+        let since_first_failure = first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed();
+        let retry_duration = Duration::from_secs(settings.as_ref().map_or(0, |s| s.retry_duration_s));
+        let delay = backoff.next_delay(rand::random::<f64>());
+        match http::next_wait(since_first_failure, retry_duration, delay) {
+            None => break failure,
+            Some(delay) => {
+                if *shutdown.borrow() || wait(shutdown, delay).await {
+                    return false;
+                }
+            }
+        }
+    };
+    give_up_http(delivery, stream_id, intent, attempt, &failure, shutdown).await
+}
+
+/// Writes a batch the endpoint did not take under the error prefix of the
+/// destination's `S3Configuration` (`http-endpoint-failed`), retrying the write
+/// until the retention period ends, then counting and logging the records.
+async fn give_up_http(
+    delivery: &Delivery,
+    stream_id: u64,
+    intent: &Intent,
+    attempt: u32,
+    failure: &HttpFailure,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
+    loop {
+        if delivery.state.catalog.get_by_id(stream_id).is_none() {
+            return false;
+        }
+        let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
+        let result = match read_batch(delivery, stream_id, intent).await {
+            Ok(batch) if batch.is_empty() => return true,
+            Ok(batch) => {
+                let now_ms = delivery.clock.now_ms();
+                let mut lines = Vec::new();
+                for record in &batch {
+                    error_line(&mut lines, record, attempt, failure.code, &failure.message, now_ms);
+                }
+                let result = match intent.error_key(HTTP_ENDPOINT_FAILED) {
+                    Some(key) => delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await,
+                    None => Err("no error key".to_string()),
+                };
+                if let Err(error) = &result {
+                    if now_ms.saturating_sub(batch[0].arrival_ms) >= delivery.state.config.retention_ms {
+                        expire(delivery, stream_id, intent, &batch, attempt, error).await;
+                        return true;
+                    }
+                }
+                result
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        drop(permit);
+        match result {
+            Ok(()) => {
+                tracing::warn!(stream_id, request_id = intent.key, bucket = %intent.bucket, "The HTTP endpoint did not take the batch; its records are under the error prefix.");
                 return true;
             }
             Err(error) => {
-                tracing::error!(stream_id, %error, "Committing a delivered batch failed; retrying.");
-                if wait(shutdown, RETRY_DELAY_MIN).await {
+                tracing::warn!(stream_id, bucket = %intent.bucket, %error, "Writing failed HTTP records to S3 failed; retrying.");
+                if wait(shutdown, backoff.next_delay(rand::random::<f64>())).await {
                     return false;
                 }
             }

@@ -8,6 +8,7 @@
 //! blocks ingest.
 
 pub mod encode;
+mod http;
 pub mod key;
 mod lane;
 mod process;
@@ -67,6 +68,8 @@ pub struct Delivery {
     pub store: Store,
     /// Time.
     pub clock: Clock,
+    /// The client for HTTP endpoint destinations.
+    http: http::HttpSender,
     /// Bytes of batches being read, encoded and uploaded at once, in KiB permits:
     /// batches wait for room, so many streams flushing together stay within memory.
     batch_kib_in_flight: tokio::sync::Semaphore,
@@ -77,11 +80,13 @@ pub struct Delivery {
 pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
 
 impl Delivery {
-    /// Delivery for `state`'s streams, to the stores its configuration names.
-    pub fn new(state: Arc<AppState>, clock: Clock) -> Delivery {
+    /// Delivery for `state`'s streams, to the stores its configuration names. Fails
+    /// if the HTTP client cannot be set up (an unreadable extra CA).
+    pub fn new(state: Arc<AppState>, clock: Clock) -> Result<Delivery, String> {
         let store = Store::new(state.config.data_dir.join("buckets"), state.config.s3.clone());
+        let http = http::HttpSender::new(&state.config.http)?;
         let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);
-        Delivery { state, store, clock, batch_kib_in_flight }
+        Ok(Delivery { state, store, clock, http, batch_kib_in_flight })
     }
 }
 

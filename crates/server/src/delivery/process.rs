@@ -11,35 +11,43 @@ use crate::log::StoredRecord;
 
 /// A processed batch.
 pub(super) struct Processed {
-    /// The object's body: every output record, concatenated.
-    pub(super) body: Vec<u8>,
-    /// Output records (for the metrics).
-    pub(super) n_records: u64,
+    /// The records to deliver, in order.
+    pub(super) records: Vec<Vec<u8>>,
     /// Error records (JSON lines) by error output type.
     pub(super) errors: BTreeMap<&'static str, Vec<u8>>,
     /// Counts for the processing metrics.
     pub(super) stats: Stats,
 }
 
-/// The body of a batch, through `chain` when there is one.
-pub(super) fn process(chain: Option<&ProcessingChain>, batch: &[StoredRecord], attempt: u32, now_ms: u64) -> Processed {
-    let mut processed = Processed { body: Vec::new(), n_records: 0, errors: BTreeMap::new(), stats: Stats::default() };
-    let Some(chain) = chain else {
-        processed.body.reserve_exact(batch.iter().map(|r| r.data.len()).sum());
-        for record in batch {
-            processed.body.extend_from_slice(&record.data);
+impl Processed {
+    /// Bytes of the records to deliver.
+    pub(super) fn n_bytes(&self) -> u64 {
+        self.records.iter().map(|r| r.len() as u64).sum()
+    }
+
+    /// The records concatenated, as an S3 object holds them (Firehose adds no
+    /// delimiter of its own).
+    pub(super) fn concatenated(&mut self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.n_bytes() as usize);
+        for record in self.records.drain(..) {
+            body.extend_from_slice(&record);
         }
-        processed.n_records = batch.len() as u64;
+        body
+    }
+}
+
+/// The records of a batch, through `chain` when there is one.
+pub(super) fn process(chain: Option<&ProcessingChain>, batch: &[StoredRecord], attempt: u32, now_ms: u64) -> Processed {
+    let mut processed = Processed { records: Vec::new(), errors: BTreeMap::new(), stats: Stats::default() };
+    let Some(chain) = chain else {
+        processed.records = batch.iter().map(|r| r.data.clone()).collect();
         return processed;
     };
     for record in batch {
         match sluice_processing::prepare(chain, &record.data, &mut processed.stats) {
             Outcome::Records(mut records) => {
                 sluice_processing::append_delimiter(chain, &mut records);
-                processed.n_records += records.len() as u64;
-                for output in records {
-                    processed.body.extend_from_slice(&output);
-                }
+                processed.records.extend(records);
             }
             Outcome::Failed(failure) => {
                 let lines = processed.errors.entry(failure.output_type).or_default();

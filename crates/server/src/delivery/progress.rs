@@ -41,6 +41,10 @@ pub(super) struct Intent {
     /// The records' bytes (before compression), for the in-flight memory budget.
     #[serde(default)]
     pub(super) bytes: u64,
+    /// For an HTTP endpoint batch: its `X-Amz-Firehose-Request-Id` (`bucket` and
+    /// the error keys are then its `S3Configuration`'s, for records it fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) http_request_id: Option<String>,
 }
 
 impl Intent {
@@ -126,6 +130,7 @@ mod tests {
             error_key: None,
             error_keys: BTreeMap::new(),
             bytes: 100,
+            http_request_id: None,
         }
     }
 

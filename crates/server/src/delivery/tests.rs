@@ -16,7 +16,7 @@ use super::progress::Progress;
 use super::{Clock, Delivery, DeliveryEngine};
 use crate::api::AppState;
 use crate::catalog::{Catalog, CatalogError, StreamRecord};
-use crate::config::{RawConfig, RawDeliveryConfig};
+use crate::config::{RawConfig, RawDeliveryConfig, RawHttpConfig};
 use crate::keys::KeyRegistry;
 use crate::log::{Encryption, WalLog};
 use crate::metrics::Metrics;
@@ -29,7 +29,11 @@ struct Harness {
 impl Harness {
     fn new(retention_s: u64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let raw = RawConfig { delivery: RawDeliveryConfig { retention_s: Some(retention_s) }, ..RawConfig::default() };
+        let raw = RawConfig {
+            delivery: RawDeliveryConfig { retention_s: Some(retention_s) },
+            http: RawHttpConfig { allow_http: Some(true), ..RawHttpConfig::default() },
+            ..RawConfig::default()
+        };
         let config = raw.into_config(None, Some(dir.path().to_path_buf()), None).unwrap();
         let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &[]).unwrap());
         let (wal, _) = Wal::open(&dir.path().join("wal"), WalOptions::default(), keys.clone()).unwrap();
@@ -52,8 +56,12 @@ impl Harness {
 
     /// An ACTIVE ExtendedS3 stream.
     fn create(&self, name: &str, config: Value) -> u64 {
-        let destination =
-            Destination { kind: DestinationKind::ExtendedS3, config: config.as_object().unwrap().clone() };
+        self.create_kind(name, DestinationKind::ExtendedS3, config)
+    }
+
+    /// An ACTIVE stream of any destination kind.
+    fn create_kind(&self, name: &str, kind: DestinationKind, config: Value) -> u64 {
+        let destination = Destination { kind, config: config.as_object().unwrap().clone() };
         destination.validate().unwrap();
         let id = self
             .state
@@ -90,7 +98,7 @@ impl Harness {
     }
 
     fn start(&self) -> DeliveryEngine {
-        DeliveryEngine::start(Delivery::new(self.state.clone(), Clock::tokio()))
+        DeliveryEngine::start(Delivery::new(self.state.clone(), Clock::tokio()).unwrap())
     }
 
     fn progress(&self, stream: u64) -> Progress {
@@ -252,5 +260,39 @@ async fn the_backup_lane_buffers_on_its_own_and_holds_the_log() {
     assert_eq!(progress.lanes["destination"].delivered_seq, Some(2));
     assert_eq!(progress.lanes["backup"].delivered_seq, Some(2));
     assert_eq!(progress.acknowledged_seq(), 2);
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_retries_back_off_until_the_retry_duration_then_go_to_s3() {
+    let h = Harness::new(86_400);
+    let bucket = h.bucket("http-failed");
+    // Nothing listens there: every attempt fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let id = h.create_kind(
+        "refused",
+        DestinationKind::HttpEndpoint,
+        json!({
+            "EndpointConfiguration": {"Url": format!("http://{closed}/")},
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 0},
+            "RetryOptions": {"DurationInSeconds": 300},
+            "S3Configuration": {"BucketARN": "arn:aws:s3:::http-failed", "ErrorOutputPrefix": "failed/!{firehose:error-output-type}/"},
+        }),
+    );
+    h.put(id, &[b"undeliverable"]).await;
+    let engine = h.start();
+    sleep(Duration::from_secs(280)).await;
+    assert!(objects(&bucket).is_empty(), "gave up before RetryOptions.DurationInSeconds");
+    sleep(Duration::from_secs(40)).await;
+    let failed = objects(&bucket);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].0.starts_with("failed/http-endpoint-failed/"), "{}", failed[0].0);
+    let record: Value = serde_json::from_slice(failed[0].1.trim_ascii_end()).unwrap();
+    assert_eq!(record["rawData"], "dW5kZWxpdmVyYWJsZQ==");
+    assert_eq!(record["errorCode"], "HttpEndpoint.ConnectionFailed");
+    // Waits of 1, 2, 4, ... 64 s, then 120 s (±15%) add up to at most 284 s; the
+    // last wait ends at 300 s: ten attempts in all.
+    assert_eq!(record["attemptsMade"], 10);
+    assert_eq!(h.progress(id).acknowledged_seq(), 1);
     engine.stop(Duration::from_secs(5)).await;
 }

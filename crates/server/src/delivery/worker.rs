@@ -52,7 +52,7 @@ impl StreamProgress {
         let mut next = progress.clone();
         change(&mut next);
         if let Some(stream) = self.state.catalog.get_by_id(self.stream_id) {
-            for kind in LaneKind::ALL.iter().filter(|kind| kind.settings(&stream.destination).is_some()) {
+            for kind in LaneKind::ALL.iter().filter(|kind| kind.target(&stream.destination).is_some()) {
                 next.lanes.entry(kind.name().to_string()).or_default();
             }
         }
@@ -81,7 +81,7 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
             let recorded = progress.progress.lock().await.lanes.get(kind.name()).cloned();
             // A lane with a batch in progress finishes it even if the destination
             // changed since: that batch was promised.
-            let wanted = kind.settings(&stream.destination).is_some()
+            let wanted = kind.target(&stream.destination).is_some()
                 || recorded.as_ref().is_some_and(|lane| lane.batch.is_some());
             let running = lanes.get(&kind).is_some_and(|lane| !lane.is_finished());
             // At shutdown a lane that never ran still starts, to flush; one that
