@@ -42,6 +42,78 @@ pub struct RawConfig {
     /// Delivery to HTTP endpoints.
     #[serde(default)]
     pub http: RawHttpConfig,
+    /// The Lambda API that transformation functions are invoked through.
+    #[serde(default)]
+    pub lambda: RawLambdaConfig,
+}
+
+/// `[lambda]`: where Lambda processors' functions are invoked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLambdaConfig {
+    /// The Lambda API endpoint. Default `https://lambda.<region>.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// Signing region. Default: the server's region.
+    pub region: Option<String>,
+    /// Access key id for signing; unset: `AWS_ACCESS_KEY_ID` (and unsigned without it).
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Or a file holding it.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// How long an invocation may take, in seconds. Default 300 (Firehose's 5 minutes).
+    pub timeout_s: Option<u64>,
+    /// Per-function endpoints (`[lambda.functions."NAME-OR-ARN"] endpoint = ...`).
+    #[serde(default)]
+    pub functions: std::collections::BTreeMap<String, RawLambdaFunction>,
+}
+
+/// `[lambda.functions."NAME-OR-ARN"]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLambdaFunction {
+    /// The Lambda API endpoint for this function.
+    pub endpoint: Option<String>,
+    /// Its signing region.
+    pub region: Option<String>,
+}
+
+/// `[lambda]`, validated.
+#[derive(Clone)]
+pub struct LambdaConfig {
+    /// Default endpoint.
+    pub endpoint: String,
+    /// Default signing region.
+    pub region: String,
+    /// `(access key id, secret)`; `None`: requests go unsigned.
+    pub credentials: Option<(String, String)>,
+    /// Invocation timeout.
+    pub timeout_s: u64,
+    /// Per-function `(endpoint, region)`.
+    pub functions: std::collections::BTreeMap<String, (String, String)>,
+}
+
+impl std::fmt::Debug for LambdaConfig {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LambdaConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
+            .field("timeout_s", &self.timeout_s)
+            .field("functions", &self.functions)
+            .finish()
+    }
+}
+
+impl LambdaConfig {
+    /// The endpoint and signing region for `function`.
+    pub fn target(&self, function: &str) -> (&str, &str) {
+        match self.functions.get(function) {
+            Some((endpoint, region)) => (endpoint, region),
+            None => (&self.endpoint, &self.region),
+        }
+    }
 }
 
 /// `[http]`: how Sluice connects to HTTP endpoint destinations.
@@ -213,6 +285,8 @@ pub struct Config {
     pub cloudwatch_logs_access_key_ids: Vec<String>,
     /// HTTP endpoint delivery.
     pub http: HttpConfig,
+    /// Lambda invocations.
+    pub lambda: LambdaConfig,
 }
 
 /// Where buckets live, validated.
@@ -312,6 +386,41 @@ impl RawS3Target {
     }
 }
 
+impl RawLambdaConfig {
+    fn validate(self, server_region: &str) -> Result<LambdaConfig, ConfigError> {
+        let region = self.region.unwrap_or_else(|| server_region.to_string());
+        let endpoint = self.endpoint.unwrap_or_else(|| format!("https://lambda.{region}.amazonaws.com"));
+        let url = |what: &str, endpoint: &str| {
+            if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+                Ok(endpoint.trim_end_matches('/').to_string())
+            } else {
+                Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {endpoint:?}")))
+            }
+        };
+        let endpoint = url("lambda", &endpoint)?;
+        let mut functions = std::collections::BTreeMap::new();
+        for (name, function) in self.functions {
+            let what = format!("lambda.functions.{name}");
+            let function_endpoint = url(&what, function.endpoint.as_deref().unwrap_or(&endpoint))?;
+            functions.insert(name, (function_endpoint, function.region.unwrap_or_else(|| region.clone())));
+        }
+        // The same rules as [s3]'s credentials.
+        let credentials = RawS3Target {
+            access_key_id: self.access_key_id,
+            secret_access_key: self.secret_access_key,
+            secret_access_key_file: self.secret_access_key_file,
+            ..RawS3Target::default()
+        }
+        .validate("lambda", &region)?
+        .credentials
+        .or_else(|| {
+            let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+            Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
+        });
+        Ok(LambdaConfig { endpoint, region, credentials, timeout_s: self.timeout_s.unwrap_or(300).max(1), functions })
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -394,7 +503,9 @@ impl RawConfig {
             extra_ca_pem,
             response_timeout_s: self.http.response_timeout_s.unwrap_or(180).max(1),
         };
+        let lambda = self.lambda.validate(&region)?;
         Ok(Config {
+            lambda,
             http,
             s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,

@@ -122,6 +122,24 @@ impl Metrics {
         metrics::counter!("DeliveryToHttpEndpoint.ProcessedBytes", &labels).increment(n_bytes);
     }
 
+    /// Records a batch's Lambda invocations (`ExecuteProcessing.Duration` in
+    /// milliseconds, `ExecuteProcessing.Success` and `.Attempts`).
+    pub fn lambda(&self, stream_id: u64, attempts: u64, successes: u64, duration_ms: f64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::histogram!("ExecuteProcessing.Duration", &labels).record(duration_ms);
+        metrics::counter!("ExecuteProcessing.Attempts", &labels).increment(attempts);
+        metrics::counter!("ExecuteProcessing.Success", &labels).increment(successes);
+    }
+
+    /// Records the function returned `Ok` (`SucceedProcessing.Records` / `.Bytes`).
+    pub fn succeed_processing(&self, stream_id: u64, records: &[Vec<u8>]) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("SucceedProcessing.Records", &labels).increment(records.len() as u64);
+        metrics::counter!("SucceedProcessing.Bytes", &labels).increment(records.iter().map(|r| r.len() as u64).sum());
+    }
+
     /// Records what the processing chain did with a delivered batch.
     pub fn processing(&self, stream_id: u64, stats: &sluice_processing::Stats) {
         if *stats == sluice_processing::Stats::default() {

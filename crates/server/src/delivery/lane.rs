@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::encode::Compression;
 use super::http::{self, HttpFailure, REQUEST_RECORDS_MAX};
 use super::key::{object_key, BatchIdentity, DESTINATION_LANE};
-use super::process::{error_line, process};
+use super::process::{error_line, process, Failed};
 use super::progress::Intent;
 use super::worker::StreamProgress;
 use super::Delivery;
@@ -371,9 +371,9 @@ async fn deliver(
 
 /// The processing chain of the stream's destination as configured now; the backup
 /// keeps the source records.
-fn chain_of(delivery: &Delivery, stream_id: u64, kind: LaneKind) -> Option<ProcessingChain> {
+fn chain_of(stream: &StreamRecord, kind: LaneKind) -> Option<ProcessingChain> {
     match kind {
-        LaneKind::Destination => delivery.state.catalog.get_by_id(stream_id).and_then(|s| s.destination.processing()),
+        LaneKind::Destination => stream.destination.processing(),
         LaneKind::Backup => None,
     }
 }
@@ -426,8 +426,9 @@ async fn deliver_s3(
             Ok(batch) => {
                 let oldest_ms = batch[0].arrival_ms;
                 state.metrics.oldest_undelivered(stream_id, metric, Some(oldest_ms));
-                let chain = chain_of(delivery, stream_id, kind);
-                let mut processed = process(chain.as_ref(), &batch, attempt, delivery.clock.now_ms());
+                let Some(stream) = state.catalog.get_by_id(stream_id) else { return false };
+                let chain = chain_of(&stream, kind);
+                let mut processed = process(delivery, &stream, chain.as_ref(), &batch, attempt).await;
                 let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
                 let mut result = put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await;
                 if result.is_ok() && n_records > 0 {
@@ -509,9 +510,9 @@ async fn deliver_http(
             }
         };
         state.metrics.oldest_undelivered(stream_id, metric, Some(batch[0].arrival_ms));
-        let chain = chain_of(delivery, stream_id, LaneKind::Destination);
+        let chain = chain_of(&stream, LaneKind::Destination);
+        let mut processed = process(delivery, &stream, chain.as_ref(), &batch, attempt).await;
         let now_ms = delivery.clock.now_ms();
-        let mut processed = process(chain.as_ref(), &batch, attempt, now_ms);
         let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
         let mut result = match put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {
             Ok(()) => Ok(()),
@@ -586,7 +587,8 @@ async fn give_up_http(
                 let now_ms = delivery.clock.now_ms();
                 let mut lines = Vec::new();
                 for record in &batch {
-                    error_line(&mut lines, record, attempt, failure.code, &failure.message, now_ms);
+                    let failed = Failed { record, data: &record.data, code: failure.code, message: &failure.message };
+                    error_line(&mut lines, &failed, attempt, now_ms, None);
                 }
                 let result = match intent.error_key(HTTP_ENDPOINT_FAILED) {
                     Some(key) => delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await,
@@ -634,7 +636,8 @@ async fn expire(
     let ended = delivery.clock.now_ms();
     let mut lines = Vec::new();
     for record in batch {
-        error_line(&mut lines, record, attempt, error_code, error, ended);
+        let failed = Failed { record, data: &record.data, code: error_code, message: error };
+        error_line(&mut lines, &failed, attempt, ended, None);
     }
     let written = match intent.error_key(RETENTION_EXPIRED) {
         Some(key) => delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await.is_ok(),

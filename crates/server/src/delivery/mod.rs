@@ -10,6 +10,7 @@
 pub mod encode;
 mod http;
 pub mod key;
+mod lambda;
 mod lane;
 mod process;
 mod progress;
@@ -70,6 +71,8 @@ pub struct Delivery {
     pub clock: Clock,
     /// The client for HTTP endpoint destinations.
     http: http::HttpSender,
+    /// The client for Lambda processors.
+    lambda: lambda::LambdaInvoker,
     /// Bytes of batches being read, encoded and uploaded at once, in KiB permits:
     /// batches wait for room, so many streams flushing together stay within memory.
     batch_kib_in_flight: tokio::sync::Semaphore,
@@ -85,8 +88,9 @@ impl Delivery {
     pub fn new(state: Arc<AppState>, clock: Clock) -> Result<Delivery, String> {
         let store = Store::new(state.config.data_dir.join("buckets"), state.config.s3.clone());
         let http = http::HttpSender::new(&state.config.http)?;
+        let lambda = lambda::LambdaInvoker::new(&state.config.lambda, &state.config.http)?;
         let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);
-        Ok(Delivery { state, store, clock, http, batch_kib_in_flight })
+        Ok(Delivery { state, store, clock, http, lambda, batch_kib_in_flight })
     }
 }
 

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use sluice_processing::{Outcome, Stats};
 use sluice_protocol::processing::ProcessingChain;
 
+use super::lambda::{InvocationStats, LambdaInput, LambdaResult};
+use super::Delivery;
+use crate::catalog::StreamRecord;
 use crate::log::StoredRecord;
 
 /// A processed batch.
@@ -36,46 +39,90 @@ impl Processed {
     }
 }
 
-/// The records of a batch, through `chain` when there is one.
-pub(super) fn process(chain: Option<&ProcessingChain>, batch: &[StoredRecord], attempt: u32, now_ms: u64) -> Processed {
+/// The records of a batch, through `chain` when there is one: the processors
+/// before Lambda on each record, the Lambda function on what they produce, then the
+/// delimiter. A record that fails any step goes, as it was when it failed, to the
+/// error prefix of its error output type.
+pub(super) async fn process(
+    delivery: &Delivery,
+    stream: &StreamRecord,
+    chain: Option<&ProcessingChain>,
+    batch: &[StoredRecord],
+    attempt: u32,
+) -> Processed {
     let mut processed = Processed { records: Vec::new(), errors: BTreeMap::new(), stats: Stats::default() };
     let Some(chain) = chain else {
         processed.records = batch.iter().map(|r| r.data.clone()).collect();
         return processed;
     };
-    for record in batch {
+    let now_ms = delivery.clock.now_ms();
+    // Each output of the first processors, with the source record it came from.
+    let mut prepared: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (i, record) in batch.iter().enumerate() {
         match sluice_processing::prepare(chain, &record.data, &mut processed.stats) {
-            Outcome::Records(mut records) => {
-                sluice_processing::append_delimiter(chain, &mut records);
-                processed.records.extend(records);
-            }
+            Outcome::Records(records) => prepared.extend(records.into_iter().map(|r| (i, r))),
             Outcome::Failed(failure) => {
                 let lines = processed.errors.entry(failure.output_type).or_default();
-                error_line(lines, record, attempt, failure.code, &failure.message, now_ms);
+                let failed = Failed { record, data: &record.data, code: failure.code, message: &failure.message };
+                error_line(lines, &failed, attempt, now_ms, None);
             }
         }
     }
+    let mut outputs = match &chain.lambda {
+        None => prepared.into_iter().map(|(_, data)| data).collect(),
+        Some(lambda) => {
+            let inputs: Vec<LambdaInput<'_>> =
+                prepared.iter().map(|(i, data)| LambdaInput { arrival_ms: batch[*i].arrival_ms, data }).collect();
+            let arn = delivery.state.arn(&stream.region, &stream.name);
+            let mut stats = InvocationStats { attempts: 0, successes: 0, duration_ms: 0.0 };
+            let results = delivery.lambda.transform(lambda, &arn, &stream.region, &inputs, &mut stats).await;
+            delivery.state.metrics.lambda(stream.id, stats.attempts, stats.successes, stats.duration_ms);
+            let mut outputs = Vec::with_capacity(results.len());
+            for ((i, data), result) in prepared.iter().zip(results) {
+                match result {
+                    LambdaResult::Ok { data, .. } => outputs.push(data),
+                    LambdaResult::Dropped => {}
+                    LambdaResult::Failed { code, message } => {
+                        let lines = processed.errors.entry("processing-failed").or_default();
+                        let failed = Failed { record: &batch[*i], data, code, message: &message };
+                        error_line(lines, &failed, attempt, now_ms, Some(&lambda.function));
+                    }
+                }
+            }
+            delivery.state.metrics.succeed_processing(stream.id, &outputs);
+            outputs
+        }
+    };
+    sluice_processing::append_delimiter(chain, &mut outputs);
+    processed.records = outputs;
     processed
 }
 
-/// Appends one of Firehose's error records (a JSON document and a newline) for
-/// `record`, whose original bytes go in `rawData`.
-pub(super) fn error_line(
-    out: &mut Vec<u8>,
-    record: &StoredRecord,
-    attempt: u32,
-    code: &str,
-    message: &str,
-    now_ms: u64,
-) {
-    let line = serde_json::json!({
+/// A record that failed, with the data it had when it failed.
+pub(super) struct Failed<'a> {
+    /// The source record (for its arrival time).
+    pub(super) record: &'a StoredRecord,
+    /// The data to keep in `rawData`.
+    pub(super) data: &'a [u8],
+    /// `errorCode`.
+    pub(super) code: &'a str,
+    /// `errorMessage`.
+    pub(super) message: &'a str,
+}
+
+/// Appends one of Firehose's error records (a JSON document and a newline).
+pub(super) fn error_line(out: &mut Vec<u8>, failed: &Failed<'_>, attempt: u32, now_ms: u64, lambda_arn: Option<&str>) {
+    let mut line = serde_json::json!({
         "attemptsMade": attempt,
-        "arrivalTimestamp": record.arrival_ms,
-        "errorCode": code,
-        "errorMessage": message,
+        "arrivalTimestamp": failed.record.arrival_ms,
+        "errorCode": failed.code,
+        "errorMessage": failed.message,
         "attemptEndingTimestamp": now_ms,
-        "rawData": base64_simd::STANDARD.encode_to_string(&record.data),
+        "rawData": base64_simd::STANDARD.encode_to_string(failed.data),
     });
+    if let Some(arn) = lambda_arn {
+        line["lambdaArn"] = serde_json::Value::String(arn.to_string());
+    }
     out.extend_from_slice(line.to_string().as_bytes());
     out.push(b'\n');
 }
