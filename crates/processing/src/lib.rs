@@ -11,6 +11,7 @@
 //! record under the error prefix. Nothing here panics on any input.
 
 mod cloudwatch;
+pub mod jq;
 mod kpl;
 mod split;
 

@@ -102,3 +102,24 @@ proptest! {
         let _ = prepare(&deagg(Some(SubRecords::Delimited(b"\n".to_vec()))), &data, &mut Stats::default());
     }
 }
+
+#[test]
+fn jq_extracts_partition_keys() {
+    let query = r#"{customer_id: .customer_id, device: .type.device, year: (.ts | strftime("%Y")), n: .n}"#;
+    let records: [&[u8]; 4] = [
+        br#"{"customer_id":"c-1","type":{"device":"phone"},"ts":1700000000,"n":3}"#,
+        b"not json",
+        br#"{"customer_id":{"nested":1},"type":{},"ts":0}"#,
+        br#"[1,2]"#,
+    ];
+    let results = jq::extract(query, records).unwrap();
+    let first = results[0].as_ref().unwrap();
+    let expected: Vec<(&str, &str)> = vec![("customer_id", "c-1"), ("device", "phone"), ("n", "3"), ("year", "2023")];
+    assert_eq!(first.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), expected);
+    assert!(results[1].as_ref().unwrap_err().contains("not valid JSON"));
+    assert!(results[2].as_ref().unwrap_err().contains("not a scalar"));
+    assert!(results[3].is_err(), "indexing an array by name fails");
+    assert!(jq::check("{a: .a").is_err());
+    assert!(jq::check("{a: .a | nosuchfunction}").is_err());
+    jq::check("{a: .a}").unwrap();
+}

@@ -348,6 +348,16 @@ impl Destination {
                 "S3BackupMode cannot be changed from Enabled to Disabled.",
             ));
         }
+        let partitioned = |config: &Map<String, Value>| {
+            config.get("DynamicPartitioningConfiguration").and_then(|d| d.get("Enabled")).and_then(Value::as_bool)
+                == Some(true)
+        };
+        if partitioned(&self.config) != partitioned(&config) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgumentException,
+                "Dynamic partitioning can only be enabled when the Firehose stream is created, and never disabled.",
+            ));
+        }
         let kind = if same_kind { self.kind.max_extended(update.kind) } else { update.kind };
         let shape = format!("{}DestinationConfiguration", kind.name());
         crate::model::validate_shape(&shape, &Value::Object(config.clone()), options).map_err(|e| {
@@ -385,8 +395,7 @@ impl Destination {
                     .unwrap_or(false);
                 check_s3(&self.config, dynamic_partitioning)?;
                 nested("S3BackupConfiguration").map(|backup| check_s3(backup, false)).transpose()?;
-                let chain = ProcessingChain::from_config(&self.config, dynamic_partitioning).map_err(invalid)?;
-                chain.as_ref().map(ProcessingChain::check_supported).transpose().map_err(invalid)?;
+                ProcessingChain::from_config(&self.config, dynamic_partitioning).map_err(invalid)?;
                 if self.config.get("S3BackupMode") == Some(&json!("Enabled"))
                     && nested("S3BackupConfiguration").is_none()
                 {
@@ -397,8 +406,7 @@ impl Destination {
             }
             DestinationKind::HttpEndpoint => {
                 nested("S3Configuration").map(|s3| check_s3(s3, false)).transpose()?;
-                let chain = ProcessingChain::from_config(&self.config, false).map_err(invalid)?;
-                chain.as_ref().map(ProcessingChain::check_supported).transpose().map_err(invalid)?;
+                ProcessingChain::from_config(&self.config, false).map_err(invalid)?;
             }
             _ => {}
         }

@@ -181,20 +181,6 @@ impl ProcessingChain {
     }
 }
 
-impl ProcessingChain {
-    /// Refuses, at creation, processors this build of Sluice does not run yet, so
-    /// that no stream accepts records it would hold forever.
-    pub fn check_supported(&self) -> Result<(), String> {
-        if self.metadata_query.is_some() {
-            return Err(
-                "Sluice does not run the MetadataExtraction processor yet; see the README for the processors it runs."
-                    .into(),
-            );
-        }
-        Ok(())
-    }
-}
-
 /// A processor's parameters by name.
 struct Parameters<'a> {
     kind: &'a str,

@@ -47,6 +47,15 @@ pub struct PrefixTemplate {
     parts: Vec<Part>,
 }
 
+/// Where a partition key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// `!{partitionKeyFromQuery:…}`: the MetadataExtraction query.
+    Query,
+    /// `!{partitionKeyFromLambda:…}`: the Lambda function's `metadata.partitionKeys`.
+    Lambda,
+}
+
 /// What the expressions of a prefix evaluate against.
 pub struct PrefixContext<'a> {
     /// The instant, already in the stream's zone (UTC or `CustomTimeZone`).
@@ -100,7 +109,7 @@ impl PrefixTemplate {
     pub fn render(
         &self,
         context: &mut PrefixContext<'_>,
-        partition_keys: &dyn Fn(&str) -> Option<String>,
+        partition_keys: &dyn Fn(KeySource, &str) -> Option<String>,
     ) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.parts {
@@ -109,9 +118,14 @@ impl PrefixTemplate {
                 Part::Timestamp(pattern) => format_pattern(&mut out, pattern, context.time),
                 Part::RandomString => out.push_str(&(context.random_string)()),
                 Part::ErrorOutputType => out.push_str(context.error_output_type.unwrap_or("")),
-                Part::PartitionKeyFromQuery(key) | Part::PartitionKeyFromLambda(key) => {
-                    out.push_str(&partition_keys(key).ok_or_else(|| format!("No partition key named {key}"))?)
-                }
+                Part::PartitionKeyFromQuery(key) => out.push_str(
+                    &partition_keys(KeySource::Query, key)
+                        .ok_or_else(|| format!("The record has no partition key {key} from the query"))?,
+                ),
+                Part::PartitionKeyFromLambda(key) => out.push_str(
+                    &partition_keys(KeySource::Lambda, key)
+                        .ok_or_else(|| format!("The record has no partition key {key} from Lambda"))?,
+                ),
             }
         }
         if out.chars().count() > EVALUATED_PREFIX_CHARS_MAX {
@@ -313,7 +327,7 @@ mod tests {
         };
         let mut context =
             PrefixContext { time: &time, random_string: &mut random, error_output_type: Some("processing-failed") };
-        PrefixTemplate::parse(prefix, kind, true)?.render(&mut context, &|k| Some(format!("<{k}>")))
+        PrefixTemplate::parse(prefix, kind, true)?.render(&mut context, &|_, k| Some(format!("<{k}>")))
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct RawLimitsConfig {
     pub buffer_mib_per_stream_max: Option<u64>,
     /// All streams together, in MiB. Default 32768.
     pub buffer_mib_max: Option<u64>,
+    /// Dynamic partitioning: partitions per stream in one batch; records of further
+    /// partitions go to the error prefix. Default 500 (Firehose's default).
+    pub active_partitions_max: Option<usize>,
 }
 
 /// `[s3]`: deliver to an S3-compatible service instead of local directories.
@@ -273,6 +276,8 @@ pub struct Config {
     pub buffer_bytes_per_stream_max: u64,
     /// Undelivered bytes held in all before puts are refused.
     pub buffer_bytes_max: u64,
+    /// Partitions per stream in one batch.
+    pub active_partitions_max: usize,
     /// Master key file.
     pub master_key_file: PathBuf,
     /// Customer managed keys.
@@ -518,6 +523,7 @@ impl RawConfig {
             segment_bytes_max: segment_mib << 20,
             buffer_bytes_per_stream_max: self.limits.buffer_mib_per_stream_max.unwrap_or(8192) << 20,
             buffer_bytes_max: self.limits.buffer_mib_max.unwrap_or(32768) << 20,
+            active_partitions_max: self.limits.active_partitions_max.unwrap_or(500).max(1),
             kms_keys: self.encryption.keys,
             cloudwatch_logs_access_key_ids: self.sources.cloudwatch_logs_access_key_ids,
         })

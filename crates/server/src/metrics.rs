@@ -133,11 +133,30 @@ impl Metrics {
     }
 
     /// Records the function returned `Ok` (`SucceedProcessing.Records` / `.Bytes`).
-    pub fn succeed_processing(&self, stream_id: u64, records: &[Vec<u8>]) {
+    pub fn succeed_processing(&self, stream_id: u64, record_bytes: impl Iterator<Item = u64>) {
         let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
         let labels = [("DeliveryStreamName", name)];
-        metrics::counter!("SucceedProcessing.Records", &labels).increment(records.len() as u64);
-        metrics::counter!("SucceedProcessing.Bytes", &labels).increment(records.iter().map(|r| r.len() as u64).sum());
+        let (n, bytes) = record_bytes.fold((0, 0), |(n, total), b| (n + 1, total + b));
+        metrics::counter!("SucceedProcessing.Records", &labels).increment(n);
+        metrics::counter!("SucceedProcessing.Bytes", &labels).increment(bytes);
+    }
+
+    /// Records the time the metadata extraction query took on a batch
+    /// (`JQProcessing.Duration`, milliseconds).
+    pub fn jq(&self, stream_id: u64, duration_ms: f64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        metrics::histogram!("JQProcessing.Duration", &[("DeliveryStreamName", name)]).record(duration_ms);
+    }
+
+    /// Records a partitioned batch: its partitions (`PartitionCount`), whether some
+    /// were over the limit (`PartitionCountExceeded`, 0 or 1) and the objects written
+    /// (`DeliveryToS3.ObjectCount`).
+    pub fn partitions(&self, stream_id: u64, n_partitions: u64, exceeded: bool, n_objects: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::gauge!("PartitionCount", &labels).set(n_partitions as f64);
+        metrics::gauge!("PartitionCountExceeded", &labels).set(if exceeded { 1.0 } else { 0.0 });
+        metrics::counter!("DeliveryToS3.ObjectCount", &labels).increment(n_objects);
     }
 
     /// Records what the processing chain did with a delivered batch.

@@ -54,6 +54,7 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
         )));
     }
     destination.validate()?;
+    super::check_queries(destination)?;
     let encryption = match &input.encryption {
         Some(requested) => {
             let (key_type, key_arn) = check_encryption(state, requested)?;

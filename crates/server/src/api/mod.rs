@@ -148,6 +148,16 @@ pub(crate) fn log_failure(error: LogError) -> ApiError {
 }
 
 /// `InvalidKMSResourceException` for a key that cannot be used.
+/// Refuses a MetadataExtraction query that jaq cannot compile, at creation and
+/// update rather than on every batch.
+pub(crate) fn check_queries(destination: &sluice_protocol::destination::Destination) -> Result<(), ApiError> {
+    let query = destination.processing().and_then(|chain| chain.metadata_query);
+    match query.map(|q| sluice_processing::jq::check(&q)) {
+        Some(Err(message)) => Err(ApiError::new(ErrorCode::InvalidArgumentException, message)),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn kms_error(key_ref: &str, reason: &sluice_wal::KeyError) -> ApiError {
     let (code, message) = match reason {
         sluice_wal::KeyError::Disabled => ("KMS.DisabledException", format!("KMS key {key_ref} is disabled.")),

@@ -36,7 +36,9 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: UpdateDestin
             return Err(invalid(format!("Destination Id {} not found.", input.destination_id)));
         }
         let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
-        stream.destination = stream.destination.apply_with(update, &options)?;
+        let updated = stream.destination.apply_with(update, &options)?;
+        super::check_queries(&updated)?;
+        stream.destination = updated;
         stream.version_id += 1;
         stream.last_update_ms = Some(ctx.now_ms);
         Ok(())

@@ -4,7 +4,9 @@
 //! timeout therefore writes the same key and overwrites instead of duplicating.
 
 use sluice_protocol::destination::S3Settings;
-use sluice_protocol::s3_key::{self, PrefixContext, PrefixKind, PrefixTemplate};
+use std::collections::BTreeMap;
+
+use sluice_protocol::s3_key::{self, KeySource, PrefixContext, PrefixKind, PrefixTemplate};
 use uuid::Uuid;
 
 use super::encode::Compression;
@@ -58,6 +60,31 @@ pub fn object_key(
     batch: &BatchIdentity<'_>,
     error_output_type: Option<&str>,
 ) -> Result<String, String> {
+    key(settings, batch, error_output_type, None)
+}
+
+/// A record's partition keys (dynamic partitioning).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PartitionKeys {
+    /// From the MetadataExtraction query.
+    pub query: BTreeMap<String, String>,
+    /// From the Lambda function's `metadata.partitionKeys`.
+    pub lambda: BTreeMap<String, String>,
+}
+
+/// The key of the object holding one partition of a batch: the prefix evaluated
+/// with the partition's keys, and a uuid derived from the batch's and the evaluated
+/// prefix, so every partition's object is distinct and the same on a retry.
+pub fn partition_key(settings: &S3Settings, batch: &BatchIdentity<'_>, keys: &PartitionKeys) -> Result<String, String> {
+    key(settings, batch, None, Some(keys))
+}
+
+fn key(
+    settings: &S3Settings,
+    batch: &BatchIdentity<'_>,
+    error_output_type: Option<&str>,
+    partition_keys: Option<&PartitionKeys>,
+) -> Result<String, String> {
     let template = match error_output_type {
         None => PrefixTemplate::parse(&settings.prefix, PrefixKind::Data, settings.dynamic_partitioning)?,
         Some(_) => {
@@ -79,9 +106,17 @@ pub fn object_key(
         derived.simple().to_string()[..11].to_string()
     };
     let mut context = PrefixContext { time: &time, random_string: &mut random_string, error_output_type };
-    // Partition keys come with dynamic partitioning (issue 4); without them a key
-    // expression cannot be evaluated.
-    let prefix = template.render(&mut context, &|_| None)?;
+    let prefix = template.render(&mut context, &|source, name| {
+        let keys = partition_keys?;
+        match source {
+            KeySource::Query => keys.query.get(name).cloned(),
+            KeySource::Lambda => keys.lambda.get(name).cloned(),
+        }
+    })?;
+    let uuid = match partition_keys {
+        Some(_) => Uuid::new_v5(&uuid, prefix.as_bytes()),
+        None => uuid,
+    };
     let compression = Compression::from_api(&settings.compression)
         .ok_or_else(|| format!("Unknown CompressionFormat {}", settings.compression))?;
     let extension = settings.file_extension.as_deref().unwrap_or(compression.extension());
@@ -149,6 +184,21 @@ mod tests {
         assert_ne!(parts[0], format!("r={}", parts[1]), "each use of random-string differs");
         let moved = BatchIdentity { version: 3, ..batch(7) };
         assert_ne!(batch(7).uuid(), moved.uuid(), "a new destination version is a new batch");
+        let partitioned = S3Settings {
+            dynamic_partitioning: true,
+            error_output_prefix: Some("e/!{firehose:error-output-type}/".into()),
+            ..settings("c=!{partitionKeyFromQuery:c}/l=!{partitionKeyFromLambda:c}/")
+        };
+        let keys = |q: &str, l: &str| PartitionKeys {
+            query: [("c".to_string(), q.to_string())].into(),
+            lambda: [("c".to_string(), l.to_string())].into(),
+        };
+        let a = partition_key(&partitioned, &batch(7), &keys("x", "y")).unwrap();
+        let b = partition_key(&partitioned, &batch(7), &keys("z", "y")).unwrap();
+        assert!(a.starts_with("c=x/l=y/orders-2-") && b.starts_with("c=z/l=y/"), "{a} {b}");
+        assert_ne!(a.rsplit('-').next(), b.rsplit('-').next(), "each partition's object has its own uuid");
+        assert_eq!(a, partition_key(&partitioned, &batch(7), &keys("x", "y")).unwrap(), "and the same on a retry");
+        assert!(object_key(&partitioned, &batch(7), None).is_err(), "a partitioned prefix needs keys");
         let backup = BatchIdentity { lane: "backup", ..batch(7) };
         assert_ne!(batch(7).uuid(), backup.uuid(), "a batch's backup is another object");
     }

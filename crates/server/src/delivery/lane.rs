@@ -10,7 +10,7 @@
 //! Buffering holds counts, not records: memory holds only the batches being
 //! uploaded, within [`super::BATCH_BYTES_IN_FLIGHT_MAX`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use super::encode::Compression;
 use super::http::{self, HttpFailure, REQUEST_RECORDS_MAX};
-use super::key::{object_key, BatchIdentity, DESTINATION_LANE};
-use super::process::{error_line, process, Failed};
+use super::key::{object_key, partition_key, BatchIdentity, PartitionKeys, DESTINATION_LANE};
+use super::process::{error_line, process, Failed, Processed, PARTITIONING_FAILED};
 use super::progress::Intent;
 use super::worker::StreamProgress;
 use super::Delivery;
@@ -34,8 +34,8 @@ const RETENTION_EXPIRED: &str = "retention-expired";
 
 /// Every error output type a batch of an S3 lane can produce; their keys are
 /// decided with the batch, so a redone batch writes its error objects in place too.
-const ERROR_OUTPUT_TYPES: [&str; 4] =
-    [RETENTION_EXPIRED, "processing-failed", "decompression-failed", HTTP_ENDPOINT_FAILED];
+const ERROR_OUTPUT_TYPES: [&str; 5] =
+    [RETENTION_EXPIRED, "processing-failed", "decompression-failed", HTTP_ENDPOINT_FAILED, PARTITIONING_FAILED];
 
 /// The `!{firehose:error-output-type}` of records an HTTP endpoint did not take.
 const HTTP_ENDPOINT_FAILED: &str = "http-endpoint-failed";
@@ -272,9 +272,15 @@ async fn decide(
     // An HTTP batch has a request id instead of a key: the same on every retry,
     // after a crash too, so the endpoint can tell a repeat.
     let http_request_id = matches!(target, Target::Http(_)).then(|| identity.uuid().hyphenated().to_string());
+    // A partitioned batch's keys depend on its records' partition keys: they are
+    // derived when it is uploaded (from the batch's identity, so the same on a retry).
+    let partitioned = matches!(target, Target::S3(s3) if s3.dynamic_partitioning);
     let key = loop {
         if let Some(request_id) = &http_request_id {
             break request_id.clone();
+        }
+        if partitioned {
+            break String::new();
         }
         match object_key(settings, &identity, None) {
             Ok(key) => break key,
@@ -299,6 +305,8 @@ async fn decide(
             .collect(),
         bytes: batch.bytes,
         http_request_id,
+        partitioned,
+        version: stream.version_id,
     };
     loop {
         match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
@@ -405,7 +413,6 @@ async fn deliver_s3(
 ) -> bool {
     let state = &delivery.state;
     let compression = Compression::from_api(&intent.compression).unwrap_or(Compression::Uncompressed);
-    let entry = intent.key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
     let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
     let mut attempt = 0u32;
     loop {
@@ -430,10 +437,24 @@ async fn deliver_s3(
                 let chain = chain_of(&stream, kind);
                 let mut processed = process(delivery, &stream, chain.as_ref(), &batch, attempt).await;
                 let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
-                let mut result = put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await;
-                if result.is_ok() && n_records > 0 {
-                    let body = bytes::Bytes::from(compression.encode(processed.concatenated(), &entry));
-                    result = delivery.store.put(&intent.bucket, &intent.key, body).await;
+                let mut result = Ok(());
+                let objects = match processed.partitions.take() {
+                    Some(partitions) => {
+                        partition(delivery, &stream, kind, intent, &batch, &mut processed, partitions, attempt)
+                    }
+                    None => vec![(intent.key.clone(), processed.concatenated())],
+                };
+                let n_records = n_records - processed.n_failed_partitioning;
+                if let Err(error) = put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {
+                    result = Err(error);
+                }
+                for (key, body) in objects.into_iter().filter(|(_, body)| !body.is_empty() || n_records > 0) {
+                    if result.is_err() {
+                        break;
+                    }
+                    let entry = key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
+                    let body = bytes::Bytes::from(compression.encode(body, &entry));
+                    result = delivery.store.put(&intent.bucket, &key, body).await;
                 }
                 state.metrics.delivery(stream_id, metric, result.is_ok(), n_records, n_bytes);
                 let age_ms = delivery.clock.now_ms().saturating_sub(oldest_ms);
@@ -459,6 +480,68 @@ async fn deliver_s3(
             return false;
         }
     }
+}
+
+/// Splits a batch's records into one object per partition (records with the same
+/// evaluated prefix), keyed by [`partition_key`]. Records whose prefix cannot be
+/// evaluated, or that come past the active-partition limit, go to the error prefix
+/// (`partitioning-failed`).
+#[allow(clippy::too_many_arguments, reason = "one call site; the pieces are all different")]
+fn partition(
+    delivery: &Delivery,
+    stream: &StreamRecord,
+    kind: LaneKind,
+    intent: &Intent,
+    batch: &[StoredRecord],
+    processed: &mut Processed,
+    partitions: Vec<PartitionKeys>,
+    attempt: u32,
+) -> Vec<(String, Vec<u8>)> {
+    let Some(Target::S3(settings)) = kind.target(&stream.destination) else { return Vec::new() };
+    let identity = BatchIdentity {
+        stream_name: &stream.name,
+        stream_id: stream.id,
+        version: intent.version,
+        lane: kind.name(),
+        first_seq: intent.first_seq,
+        oldest_arrival_ms: batch[0].arrival_ms,
+    };
+    let limit = delivery.state.config.active_partitions_max;
+    let now_ms = delivery.clock.now_ms();
+    let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut exceeded = false;
+    for (record, keys) in std::mem::take(&mut processed.records).into_iter().zip(partitions) {
+        let failure = match partition_key(&settings, &identity, &keys) {
+            Ok(key) => match index.get(&key) {
+                Some(&i) => {
+                    objects[i].1.extend_from_slice(&record);
+                    continue;
+                }
+                None if objects.len() < limit => {
+                    index.insert(key.clone(), objects.len());
+                    objects.push((key, record));
+                    continue;
+                }
+                None => {
+                    exceeded = true;
+                    (
+                        "DynamicPartitioning.ActivePartitionsLimitExceeded",
+                        format!("More than {limit} active partitions."),
+                    )
+                }
+            },
+            Err(error) => ("DynamicPartitioning.PartitionKeyMissing", error),
+        };
+        processed.n_failed_partitioning += 1;
+        let lines = processed.errors.entry(PARTITIONING_FAILED).or_default();
+        // The batch's first record stands in for the arrival time: after processing,
+        // a record no longer knows which source record it came from.
+        let failed = Failed { record: &batch[0], data: &record, code: failure.0, message: &failure.1 };
+        error_line(lines, &failed, attempt, now_ms, None);
+    }
+    delivery.state.metrics.partitions(stream.id, index.len() as u64, exceeded, objects.len() as u64);
+    objects
 }
 
 /// In-flight budget permits (KiB) for one batch.

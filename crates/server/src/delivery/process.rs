@@ -7,15 +7,28 @@ use std::collections::BTreeMap;
 use sluice_processing::{Outcome, Stats};
 use sluice_protocol::processing::ProcessingChain;
 
+use std::time::Instant;
+
+use super::key::PartitionKeys;
 use super::lambda::{InvocationStats, LambdaInput, LambdaResult};
 use super::Delivery;
 use crate::catalog::StreamRecord;
 use crate::log::StoredRecord;
 
+/// The `!{firehose:error-output-type}` of records whose partition keys could not be
+/// extracted, or that came past the active-partition limit (Firehose's name for it is
+/// not documented).
+pub(super) const PARTITIONING_FAILED: &str = "partitioning-failed";
+
 /// A processed batch.
 pub(super) struct Processed {
     /// The records to deliver, in order.
     pub(super) records: Vec<Vec<u8>>,
+    /// With dynamic partitioning, each record's partition keys (aligned with
+    /// `records`).
+    pub(super) partitions: Option<Vec<PartitionKeys>>,
+    /// Records in `records` that partitioning then sent to the error prefix.
+    pub(super) n_failed_partitioning: u64,
     /// Error records (JSON lines) by error output type.
     pub(super) errors: BTreeMap<&'static str, Vec<u8>>,
     /// Counts for the processing metrics.
@@ -40,9 +53,10 @@ impl Processed {
 }
 
 /// The records of a batch, through `chain` when there is one: the processors
-/// before Lambda on each record, the Lambda function on what they produce, then the
-/// delimiter. A record that fails any step goes, as it was when it failed, to the
-/// error prefix of its error output type.
+/// before Lambda on each record, the Lambda function on what they produce, the
+/// metadata extraction query (dynamic partitioning), then the delimiter. A record
+/// that fails any step goes, as it was when it failed, to the error prefix of its
+/// error output type.
 pub(super) async fn process(
     delivery: &Delivery,
     stream: &StreamRecord,
@@ -50,7 +64,13 @@ pub(super) async fn process(
     batch: &[StoredRecord],
     attempt: u32,
 ) -> Processed {
-    let mut processed = Processed { records: Vec::new(), errors: BTreeMap::new(), stats: Stats::default() };
+    let mut processed = Processed {
+        records: Vec::new(),
+        partitions: None,
+        n_failed_partitioning: 0,
+        errors: BTreeMap::new(),
+        stats: Stats::default(),
+    };
     let Some(chain) = chain else {
         processed.records = batch.iter().map(|r| r.data.clone()).collect();
         return processed;
@@ -68,8 +88,9 @@ pub(super) async fn process(
             }
         }
     }
-    let mut outputs = match &chain.lambda {
-        None => prepared.into_iter().map(|(_, data)| data).collect(),
+    // What the function returned for each, with its partition keys from Lambda.
+    let mut outputs: Vec<(usize, Vec<u8>, BTreeMap<String, String>)> = match &chain.lambda {
+        None => prepared.into_iter().map(|(i, data)| (i, data, BTreeMap::new())).collect(),
         Some(lambda) => {
             let inputs: Vec<LambdaInput<'_>> =
                 prepared.iter().map(|(i, data)| LambdaInput { arrival_ms: batch[*i].arrival_ms, data }).collect();
@@ -80,7 +101,7 @@ pub(super) async fn process(
             let mut outputs = Vec::with_capacity(results.len());
             for ((i, data), result) in prepared.iter().zip(results) {
                 match result {
-                    LambdaResult::Ok { data, .. } => outputs.push(data),
+                    LambdaResult::Ok { data, partition_keys } => outputs.push((*i, data, partition_keys)),
                     LambdaResult::Dropped => {}
                     LambdaResult::Failed { code, message } => {
                         let lines = processed.errors.entry("processing-failed").or_default();
@@ -89,12 +110,49 @@ pub(super) async fn process(
                     }
                 }
             }
-            delivery.state.metrics.succeed_processing(stream.id, &outputs);
+            delivery.state.metrics.succeed_processing(stream.id, outputs.iter().map(|(_, d, _)| d.len() as u64));
             outputs
         }
     };
-    sluice_processing::append_delimiter(chain, &mut outputs);
-    processed.records = outputs;
+    let dynamic_partitioning = stream.destination.s3_settings().is_some_and(|s| s.dynamic_partitioning);
+    if dynamic_partitioning {
+        let query_keys = match &chain.metadata_query {
+            None => vec![Ok(BTreeMap::new()); outputs.len()],
+            Some(query) => {
+                let started = Instant::now();
+                let keys = sluice_processing::jq::extract(query, outputs.iter().map(|(_, d, _)| d.as_slice()))
+                    .unwrap_or_else(|error| vec![Err(error); outputs.len()]);
+                delivery.state.metrics.jq(stream.id, started.elapsed().as_secs_f64() * 1000.0);
+                keys
+            }
+        };
+        let mut partitions = Vec::with_capacity(outputs.len());
+        let mut kept = Vec::with_capacity(outputs.len());
+        for ((i, data, lambda), query) in outputs.into_iter().zip(query_keys) {
+            match query {
+                Ok(query) => {
+                    partitions.push(PartitionKeys { query, lambda });
+                    kept.push((i, data, BTreeMap::new()));
+                }
+                Err(message) => {
+                    let lines = processed.errors.entry(PARTITIONING_FAILED).or_default();
+                    let code = "DynamicPartitioning.MetadataExtractionFailed";
+                    error_line(
+                        lines,
+                        &Failed { record: &batch[i], data: &data, code, message: &message },
+                        attempt,
+                        now_ms,
+                        None,
+                    );
+                }
+            }
+        }
+        outputs = kept;
+        processed.partitions = Some(partitions);
+    }
+    let mut records: Vec<Vec<u8>> = outputs.into_iter().map(|(_, data, _)| data).collect();
+    sluice_processing::append_delimiter(chain, &mut records);
+    processed.records = records;
     processed
 }
 

@@ -45,6 +45,13 @@ pub(super) struct Intent {
     /// the error keys are then its `S3Configuration`'s, for records it fails).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) http_request_id: Option<String>,
+    /// Dynamic partitioning: the objects' keys come from the records' partition
+    /// keys at upload (`key` is then empty).
+    #[serde(default)]
+    pub(super) partitioned: bool,
+    /// The stream's `VersionId` when the batch was decided (for partitioned keys).
+    #[serde(default)]
+    pub(super) version: u64,
 }
 
 impl Intent {
@@ -131,6 +138,8 @@ mod tests {
             error_keys: BTreeMap::new(),
             bytes: 100,
             http_request_id: None,
+            partitioned: false,
+            version: 1,
         }
     }
 
