@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
 ROUNDS=${2:-3}
+# Record data put through each delivery scenario, per round.
+DELIVER_MB=${DELIVER_MB:-400}
 OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -30,9 +32,10 @@ wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 # Samples the resident memory of a process into a file until it exits.
 sample_rss() { while kill -0 "$1" 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/"$1"/status >> "$2" 2>/dev/null || true; sleep 0.5; done; }
 
-start_sluice() {  # name, port
+start_sluice() {  # name, port, extra config
   local data="$OUT/data-$1"
-  printf 'transition_ms = 0\n' > "$OUT/$1.toml"
+  printf 'transition_ms = 0\n%b' "${3:-}" > "$OUT/$1.toml"
+  mkdir -p "$data/buckets/bench"
   SLUICE_LOG=warn "$SLUICE" serve --listen 127.0.0.1:"$2" --data-dir "$data" --config "$OUT/$1.toml" > "$OUT/$1.log" 2>&1 &
   local pid=$!; pids+=("$pid"); wait_port "$2"
   sample_rss "$pid" "$OUT/$1.rss" & pids+=("$!")
@@ -57,6 +60,9 @@ PY
 start_sluice sluice 4701
 start_sluice sluice-enc 4704
 start_sluice sluice-100 4705
+# Delivery: HTTP endpoint (plain http to the load generator's own receiver) and
+# partitioned objects in the local bucket.
+start_sluice sluice-deliver 4706 '[http]\nallow_http = true\n'
 
 PR=(--op put-record --record-bytes 100 --connections 64)
 PRB=(--op put-record-batch --records 500 --record-bytes 1024 --connections 64)
@@ -71,9 +77,15 @@ for round in $(seq 1 "$ROUNDS"); do
   load "moto PutRecordBatch" http://127.0.0.1:4702 "${PRB[@]}"
   load "sluice PutRecord 100 streams" http://127.0.0.1:4705 "${PR[@]}" --streams 100 "${create[@]}"
   load "sluice PutRecordBatch 100 streams" http://127.0.0.1:4705 "${PRB[@]}" --streams 100
+  for mode in http partitioned; do
+    echo "== delivery $mode" >&2
+    sync
+    "$LOADGEN" deliver --endpoint http://127.0.0.1:4706 --mode "$mode" --megabytes "$DELIVER_MB" \
+      --stream "deliver-$mode-$round" --receiver 127.0.0.1:$((4720 + round)) --label "delivery $mode" | tee -a "$RESULTS"
+  done
 done
 
-for s in sluice sluice-enc sluice-100; do
+for s in sluice sluice-enc sluice-100 sluice-deliver; do
   echo "{\"label\": \"rss $s\", \"rss_kib_max\": $(sort -n "$OUT/$s.rss" | tail -1)}" >> "$RESULTS"
 done
 # The disk's own limit for the same shape of work: sequential 1 MiB writes with an

@@ -1,7 +1,11 @@
 //! `sluice-loadgen`: drives a Firehose endpoint with PutRecord or PutRecordBatch over
-//! many keep-alive HTTP/1.1 connections and prints one JSON line of figures; and
-//! `floor`, a minimal hyper server that reads the body and answers a fixed JSON, the
-//! ceiling any HTTP server on this machine can reach. Benchmarks only, never tests.
+//! many keep-alive HTTP/1.1 connections and prints one JSON line of figures; `floor`,
+//! a minimal hyper server that reads the body and answers a fixed JSON, the ceiling
+//! any HTTP server on this machine can reach; and `deliver`, which measures how fast
+//! records put in come out of a delivery (to an HTTP endpoint it serves itself, or
+//! into partitioned objects). Benchmarks only, never tests.
+
+mod deliver;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +35,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4599")]
         listen: SocketAddr,
     },
+    /// Put records and measure how fast they are delivered; print figures as JSON.
+    Deliver(deliver::DeliverArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Floor { listen } => runtime.block_on(floor(listen)),
+        Command::Deliver(args) => runtime.block_on(deliver::run(args)),
     }
 }
 
@@ -93,7 +100,7 @@ fn body_for(args: &RunArgs, stream: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&json).expect("json"))
 }
 
-fn request(authority: &str, target: &str, body: Bytes) -> Request<Full<Bytes>> {
+pub(crate) fn request(authority: &str, target: &str, body: Bytes) -> Request<Full<Bytes>> {
     Request::post("/")
         .header("host", authority)
         .header("content-type", "application/x-amz-json-1.1")
@@ -111,17 +118,17 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// A keep-alive connection that reconnects when the server closes it (moto's
 /// development server answers HTTP/1.0-style, one request per connection).
-struct Conn {
+pub(crate) struct Conn {
     address: String,
     sender: Option<Sender>,
 }
 
 impl Conn {
-    fn new(address: &str) -> Conn {
+    pub(crate) fn new(address: &str) -> Conn {
         Conn { address: address.to_string(), sender: None }
     }
 
-    async fn call(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
+    pub(crate) async fn call(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
         let usable = match &mut self.sender {
             Some(sender) => !sender.is_closed() && sender.ready().await.is_ok(),
             None => false,

@@ -24,10 +24,7 @@ pub fn check(query: &str) -> Result<(), String> {
 
 /// Runs `query` on each record; one result per record, in order. `Err` when the
 /// query itself does not compile.
-pub fn extract<'a>(
-    query: &str,
-    records: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<Vec<Extracted>, String> {
+pub fn extract<'a>(query: &str, records: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<Extracted>, String> {
     let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
     let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
     let loader = Loader::new(defs);

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use sluice_protocol::destination::{Destination, HttpSettings, S3Settings};
 use sluice_protocol::processing::ProcessingChain;
 use tokio::sync::watch;
@@ -43,6 +44,9 @@ const HTTP_ENDPOINT_FAILED: &str = "http-endpoint-failed";
 const HTTP_RETRY_DELAY_MIN: Duration = Duration::from_secs(1);
 const HTTP_RETRY_DELAY_MAX: Duration = Duration::from_secs(120);
 const HTTP_RETRY_JITTER: f64 = 0.15;
+
+/// Objects of one batch (partitions) stored at once.
+const OBJECT_PUTS_IN_FLIGHT_MAX: usize = 8;
 
 /// Records read per call to the log.
 const READ_RECORDS_MAX: usize = 10_000;
@@ -448,13 +452,25 @@ async fn deliver_s3(
                 if let Err(error) = put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {
                     result = Err(error);
                 }
-                for (key, body) in objects.into_iter().filter(|(_, body)| !body.is_empty() || n_records > 0) {
-                    if result.is_err() {
-                        break;
+                if result.is_ok() {
+                    // A partitioned batch is many objects: they are stored a few at a
+                    // time, each encoded on the blocking pool.
+                    let puts = objects.into_iter().filter(|(_, body)| !body.is_empty() || n_records > 0).map(
+                        |(key, body)| async move {
+                            let entry = key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
+                            let body = tokio::task::spawn_blocking(move || compression.encode(body, &entry))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            delivery.store.put(&intent.bucket, &key, bytes::Bytes::from(body)).await
+                        },
+                    );
+                    let mut puts = futures_util::stream::iter(puts).buffer_unordered(OBJECT_PUTS_IN_FLIGHT_MAX);
+                    while let Some(put) = puts.next().await {
+                        if put.is_err() {
+                            result = put;
+                            break;
+                        }
                     }
-                    let entry = key.rsplit('/').next().unwrap_or("").trim_end_matches(".zip").to_string();
-                    let body = bytes::Bytes::from(compression.encode(body, &entry));
-                    result = delivery.store.put(&intent.bucket, &key, body).await;
                 }
                 state.metrics.delivery(stream_id, metric, result.is_ok(), n_records, n_bytes);
                 let age_ms = delivery.clock.now_ms().saturating_sub(oldest_ms);
@@ -511,8 +527,18 @@ fn partition(
     let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut exceeded = false;
+    // Records of one partition share their keys: each distinct set is rendered once.
+    let mut rendered: HashMap<PartitionKeys, Result<String, String>> = HashMap::new();
     for (record, keys) in std::mem::take(&mut processed.records).into_iter().zip(partitions) {
-        let failure = match partition_key(&settings, &identity, &keys) {
+        let key = match rendered.get(&keys) {
+            Some(key) => key.clone(),
+            None => {
+                let key = partition_key(&settings, &identity, &keys);
+                rendered.insert(keys, key.clone());
+                key
+            }
+        };
+        let failure = match key {
             Ok(key) => match index.get(&key) {
                 Some(&i) => {
                     objects[i].1.extend_from_slice(&record);
