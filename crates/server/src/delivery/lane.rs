@@ -434,12 +434,12 @@ async fn deliver_s3(
                 tracing::error!(stream_id, key = %intent.key, "The batch's records are no longer in the log.");
                 return true;
             }
-            Ok(batch) => {
+            Ok(mut batch) => {
                 let oldest_ms = batch[0].arrival_ms;
                 state.metrics.oldest_undelivered(stream_id, metric, Some(oldest_ms));
                 let Some(stream) = state.catalog.get_by_id(stream_id) else { return false };
                 let chain = chain_of(&stream, kind);
-                let mut processed = process(delivery, &stream, chain.as_ref(), &batch, attempt).await;
+                let mut processed = process(delivery, &stream, chain.as_ref(), &mut batch, attempt).await;
                 let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
                 let mut result = Ok(());
                 let objects = match processed.partitions.take() {
@@ -481,8 +481,15 @@ async fn deliver_s3(
                     }
                     Err(error) if age_ms >= state.config.retention_ms => {
                         tracing::warn!(stream_id, bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed past the retention period.");
-                        expire(delivery, stream_id, intent, &batch, attempt, &error).await;
-                        return true;
+                        // Processing may have taken the records' bytes: read them again.
+                        drop((batch, processed));
+                        match read_batch(delivery, stream_id, intent).await {
+                            Ok(batch) => {
+                                expire(delivery, stream_id, intent, &batch, attempt, &error).await;
+                                return true;
+                            }
+                            Err(read_error) => Err(format!("reading the expired batch from the log: {read_error}")),
+                        }
                     }
                     Err(error) => Err(error),
                 }
@@ -570,9 +577,10 @@ fn partition(
     objects
 }
 
-/// In-flight budget permits (KiB) for one batch.
+/// In-flight budget permits (KiB) for one batch: twice its records' bytes, since
+/// an attempt holds the records read back and the object's body (or request) at once.
 fn permits(intent: &Intent) -> u32 {
-    (intent.bytes >> 10).clamp(1, (super::BATCH_BYTES_IN_FLIGHT_MAX >> 10) as u64) as u32
+    ((intent.bytes * 2) >> 10).clamp(1, (super::BATCH_BYTES_IN_FLIGHT_MAX >> 10) as u64) as u32
 }
 
 /// Sends the batch to the HTTP endpoint, in requests of at most 10,000 records,
@@ -620,7 +628,8 @@ async fn deliver_http(
         };
         state.metrics.oldest_undelivered(stream_id, metric, Some(batch[0].arrival_ms));
         let chain = chain_of(&stream, LaneKind::Destination);
-        let mut processed = process(delivery, &stream, chain.as_ref(), &batch, attempt).await;
+        let mut batch = batch;
+        let mut processed = process(delivery, &stream, chain.as_ref(), &mut batch, attempt).await;
         let now_ms = delivery.clock.now_ms();
         let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
         let mut result = match put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {

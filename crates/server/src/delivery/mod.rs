@@ -78,9 +78,11 @@ pub struct Delivery {
     batch_kib_in_flight: tokio::sync::Semaphore,
 }
 
-/// Batch bytes held in memory for delivery at once, across all streams. A batch
-/// larger than this (SizeInMBs reaches 128) takes all of it.
-pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
+/// Batch bytes held in memory for delivery at once, across all streams (each
+/// attempt is charged twice its records' bytes: records read back and the body).
+/// A batch larger than this (SizeInMBs reaches 128) takes all of it. With the 64
+/// MiB of request bodies, part of the 256 MiB resident-memory budget.
+pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 128 << 20;
 
 impl Delivery {
     /// Delivery for `state`'s streams, to the stores its configuration names. Fails
