@@ -32,10 +32,13 @@ wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 # Samples the resident memory of a process into a file until it exits.
 sample_rss() { while kill -0 "$1" 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/"$1"/status >> "$2" 2>/dev/null || true; sleep 0.5; done; }
 
-start_sluice() {  # name, port, extra config
+start_sluice() {  # name, port, extra config, "bucket" to create the delivery bucket
   local data="$OUT/data-$1"
   printf 'transition_ms = 0\n%b' "${3:-}" > "$OUT/$1.toml"
-  mkdir -p "$data/buckets/bench"
+  # The ingest servers have no bucket: their delivery retries (cheaply) instead of
+  # competing for the cores with the scenarios that follow. Delivery is measured
+  # on its own server.
+  if [ "${4:-}" = bucket ]; then mkdir -p "$data/buckets/bench"; fi
   SLUICE_LOG=warn "$SLUICE" serve --listen 127.0.0.1:"$2" --data-dir "$data" --config "$OUT/$1.toml" > "$OUT/$1.log" 2>&1 &
   local pid=$!; pids+=("$pid"); wait_port "$2"
   sample_rss "$pid" "$OUT/$1.rss" & pids+=("$!")
@@ -62,7 +65,7 @@ start_sluice sluice-enc 4704
 start_sluice sluice-100 4705
 # Delivery: HTTP endpoint (plain http to the load generator's own receiver) and
 # partitioned objects in the local bucket.
-start_sluice sluice-deliver 4706 '[http]\nallow_http = true\n'
+start_sluice sluice-deliver 4706 '[http]\nallow_http = true\n' bucket
 
 PR=(--op put-record --record-bytes 100 --connections 64)
 PRB=(--op put-record-batch --records 500 --record-bytes 1024 --connections 64)

@@ -110,3 +110,23 @@ def test_function_failures_are_processing_failures(tmp_path, mode, code, retries
         assert server.stop() == 0
     finally:
         fn.close()
+
+
+def test_source_record_backup_keeps_the_untransformed_records(tmp_path):
+    fn = LambdaServer(SECRET)
+    try:
+        server = start(tmp_path, fn)
+        out, source = bucket(server), bucket(server, "source")
+        fh = server.client()
+        processing = {"Enabled": True, "Processors": [{"Type": "Lambda", "Parameters": [
+            {"ParameterName": "LambdaArn", "ParameterValue": FUNCTION}]}]}
+        make_stream(fh, "backed", ExtendedS3DestinationConfiguration=dict(
+            S3_CONFIG, BufferingHints=hints(1, 0), ProcessingConfiguration=processing, S3BackupMode="Enabled",
+            S3BackupConfiguration=dict(S3_CONFIG, BucketARN="arn:aws:s3:::source", BufferingHints=hints(1, 0))))
+        fh.put_record_batch(DeliveryStreamName="backed", Records=[{"Data": b"one,"}, {"Data": b"two"}])
+        wait_for(lambda: delivered(out) and objects(source))
+        assert delivered(out) == b"ONE,TWO"
+        assert b"".join((source / k).read_bytes() for k in objects(source)) == b"one,two"
+        assert server.stop() == 0
+    finally:
+        fn.close()

@@ -80,9 +80,10 @@ pub struct Delivery {
 
 /// Batch bytes held in memory for delivery at once, across all streams (each
 /// attempt is charged twice its records' bytes: records read back and the body).
-/// A batch larger than this (SizeInMBs reaches 128) takes all of it. With the 64
-/// MiB of request bodies, part of the 256 MiB resident-memory budget.
-pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 128 << 20;
+/// Six default-sized (5 MiB) batches fit at once, more than two cores can encode;
+/// a batch larger than this (SizeInMBs reaches 128) takes all of it. With the 64 MiB
+/// of request bodies, part of the 256 MiB resident-memory budget.
+pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 64 << 20;
 
 impl Delivery {
     /// Delivery for `state`'s streams, to the stores its configuration names. Fails
