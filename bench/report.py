@@ -77,6 +77,8 @@ out = [
     "  PutRecord of 100-byte records; PutRecordBatch of 500 × 1 KiB records. Load generator and servers share the 2 cores.",
     "* Floor: a bare hyper server that reads the body and answers a fixed JSON (`sluice-loadgen floor`).",
     "* moto: `moto_server` (moto[server] from PyPI), bucket created first.",
+    "* The ingest servers have no bucket, so what they take stays in their logs; a stream holding 8 GiB",
+    "  undelivered (`[limits]`) refuses puts with 503 until delivery catches up: those are the errors counted.",
     "",
     "| Scenario | requests/s | records/s | record MB/s | p50 ms | p99 ms | errors |",
     "|---|---:|---:|---:|---:|---:|---:|",

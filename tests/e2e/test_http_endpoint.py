@@ -18,6 +18,7 @@ import pytest
 from conftest import S3_CONFIG, Server, wait_active
 from receiver import Receiver, make_ca_and_cert
 from test_delivery import KEY, bucket, hints, objects, wait_for_objects
+from test_lambda import wait_for
 
 
 @pytest.fixture
@@ -25,6 +26,19 @@ def tls(tmp_path):
     (tmp_path / "tls").mkdir()
     ca = make_ca_and_cert(tmp_path / "tls")
     return tmp_path / "tls", ca
+
+
+@pytest.fixture
+def receiver(tls):
+    """Makes receivers (HTTPS with the test CA unless `secure=False`), closed after the test."""
+    made = []
+
+    def make(mode="ok", secure=True):
+        made.append(Receiver(tls[0] if secure else None, mode=mode))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close()
 
 
 def http_config(url, **extra):
@@ -53,71 +67,62 @@ def failed_records(out):
     return [json.loads(line) for k in keys for line in (out / k).read_text().splitlines()]
 
 
-def test_requests_follow_the_protocol_over_https(tmp_path, tls):
-    tls_dir, ca = tls
-    receiver = Receiver(tls_dir)
-    try:
-        server = start(tmp_path, ca)
-        fh = server.client()
-        make_stream(fh, "tohttp", HttpEndpointDestinationConfiguration=http_config(
-            receiver.url + "/ingest?token=abc&x=1",
-            RequestConfiguration={"ContentEncoding": "GZIP", "CommonAttributes": [
-                {"AttributeName": "env", "AttributeValue": "test"}, {"AttributeName": "team", "AttributeValue": "data"}]}))
-        records = [f"record-{i}\n".encode() for i in range(50)] + [b""]
-        fh.put_record_batch(DeliveryStreamName="tohttp", Records=[{"Data": r} for r in records])
-        [request] = receiver.wait_for(1)
-        assert request["path"] == "/ingest?token=abc&x=1", "the URL is used unchanged"
-        h = {k.lower(): v for k, v in request["headers"].items()}
-        assert h["x-amz-firehose-protocol-version"] == "1.0"
-        assert h["x-amz-firehose-source-arn"] == "arn:aws:firehose:us-east-1:000000000000:deliverystream/tohttp"
-        assert h["x-amz-firehose-access-key"] == "the-access-key"
-        assert json.loads(h["x-amz-firehose-common-attributes"]) == {
-            "commonAttributes": {"env": "test", "team": "data"}}
-        assert h["content-type"] == "application/json" and h["content-encoding"] == "gzip"
-        body = request["body"]
-        assert set(body) == {"requestId", "timestamp", "records"}
-        assert body["requestId"] == h["x-amz-firehose-request-id"]
-        assert abs(body["timestamp"] - time.time() * 1000) < 60_000
-        assert [base64.b64decode(r["data"]) for r in body["records"]] == records
-        assert all(set(r) == {"data"} for r in body["records"])
-        time.sleep(0.5)
-        assert len(receiver.requests) == 1, "a 200 with the requestId is delivered: no retry"
-        with urllib.request.urlopen(server.endpoint + "/metrics") as r:
-            metrics = r.read().decode()
-        assert 'DeliveryToHttpEndpoint_Records{DeliveryStreamName="tohttp"} 51' in metrics
-        assert server.stop() == 0
-        assert server.dump("tohttp") == []
-    finally:
-        receiver.close()
+def test_requests_follow_the_protocol_over_https(tmp_path, tls, receiver):
+    ca = tls[1]
+    receiver = receiver()
+    server = start(tmp_path, ca)
+    fh = server.client()
+    make_stream(fh, "tohttp", HttpEndpointDestinationConfiguration=http_config(
+        receiver.url + "/ingest?token=abc&x=1",
+        RequestConfiguration={"ContentEncoding": "GZIP", "CommonAttributes": [
+            {"AttributeName": "env", "AttributeValue": "test"}, {"AttributeName": "team", "AttributeValue": "data"}]}))
+    records = [f"record-{i}\n".encode() for i in range(50)] + [b""]
+    fh.put_record_batch(DeliveryStreamName="tohttp", Records=[{"Data": r} for r in records])
+    [request] = receiver.wait_for(1)
+    assert request["path"] == "/ingest?token=abc&x=1", "the URL is used unchanged"
+    h = {k.lower(): v for k, v in request["headers"].items()}
+    assert h["x-amz-firehose-protocol-version"] == "1.0"
+    assert h["x-amz-firehose-source-arn"] == "arn:aws:firehose:us-east-1:000000000000:deliverystream/tohttp"
+    assert h["x-amz-firehose-access-key"] == "the-access-key"
+    assert json.loads(h["x-amz-firehose-common-attributes"]) == {
+        "commonAttributes": {"env": "test", "team": "data"}}
+    assert h["content-type"] == "application/json" and h["content-encoding"] == "gzip"
+    body = request["body"]
+    assert set(body) == {"requestId", "timestamp", "records"}
+    assert body["requestId"] == h["x-amz-firehose-request-id"]
+    assert abs(body["timestamp"] - time.time() * 1000) < 60_000
+    assert [base64.b64decode(r["data"]) for r in body["records"]] == records
+    assert all(set(r) == {"data"} for r in body["records"])
+    time.sleep(0.5)
+    assert len(receiver.requests) == 1, "a 200 with the requestId is delivered: no retry"
+    with urllib.request.urlopen(server.endpoint + "/metrics") as r:
+        metrics = r.read().decode()
+    assert 'DeliveryToHttpEndpoint_Records{DeliveryStreamName="tohttp"} 51' in metrics
+    assert server.stop() == 0
+    assert server.dump("tohttp") == []
 
 
-def test_failures_retry_with_the_same_request_id_then_go_to_s3(tmp_path, tls):
-    tls_dir, ca = tls
-    receiver = Receiver(tls_dir, mode="error")
-    try:
-        server = start(tmp_path, ca)
-        out = bucket(server)
-        fh = server.client()
-        make_stream(fh, "flaky", HttpEndpointDestinationConfiguration=http_config(
-            receiver.url, RetryOptions={"DurationInSeconds": 4}))
-        fh.put_record(DeliveryStreamName="flaky", Record={"Data": b"never taken"})
-        deadline = time.time() + 20
-        while not failed_records(out):
-            assert time.time() < deadline, "the failed batch never reached S3"
-            time.sleep(0.1)
-        requests = receiver.requests
-        # Waits of 1 s and 2 s (±15%), then what is left of the 4 s: four attempts.
-        assert len(requests) == 4, [r["at"] - requests[0]["at"] for r in requests]
-        assert len({r["body"]["requestId"] for r in requests}) == 1, "the same request id on every retry"
-        [failed] = failed_records(out)
-        assert base64.b64decode(failed["rawData"]) == b"never taken"
-        assert failed["errorCode"] == "HttpEndpoint.DestinationException"
-        assert failed["errorMessage"] == "the receiver says no", "the endpoint's own errorMessage"
-        assert failed["attemptsMade"] == 4
-        assert server.stop() == 0
-        assert server.dump("flaky") == []
-    finally:
-        receiver.close()
+def test_failures_retry_with_the_same_request_id_then_go_to_s3(tmp_path, tls, receiver):
+    ca = tls[1]
+    receiver = receiver(mode="error")
+    server = start(tmp_path, ca)
+    out = bucket(server)
+    fh = server.client()
+    make_stream(fh, "flaky", HttpEndpointDestinationConfiguration=http_config(
+        receiver.url, RetryOptions={"DurationInSeconds": 4}))
+    fh.put_record(DeliveryStreamName="flaky", Record={"Data": b"never taken"})
+    wait_for(lambda: failed_records(out))
+    requests = receiver.requests
+    # Waits of 1 s and 2 s (±15%), then what is left of the 4 s: four attempts.
+    assert len(requests) == 4, [r["at"] - requests[0]["at"] for r in requests]
+    assert len({r["body"]["requestId"] for r in requests}) == 1, "the same request id on every retry"
+    [failed] = failed_records(out)
+    assert base64.b64decode(failed["rawData"]) == b"never taken"
+    assert failed["errorCode"] == "HttpEndpoint.DestinationException"
+    assert failed["errorMessage"] == "the receiver says no", "the endpoint's own errorMessage"
+    assert failed["attemptsMade"] == 4
+    assert server.stop() == 0
+    assert server.dump("flaky") == []
 
 
 @pytest.mark.parametrize("mode, code", [
@@ -125,105 +130,93 @@ def test_failures_retry_with_the_same_request_id_then_go_to_s3(tmp_path, tls):
     ("wrong-id", "HttpEndpoint.InvalidResponseFromDestination"),
     ("not-json", "HttpEndpoint.InvalidResponseFromDestination"),
 ])
-def test_answers_that_are_not_success(tmp_path, tls, mode, code):
-    tls_dir, ca = tls
-    receiver = Receiver(tls_dir, mode=mode)
-    try:
-        server = start(tmp_path, ca)
-        out = bucket(server)
-        fh = server.client()
-        make_stream(fh, "answers", HttpEndpointDestinationConfiguration=http_config(
-            receiver.url, RetryOptions={"DurationInSeconds": 1}))
-        fh.put_record(DeliveryStreamName="answers", Record={"Data": b"x"})
-        deadline = time.time() + 15
-        while not failed_records(out):
-            assert time.time() < deadline
-            time.sleep(0.1)
-        # 413 is permanent: one request. The others are retried within the second
-        # (two or three requests, as the jitter falls).
-        n_requests = len(receiver.requests)
-        if mode == "413":
-            assert n_requests == 1, n_requests
-        else:
-            assert n_requests >= 2, n_requests
-        assert failed_records(out)[0]["errorCode"] == code
-        assert server.stop() == 0
-    finally:
-        receiver.close()
+def test_answers_that_are_not_success(tmp_path, tls, receiver, mode, code):
+    ca = tls[1]
+    receiver = receiver(mode=mode)
+    server = start(tmp_path, ca)
+    out = bucket(server)
+    fh = server.client()
+    make_stream(fh, "answers", HttpEndpointDestinationConfiguration=http_config(
+        receiver.url, RetryOptions={"DurationInSeconds": 1}))
+    fh.put_record(DeliveryStreamName="answers", Record={"Data": b"x"})
+    wait_for(lambda: failed_records(out))
+    # 413 is permanent: one request. The others are retried within the second
+    # (two or three requests, as the jitter falls).
+    n_requests = len(receiver.requests)
+    if mode == "413":
+        assert n_requests == 1, n_requests
+    else:
+        assert n_requests >= 2, n_requests
+    assert failed_records(out)[0]["errorCode"] == code
+    assert server.stop() == 0
 
 
-def test_all_data_backup_and_plain_http_only_when_allowed(tmp_path):
-    receiver = Receiver(None)
-    try:
-        server = start(tmp_path)
-        fh = server.client()
-        with pytest.raises(botocore.exceptions.ClientError) as e:
-            fh.create_delivery_stream(DeliveryStreamName="plain", HttpEndpointDestinationConfiguration=http_config(
-                receiver.url))
-        assert e.value.response["Error"]["Code"] == "ValidationException"
-        assert server.stop() == 0
-        server = Server(tmp_path / "data", extra_config="[http]\nallow_http = true\n").start()
-        out = bucket(server)
-        fh = server.client()
-        s3 = dict(S3_CONFIG, Prefix="all/", BufferingHints=hints(1, 0))
-        make_stream(fh, "plain", HttpEndpointDestinationConfiguration=http_config(
-            receiver.url, S3BackupMode="AllData", S3Configuration=s3))
-        fh.put_record(DeliveryStreamName="plain", Record={"Data": b"both places"})
-        [request] = receiver.wait_for(1)
-        assert base64.b64decode(request["body"]["records"][0]["data"]) == b"both places"
-        [copy] = wait_for_objects(out)
-        assert copy.startswith("all/") and KEY.match(copy)["stream"] == "plain"
-        assert (out / copy).read_bytes() == b"both places"
-        assert server.stop() == 0
-    finally:
-        receiver.close()
+def test_all_data_backup_and_plain_http_only_when_allowed(tmp_path, receiver):
+    receiver = receiver(secure=False)
+    server = start(tmp_path)
+    fh = server.client()
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fh.create_delivery_stream(DeliveryStreamName="plain", HttpEndpointDestinationConfiguration=http_config(
+            receiver.url))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert server.stop() == 0
+    server = Server(tmp_path / "data", extra_config="[http]\nallow_http = true\n").start()
+    out = bucket(server)
+    fh = server.client()
+    s3 = dict(S3_CONFIG, Prefix="all/", BufferingHints=hints(1, 0))
+    make_stream(fh, "plain", HttpEndpointDestinationConfiguration=http_config(
+        receiver.url, S3BackupMode="AllData", S3Configuration=s3))
+    fh.put_record(DeliveryStreamName="plain", Record={"Data": b"both places"})
+    [request] = receiver.wait_for(1)
+    assert base64.b64decode(request["body"]["records"][0]["data"]) == b"both places"
+    [copy] = wait_for_objects(out)
+    assert copy.startswith("all/") and KEY.match(copy)["stream"] == "plain"
+    assert (out / copy).read_bytes() == b"both places"
+    assert server.stop() == 0
 
 
-def test_kill_9_while_the_receiver_flaps_loses_nothing(tmp_path, tls):
-    tls_dir, ca = tls
-    receiver = Receiver(tls_dir, mode="flap")
-    try:
-        server = start(tmp_path, ca)
-        fh = server.client()
-        make_stream(fh, "flapping", HttpEndpointDestinationConfiguration=http_config(
-            receiver.url, RetryOptions={"DurationInSeconds": 600}))
-        acked, unknown = [], []
-        stop = threading.Event()
+def test_kill_9_while_the_receiver_flaps_loses_nothing(tmp_path, tls, receiver):
+    ca = tls[1]
+    receiver = receiver(mode="flap")
+    server = start(tmp_path, ca)
+    fh = server.client()
+    make_stream(fh, "flapping", HttpEndpointDestinationConfiguration=http_config(
+        receiver.url, RetryOptions={"DurationInSeconds": 600}))
+    acked, unknown = [], []
+    stop = threading.Event()
 
-        def produce(iteration):
-            client = server.client()
-            n = 0
-            while not stop.is_set():
-                ids = [f"{iteration}:{n + i}" for i in range(random.randint(1, 50))]
-                n += len(ids)
-                try:
-                    client.put_record_batch(DeliveryStreamName="flapping", Records=[{"Data": i.encode()} for i in ids])
-                except Exception:
-                    unknown.extend(ids)
-                    return
-                acked.extend(ids)
+    def produce(iteration):
+        client = server.client()
+        n = 0
+        while not stop.is_set():
+            ids = [f"{iteration}:{n + i}" for i in range(random.randint(1, 50))]
+            n += len(ids)
+            try:
+                client.put_record_batch(DeliveryStreamName="flapping", Records=[{"Data": i.encode()} for i in ids])
+            except Exception:
+                unknown.extend(ids)
+                return
+            acked.extend(ids)
 
-        for iteration in range(5):
-            producer = threading.Thread(target=produce, args=(iteration,))
-            producer.start()
-            time.sleep(random.uniform(0.3, 1.0))
-            server.kill()
-            stop.set()
-            producer.join()
-            stop.clear()
-            server.start()
-        receiver.mode = "ok"
-        deadline = time.time() + 60
-        while True:
-            received = {base64.b64decode(r["data"]).decode()
-                        for q in list(receiver.requests) for r in q["body"]["records"]}
-            if set(acked) <= received or time.time() > deadline:
-                break
-            time.sleep(0.2)
-        lost = set(acked) - received
-        print(f"\nhttp crash report: acked={len(acked)} unknown={len(unknown)} requests={len(receiver.requests)} "
-              f"lost={len(lost)}")
-        assert not lost, sorted(lost)[:10]
-        assert server.stop() == 0
-    finally:
-        receiver.close()
+    for iteration in range(5):
+        producer = threading.Thread(target=produce, args=(iteration,))
+        producer.start()
+        time.sleep(random.uniform(0.3, 1.0))
+        server.kill()
+        stop.set()
+        producer.join()
+        stop.clear()
+        server.start()
+    receiver.mode = "ok"
+    deadline = time.time() + 60
+    while True:
+        received = {base64.b64decode(r["data"]).decode()
+                    for q in list(receiver.requests) for r in q["body"]["records"]}
+        if set(acked) <= received or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    lost = set(acked) - received
+    print(f"\nhttp crash report: acked={len(acked)} unknown={len(unknown)} requests={len(receiver.requests)} "
+          f"lost={len(lost)}")
+    assert not lost, sorted(lost)[:10]
+    assert server.stop() == 0

@@ -175,6 +175,10 @@ pub struct RawLimitsConfig {
 /// `[s3]`: deliver to an S3-compatible service instead of local directories.
 /// Credentials come from here or, when unset, from the standard AWS environment
 /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+///
+/// The fields of [`RawS3Target`] are repeated here rather than flattened in:
+/// serde cannot refuse unknown fields of a struct with a flattened member, and a
+/// misspelt key must be an error, not silently ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawS3Config {

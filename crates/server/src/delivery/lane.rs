@@ -311,6 +311,7 @@ async fn decide(
         http_request_id,
         partitioned,
         version: stream.version_id,
+        oldest_arrival_ms: batch.oldest_arrival_ms,
     };
     loop {
         match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
@@ -427,8 +428,17 @@ async fn deliver_s3(
         }
         attempt += 1;
         let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
-        let outcome: Result<(), String> = match read_batch(delivery, stream_id, intent).await {
-            Err(error) => Err(format!("reading the batch from the log: {error}")),
+        // A bucket known to be missing fails the attempt before the batch is read,
+        // unless the batch is old enough to expire (which needs its records).
+        let age_ms = delivery.clock.now_ms().saturating_sub(intent.oldest_arrival_ms);
+        let batch = match delivery.store.check_bucket(&intent.bucket) {
+            Err(error) if intent.oldest_arrival_ms > 0 && age_ms < state.config.retention_ms => Err(error),
+            _ => read_batch(delivery, stream_id, intent)
+                .await
+                .map_err(|e| format!("reading the batch from the log: {e}")),
+        };
+        let outcome: Result<(), String> = match batch {
+            Err(error) => Err(error),
             Ok(batch) if batch.is_empty() => {
                 // Cannot happen while lanes hold the log; said loudly if it does.
                 tracing::error!(stream_id, key = %intent.key, "The batch's records are no longer in the log.");

@@ -52,6 +52,9 @@ pub(super) struct Intent {
     /// The stream's `VersionId` when the batch was decided (for partitioned keys).
     #[serde(default)]
     pub(super) version: u64,
+    /// Arrival of the batch's oldest record (0 in batches recorded before this field).
+    #[serde(default)]
+    pub(super) oldest_arrival_ms: u64,
 }
 
 impl Intent {
@@ -140,6 +143,7 @@ mod tests {
             http_request_id: None,
             partitioned: false,
             version: 1,
+            oldest_arrival_ms: 1,
         }
     }
 

@@ -100,6 +100,18 @@ impl Store {
         Store { local: LocalBuckets::new(local_root), s3, clients: Mutex::default() }
     }
 
+    /// Fails at once, without a request, when `bucket` is a local directory that does
+    /// not exist: delivery then skips reading and encoding a batch it cannot store.
+    pub fn check_bucket(&self, bucket: &str) -> Result<(), String> {
+        if self.s3.target(bucket).endpoint.is_some() {
+            return Ok(());
+        }
+        match self.local.root.join(bucket).is_dir() && !bucket.is_empty() && !bucket.contains('/') {
+            true => Ok(()),
+            false => Err(StoreError::NoSuchBucket(bucket.to_string()).to_string()),
+        }
+    }
+
     /// Stores one object, replacing any object at the same key. On an S3-compatible
     /// service, a body larger than one part is uploaded in parts (multipart upload,
     /// aborted if a part fails), with `Content-Type: application/octet-stream` as
