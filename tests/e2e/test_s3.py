@@ -7,6 +7,7 @@ S3 backup of source records."""
 import gzip
 import hashlib
 import os
+import re
 import subprocess
 import time
 from contextlib import contextmanager
@@ -71,6 +72,25 @@ def test_delivery_to_a_real_s3_compatible_server(tmp_path):
         obj = s3.get_object(Bucket="landing", Key=key)
         assert obj["ContentType"] == "application/octet-stream"
         assert gzip.decompress(obj["Body"].read()) == b"".join(records)
+        # The same key layouts as on the local directory: static, expression and
+        # time-zone prefixes.
+        layouts = {
+            "static": (dict(Prefix="legacy"), r"^legacy\d{4}/\d{2}/\d{2}/\d{2}/static-1-"),
+            "expr": (dict(Prefix="year=!{timestamp:yyyy}/r=!{firehose:random-string}/",
+                          ErrorOutputPrefix="!{firehose:error-output-type}/"), r"^year=\d{4}/r=[0-9a-f]{11}/expr-1-"),
+            "tokyo": (dict(Prefix="tokyo/", CustomTimeZone="Asia/Tokyo"), r"^tokyo/\d{4}/\d{2}/\d{2}/\d{2}/tokyo-1-"),
+        }
+        s3.create_bucket(Bucket="layouts")
+        for name, (extra, _) in layouts.items():
+            make_stream(fh, name, ExtendedS3DestinationConfiguration=dict(
+                S3_CONFIG, BucketARN="arn:aws:s3:::layouts", BufferingHints=hints(1, 0), **extra))
+            fh.put_record(DeliveryStreamName=name, Record={"Data": name.encode()})
+        by_stream = {KEY.match(k)["stream"]: k for k in wait_for_keys(s3, "layouts", n=len(layouts))}
+        for name, (_, pattern) in layouts.items():
+            assert re.match(pattern, by_stream[name]), (name, by_stream[name])
+            assert s3.get_object(Bucket="layouts", Key=by_stream[name])["Body"].read() == name.encode()
+        tokyo = KEY.match(by_stream["tokyo"])
+        assert tokyo["prefix"] == "tokyo/" + tokyo["ts"][:13].replace("-", "/") + "/", "prefix and suffix in Tokyo time"
         time.sleep(1.5)
         s3.create_bucket(Bucket="not-yet")
         [late] = wait_for_keys(s3, "not-yet", timeout=15)
