@@ -28,6 +28,16 @@ pub enum ErrorCode {
     InvalidSourceException,
     /// Try again later (throttling, full buffer, storage failure).
     ServiceUnavailableException,
+    /// The request is not signed.
+    MissingAuthenticationTokenException,
+    /// The access key id is not known.
+    UnrecognizedClientException,
+    /// The signature does not match, or its time is too far from now.
+    InvalidSignatureException,
+    /// The `Authorization` header is malformed.
+    IncompleteSignatureException,
+    /// The key's policy does not allow the operation on the stream.
+    AccessDeniedException,
 }
 
 impl ErrorCode {
@@ -44,7 +54,12 @@ impl ErrorCode {
             | ErrorCode::LimitExceededException
             | ErrorCode::ConcurrentModificationException
             | ErrorCode::InvalidKMSResourceException
-            | ErrorCode::InvalidSourceException => 400,
+            | ErrorCode::InvalidSourceException
+            | ErrorCode::MissingAuthenticationTokenException
+            | ErrorCode::UnrecognizedClientException
+            | ErrorCode::InvalidSignatureException
+            | ErrorCode::IncompleteSignatureException
+            | ErrorCode::AccessDeniedException => 400,
         }
     }
 
@@ -62,6 +77,11 @@ impl ErrorCode {
             ErrorCode::InvalidKMSResourceException => "InvalidKMSResourceException",
             ErrorCode::InvalidSourceException => "InvalidSourceException",
             ErrorCode::ServiceUnavailableException => "ServiceUnavailableException",
+            ErrorCode::MissingAuthenticationTokenException => "MissingAuthenticationTokenException",
+            ErrorCode::UnrecognizedClientException => "UnrecognizedClientException",
+            ErrorCode::InvalidSignatureException => "InvalidSignatureException",
+            ErrorCode::IncompleteSignatureException => "IncompleteSignatureException",
+            ErrorCode::AccessDeniedException => "AccessDeniedException",
         }
     }
 

@@ -42,6 +42,24 @@ pub struct ParseOptions {
 }
 
 impl Operation {
+    /// The stream the operation is about (all but ListDeliveryStreams).
+    pub fn stream_name(&self) -> Option<&str> {
+        match self {
+            Operation::CreateDeliveryStream(i) => Some(&i.name),
+            Operation::DeleteDeliveryStream(i) => Some(&i.name),
+            Operation::DescribeDeliveryStream(i) => Some(&i.name),
+            Operation::ListDeliveryStreams(_) => None,
+            Operation::ListTagsForDeliveryStream(i) => Some(&i.name),
+            Operation::PutRecord(i) => Some(&i.name),
+            Operation::PutRecordBatch(i) => Some(&i.name),
+            Operation::StartDeliveryStreamEncryption(i) => Some(&i.name),
+            Operation::StopDeliveryStreamEncryption(i) => Some(&i.name),
+            Operation::TagDeliveryStream(i) => Some(&i.name),
+            Operation::UntagDeliveryStream(i) => Some(&i.name),
+            Operation::UpdateDestination(i) => Some(&i.name),
+        }
+    }
+
     /// The operation's name as in `X-Amz-Target` and metric names.
     pub fn name(&self) -> &'static str {
         match self {

@@ -32,10 +32,15 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with("")
+    }
+
+    /// With `config` appended to the server's config file.
+    fn start_with(extra: &str) -> Server {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("sluice.toml");
-        std::fs::write(&config, "transition_ms = 50\n").unwrap();
+        std::fs::write(&config, format!("transition_ms = 50\n{extra}")).unwrap();
         let child = Command::new(binary())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
             .arg(&config)
@@ -53,10 +58,14 @@ impl Server {
     }
 
     fn client(&self) -> Client {
+        self.client_with("AKIDEXAMPLE", "secret")
+    }
+
+    fn client_with(&self, key: &str, secret: &str) -> Client {
         let config = aws_sdk_firehose::Config::builder()
             .endpoint_url(&self.endpoint)
             .region(Region::new("eu-west-1"))
-            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+            .credentials_provider(Credentials::new(key, secret, None, None, "test"))
             .build();
         Client::from_conf(config)
     }
@@ -143,4 +152,16 @@ async fn the_rust_sdk_drives_every_common_operation() {
 
     client.delete_delivery_stream().delivery_stream_name("rust").send().await.unwrap();
     assert!(client.list_delivery_streams().send().await.unwrap().delivery_stream_names().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_sdk_signs_requests_sluice_verifies() {
+    let server =
+        Server::start_with("[[auth.keys]]\naccess_key_id = \"AKIDRUST\"\nsecret_access_key = \"rust-secret\"\n");
+    let names = server.client_with("AKIDRUST", "rust-secret").list_delivery_streams().send().await.unwrap();
+    assert!(names.delivery_stream_names().is_empty());
+    let wrong = server.client_with("AKIDRUST", "not-the-secret").list_delivery_streams().send().await.unwrap_err();
+    assert_eq!(wrong.code(), Some("InvalidSignatureException"), "{wrong:?}");
+    let unknown = server.client_with("AKIDNOBODY", "rust-secret").list_delivery_streams().send().await.unwrap_err();
+    assert_eq!(unknown.code(), Some("UnrecognizedClientException"), "{unknown:?}");
 }

@@ -45,6 +45,43 @@ pub struct RawConfig {
     /// The Lambda API that transformation functions are invoked through.
     #[serde(default)]
     pub lambda: RawLambdaConfig,
+    /// Who may call the API.
+    #[serde(default)]
+    pub auth: RawAuthConfig,
+}
+
+/// `[auth]`: SigV4 verification of every request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthConfig {
+    /// Regions a request's credential scope may name; default: any.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Accept unsigned requests on a non-loopback address when no keys are set.
+    pub allow_anonymous: Option<bool>,
+    /// The access keys (`[[auth.keys]]`). None: requests are not verified.
+    #[serde(default)]
+    pub keys: Vec<RawAccessKey>,
+}
+
+/// `[[auth.keys]]`: one access key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessKey {
+    /// The access key id clients sign with.
+    pub access_key_id: String,
+    /// Its secret,
+    pub secret_access_key: Option<String>,
+    /// or a file holding it,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// or the environment variable holding it.
+    pub secret_access_key_env: Option<String>,
+    /// Operations the key may call (`PutRecord`, ...); default all.
+    #[serde(default)]
+    pub operations: Vec<String>,
+    /// Streams the key may use; default all.
+    #[serde(default)]
+    pub streams: Vec<String>,
 }
 
 /// `[lambda]`: where Lambda processors' functions are invoked.
@@ -296,6 +333,12 @@ pub struct Config {
     pub http: HttpConfig,
     /// Lambda invocations.
     pub lambda: LambdaConfig,
+    /// Access keys; empty: requests are not verified.
+    pub auth_keys: Vec<crate::auth::AccessKey>,
+    /// Regions credential scopes may name; empty: any.
+    pub auth_regions: std::collections::BTreeSet<String>,
+    /// With no keys, serve a non-loopback address anyway.
+    pub allow_anonymous: bool,
 }
 
 /// Where buckets live, validated.
@@ -513,7 +556,57 @@ impl RawConfig {
             response_timeout_s: self.http.response_timeout_s.unwrap_or(180).max(1),
         };
         let lambda = self.lambda.validate(&region)?;
+        let mut auth_keys = Vec::new();
+        for key in self.auth.keys {
+            let what = format!("auth.keys {:?}", key.access_key_id);
+            let secret = match (key.secret_access_key, key.secret_access_key_file, key.secret_access_key_env) {
+                (Some(secret), None, None) => secret,
+                (None, Some(path), None) => std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .trim_end()
+                    .to_string(),
+                (None, None, Some(var)) => std::env::var(&var)
+                    .map_err(|_| ConfigError::Invalid(format!("{what}: environment variable {var} is not set")))?,
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}: give exactly one of secret_access_key, secret_access_key_file, secret_access_key_env"
+                    )))
+                }
+            };
+            const OPERATIONS: [&str; 12] = [
+                "CreateDeliveryStream",
+                "DeleteDeliveryStream",
+                "DescribeDeliveryStream",
+                "ListDeliveryStreams",
+                "ListTagsForDeliveryStream",
+                "PutRecord",
+                "PutRecordBatch",
+                "StartDeliveryStreamEncryption",
+                "StopDeliveryStreamEncryption",
+                "TagDeliveryStream",
+                "UntagDeliveryStream",
+                "UpdateDestination",
+            ];
+            if let Some(unknown) = key.operations.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
+                return Err(ConfigError::Invalid(format!("{what}: unknown operation {unknown}")));
+            }
+            if key.access_key_id.is_empty()
+                || secret.is_empty()
+                || auth_keys.iter().any(|k: &crate::auth::AccessKey| k.id == key.access_key_id)
+            {
+                return Err(ConfigError::Invalid(format!("{what}: ids and secrets must be non-empty and ids unique")));
+            }
+            auth_keys.push(crate::auth::AccessKey {
+                id: key.access_key_id,
+                secret,
+                operations: key.operations.into_iter().collect(),
+                streams: key.streams.into_iter().collect(),
+            });
+        }
         Ok(Config {
+            auth_keys,
+            auth_regions: self.auth.regions.into_iter().collect(),
+            allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
             lambda,
             http,
             s3,

@@ -13,6 +13,7 @@
 //! * [`metrics`]: Firehose's metric names in Prometheus form.
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
@@ -65,6 +66,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// No access keys are configured and the address is not loopback.
+    #[error("no [auth] keys are configured, so requests would not be verified; refusing to listen on {0} (not loopback) without --allow-anonymous")]
+    Anonymous(std::net::SocketAddr),
     /// Delivery could not be set up.
     #[error("delivery: {0}")]
     Delivery(String),
@@ -76,6 +80,9 @@ pub enum ServerError {
 /// Opens the data directory, recovers the log and catalog, serves until `shutdown`
 /// resolves (or storage fails), then drains in-flight requests and stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    if config.auth_keys.is_empty() && !config.listen.ip().is_loopback() && !config.allow_anonymous {
+        return Err(ServerError::Anonymous(config.listen));
+    }
     let data_dir = config.data_dir.clone();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -124,11 +131,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .map_err(|source| ServerError::Bind { address: config.listen, source })?;
     let address = listener.local_addr().map_err(|source| ServerError::Bind { address: config.listen, source })?;
     println!("Sluice is serving the Firehose API at http://{address} (data in {})", data_dir.display());
-    println!(
-        "Try: AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws firehose list-delivery-streams --endpoint-url http://{address} --region {}",
-        config.region
-    );
+    if config.auth_keys.is_empty() {
+        println!(
+            "Try: AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws firehose list-delivery-streams --endpoint-url http://{address} --region {}",
+            config.region
+        );
+    }
     tracing::info!(%address, "Listening.");
+    if config.auth_keys.is_empty() {
+        println!("No [auth] keys are configured: requests are accepted without verifying their signatures.");
+    } else {
+        println!("Requests must be signed (SigV4) with one of the {} configured access keys.", config.auth_keys.len());
+    }
 
     let mut fatal = wal.fatal();
     let stop = async move {

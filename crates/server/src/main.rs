@@ -56,6 +56,10 @@ struct ServeArgs {
     /// Deliver to this S3-compatible endpoint instead of `<data-dir>/buckets/`.
     #[arg(long, env = "SLUICE_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
+    /// With no `[auth]` keys, accept unsigned requests on a non-loopback address
+    /// too (on loopback they always are).
+    #[arg(long, env = "SLUICE_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
 }
 
 #[derive(Args)]
@@ -74,7 +78,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
     };
-    Ok(raw.into_config(args.listen, args.data_dir.clone(), args.s3_endpoint.clone())?)
+    let mut config = raw.into_config(args.listen, args.data_dir.clone(), args.s3_endpoint.clone())?;
+    config.allow_anonymous |= args.allow_anonymous;
+    Ok(config)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -213,8 +213,35 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
         access_key_id: access_key_id.map(str::to_string),
         now_ms: now_ms(),
     };
+    let key = if state.config.auth_keys.is_empty() {
+        None
+    } else {
+        let request = crate::auth::SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect(),
+            body: &bytes,
+        };
+        match crate::auth::verify(&request, &state.config.auth_keys, &state.config.auth_regions, ctx.now_ms) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.code.status()).expect("valid status");
+                return respond(&request_id, status, Some(e.code.as_str()), e.body());
+            }
+        }
+    };
     let options = ParseOptions { allow_http_endpoints: state.config.http.allow_http };
-    let parsed = Operation::parse_with(target, &bytes, &options);
+    let parsed = Operation::parse_with(target, &bytes, &options).and_then(|operation| match key {
+        Some(key) => {
+            let resource = operation.stream_name().map_or_else(
+                || format!("arn:aws:firehose:{}:{}:deliverystream/*", ctx.region, state.config.account_id),
+                |name| state.arn(&ctx.region, name),
+            );
+            crate::auth::authorize(key, operation.name(), operation.stream_name(), &resource).map(|()| operation)
+        }
+        None => Ok(operation),
+    });
     // The decoded records are all that is needed from here on; the encoded body
     // (a third larger) is freed before waiting on the log.
     drop(bytes);

@@ -1,0 +1,259 @@
+//! Request authentication at the edge, before a body is parsed: AWS Signature
+//! Version 4 in the `Authorization` header form every SDK and the aws CLI send,
+//! checked against the access keys of the `[auth]` configuration, and each key's
+//! optional policy (operations and streams it may use). With no keys configured,
+//! requests are not checked (allowed only on loopback, or with `--allow-anonymous`).
+//!
+//! The checks, in AWS's order and with its errors: a signature is present
+//! (`MissingAuthenticationTokenException`), well-formed
+//! (`IncompleteSignatureException`), by a known key (`UnrecognizedClientException`),
+//! scoped to the `firehose` service, an allowed region and the request's date, made
+//! within 5 minutes of now, and equal to the one computed here
+//! (`InvalidSignatureException`).
+
+use std::collections::BTreeSet;
+
+use ring::{digest, hmac};
+use sluice_protocol::{ApiError, ErrorCode};
+
+/// How far a request's time may be from the server's, as AWS allows.
+pub const CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1000;
+
+/// One access key and what it may do.
+#[derive(Clone)]
+pub struct AccessKey {
+    /// The access key id.
+    pub id: String,
+    /// Its secret.
+    pub secret: String,
+    /// Operations it may call; empty: all.
+    pub operations: BTreeSet<String>,
+    /// Streams it may use; empty: all.
+    pub streams: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for AccessKey {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("operations", &self.operations)
+            .field("streams", &self.streams)
+            .finish()
+    }
+}
+
+/// A request as the signature covers it.
+pub struct SignedRequest<'a> {
+    /// `POST`.
+    pub method: &'a str,
+    /// The path as sent (still percent-encoded).
+    pub path: &'a str,
+    /// The query string as sent, without `?`.
+    pub query: &'a str,
+    /// Header names (any case) and values.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
+}
+
+fn incomplete(message: &str) -> ApiError {
+    error(ErrorCode::IncompleteSignatureException, message)
+}
+
+/// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
+struct Authorization<'a> {
+    key_id: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+fn parse_authorization(value: &str) -> Result<Authorization<'_>, ApiError> {
+    let Some(fields) = value.strip_prefix("AWS4-HMAC-SHA256 ") else {
+        return Err(incomplete("Authorization header requires the AWS4-HMAC-SHA256 algorithm."));
+    };
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for field in fields.split(',') {
+        match field.trim().split_once('=') {
+            Some(("Credential", v)) => credential = Some(v),
+            Some(("SignedHeaders", v)) => signed = Some(v),
+            Some(("Signature", v)) => signature = Some(v),
+            _ => {}
+        }
+    }
+    let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature) else {
+        return Err(incomplete(
+            "Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' parameters.",
+        ));
+    };
+    let parts: Vec<&str> = credential.split('/').collect();
+    let [key_id, date, region, service, "aws4_request"] = parts[..] else {
+        return Err(incomplete("Credential must have the form <key>/<date>/<region>/<service>/aws4_request."));
+    };
+    Ok(Authorization { key_id, date, region, service, signed_headers: signed.split(';').collect(), signature })
+}
+
+/// Checks a request's signature; the key it was signed with, or the AWS error.
+pub fn verify<'k>(
+    request: &SignedRequest<'_>,
+    keys: &'k [AccessKey],
+    regions: &BTreeSet<String>,
+    now_ms: u64,
+) -> Result<&'k AccessKey, ApiError> {
+    let header = |name: &str| {
+        request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| String::from_utf8_lossy(v))
+    };
+    let Some(authorization) = header("authorization") else {
+        return Err(error(ErrorCode::MissingAuthenticationTokenException, "Request is missing Authentication Token"));
+    };
+    let auth = parse_authorization(&authorization)?;
+    let Some(key) = keys.iter().find(|k| k.id == auth.key_id) else {
+        return Err(error(
+            ErrorCode::UnrecognizedClientException,
+            "The security token included in the request is invalid.",
+        ));
+    };
+    let invalid = |message: String| error(ErrorCode::InvalidSignatureException, message);
+    if auth.service != "firehose" {
+        return Err(invalid("Credential should be scoped to correct service: 'firehose'. ".to_string()));
+    }
+    if !regions.is_empty() && !regions.contains(auth.region) {
+        return Err(invalid(format!("Credential should be scoped to a valid region, not '{}'. ", auth.region)));
+    }
+    let Some(amz_date) = header("x-amz-date") else {
+        return Err(incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."));
+    };
+    let Some(signed_ms) = parse_amz_date(&amz_date) else {
+        return Err(incomplete("X-Amz-Date must have the form yyyyMMddTHHmmssZ."));
+    };
+    if !amz_date.starts_with(auth.date) {
+        return Err(invalid(format!("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}', from '{amz_date}'.", auth.date, &amz_date[..8.min(amz_date.len())])));
+    }
+    let server_date = format_amz_date(now_ms);
+    if signed_ms + CLOCK_SKEW_MS_MAX < now_ms {
+        let limit = format_amz_date(now_ms - CLOCK_SKEW_MS_MAX);
+        return Err(invalid(format!(
+            "Signature expired: {amz_date} is now earlier than {limit} ({server_date} - 5 min.)"
+        )));
+    }
+    if signed_ms > now_ms + CLOCK_SKEW_MS_MAX {
+        let limit = format_amz_date(now_ms + CLOCK_SKEW_MS_MAX);
+        return Err(invalid(format!(
+            "Signature not yet current: {amz_date} is still later than {limit} ({server_date} + 5 min.)"
+        )));
+    }
+    if !auth.signed_headers.contains(&"host") {
+        return Err(incomplete("'Host' must be a signed header."));
+    }
+    if signature_matches(request, &auth, &amz_date, &key.secret) {
+        Ok(key)
+    } else {
+        Err(invalid("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into()))
+    }
+}
+
+/// Whether the request's signature is the one `secret` makes (constant-time).
+fn signature_matches(request: &SignedRequest<'_>, auth: &Authorization<'_>, amz_date: &str, secret: &str) -> bool {
+    let canonical = canonical_request(request, &auth.signed_headers);
+    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+    let hashed = hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref());
+    let string_to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashed}");
+    let mut signing_key = format!("AWS4{secret}").into_bytes();
+    for part in [auth.date, auth.region, auth.service, "aws4_request"] {
+        signing_key = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &signing_key), part.as_bytes()).as_ref().to_vec();
+    }
+    let Some(signature) = unhex(auth.signature) else { return false };
+    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &signing_key), string_to_sign.as_bytes(), &signature).is_ok()
+}
+
+/// Refuses an operation the key's policy does not allow.
+pub fn authorize(key: &AccessKey, operation: &str, stream: Option<&str>, resource: &str) -> Result<(), ApiError> {
+    let operation_allowed = key.operations.is_empty() || key.operations.contains(operation);
+    let stream_allowed = key.streams.is_empty() || stream.is_none_or(|s| key.streams.contains(s));
+    if operation_allowed && stream_allowed {
+        return Ok(());
+    }
+    Err(error(
+        ErrorCode::AccessDeniedException,
+        format!("User: {} is not authorized to perform: firehose:{operation} on resource: {resource}", key.id),
+    ))
+}
+
+/// SigV4's canonical request (the path is encoded once more, as for every service
+/// but S3; the query sorted; the signed headers trimmed and joined).
+fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> String {
+    let path: Vec<String> = request.path.split('/').map(|segment| uri_encode(segment, true)).collect();
+    let path = if request.path.is_empty() { "/".to_string() } else { path.join("/") };
+    let mut query: Vec<(String, String)> = request
+        .query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (uri_encode(&percent_decode(k), true), uri_encode(&percent_decode(v), true))
+        })
+        .collect();
+    query.sort();
+    let query: Vec<String> = query.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut headers = String::new();
+    for name in signed_headers {
+        let values: Vec<String> = request
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        headers.push_str(&format!("{name}:{}\n", values.join(",")));
+    }
+    let payload = hex(digest::digest(&digest::SHA256, request.body).as_ref());
+    format!("{}\n{path}\n{}\n{headers}\n{}\n{payload}", request.method, query.join("&"), signed_headers.join(";"))
+}
+
+fn uri_encode(text: &str, encode_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            b'/' if !encode_slash => out.push('/'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// `20150830T123600Z` as Unix milliseconds.
+fn parse_amz_date(text: &str) -> Option<u64> {
+    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", text).ok()?;
+    let timestamp = civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+    u64::try_from(timestamp.as_millisecond()).ok()
+}
+
+fn format_amz_date(ms: u64) -> String {
+    let timestamp = jiff::Timestamp::from_millisecond(ms as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    timestamp.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests;

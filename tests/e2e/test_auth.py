@@ -1,0 +1,149 @@
+"""SigV4 verification (issue 5, first part) through real clients: boto3 and the aws
+CLI with right and wrong keys, requests signed here with a chosen service, region
+and clock, tampered bodies, unsigned requests, per-key policies, and the refusal to
+serve a non-loopback address with no keys."""
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+
+import boto3
+import botocore
+import botocore.exceptions
+import pytest
+from botocore.config import Config
+
+from conftest import S3_CONFIG, Server, free_port, make_stream, sluice_binary
+
+AUTH = """
+[auth]
+regions = ["us-east-1", "eu-west-1"]
+[[auth.keys]]
+access_key_id = "AKIDGOOD"
+secret_access_key = "good-secret"
+[[auth.keys]]
+access_key_id = "AKIDPUTONLY"
+secret_access_key_env = "SLUICE_TEST_PUT_SECRET"
+operations = ["PutRecord", "PutRecordBatch", "DescribeDeliveryStream"]
+streams = ["events"]
+"""
+
+
+@pytest.fixture
+def secured(tmp_path):
+    server = Server(tmp_path / "data", extra_config=AUTH, env={"SLUICE_TEST_PUT_SECRET": "put-secret"}).start()
+    yield server
+    server.stop()
+
+
+def client(server, key="AKIDGOOD", secret="good-secret", region="us-east-1", **config):
+    return boto3.client("firehose", endpoint_url=server.endpoint, region_name=region, aws_access_key_id=key,
+                        aws_secret_access_key=secret,
+                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, **config))
+
+
+def error_of(call):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["Error"]["Code"], e.value.response["Error"]["Message"], \
+        e.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def sign(server, target, body, key, secret, service="firehose", region="us-east-1", when=None, send_body=None):
+    """Signs a Firehose request by hand (SigV4, header form) and sends it; returns
+    (status, parsed body)."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
+    host = server.endpoint.removeprefix("http://")
+    headers = {"content-type": "application/x-amz-json-1.1", "host": host, "x-amz-date": amz_date,
+               "x-amz-target": f"Firehose_20150804.{target}"}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(["POST", "/", "", "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)), signed,
+                           hashlib.sha256(body).hexdigest()])
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = ("AWS4" + secret).encode()
+    for part in (amz_date[:8], region, service, "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={signed}, Signature={signature}"
+    request = urllib.request.Request(server.endpoint + "/", data=send_body or body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_signed_requests_from_boto3_pass_and_bad_ones_get_aws_errors(secured):
+    good = client(secured)
+    make_stream(good, "events")
+    good.put_record(DeliveryStreamName="events", Record={"Data": b"signed"})
+    assert client(secured, region="eu-west-1").list_delivery_streams()["DeliveryStreamNames"] == []
+    code, message, status = error_of(lambda: client(secured, secret="wrong").put_record(
+        DeliveryStreamName="events", Record={"Data": b"x"}))
+    assert (code, status) == ("InvalidSignatureException", 400)
+    assert message.startswith("The request signature we calculated does not match the signature you provided.")
+    assert error_of(lambda: client(secured, key="AKIDNOBODY").list_delivery_streams())[:2] == (
+        "UnrecognizedClientException", "The security token included in the request is invalid.")
+    code, message, _ = error_of(lambda: client(secured, region="ap-south-1").list_delivery_streams())
+    assert code == "InvalidSignatureException" and "valid region" in message
+    unsigned = client(secured, signature_version=botocore.UNSIGNED)
+    assert error_of(lambda: unsigned.list_delivery_streams())[0] == "MissingAuthenticationTokenException"
+    with urllib.request.urlopen(secured.endpoint + "/metrics") as r:
+        metrics = r.read().decode()
+    assert 'IncomingRecords{DeliveryStreamName="events"} 1' in metrics, "a refused put appends nothing"
+
+
+def test_hand_signed_requests_service_clock_and_tampering(secured):
+    body = json.dumps({"DeliveryStreamName": "x"}).encode()
+    status, answer = sign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret", service="kinesis")
+    assert (status, answer["__type"]) == (400, "InvalidSignatureException") and "'firehose'" in answer["message"]
+    late = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=6)
+    status, answer = sign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret", when=late)
+    assert answer["__type"] == "InvalidSignatureException" and answer["message"].startswith("Signature expired: ")
+    early = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=6)
+    status, answer = sign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret", when=early)
+    assert answer["message"].startswith("Signature not yet current: ")
+    tampered = json.dumps({"DeliveryStreamName": "y"}).encode()
+    status, answer = sign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret", send_body=tampered)
+    assert answer["__type"] == "InvalidSignatureException"
+    status, answer = sign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret")
+    assert answer["__type"] == "ResourceNotFoundException", "a correct signature reaches the operation"
+
+
+def test_key_policies_limit_operations_and_streams(secured):
+    make_stream(client(secured), "events")
+    make_stream(client(secured), "other")
+    put_only = client(secured, key="AKIDPUTONLY", secret="put-secret")
+    put_only.put_record(DeliveryStreamName="events", Record={"Data": b"allowed"})
+    code, message, status = error_of(lambda: put_only.put_record(DeliveryStreamName="other", Record={"Data": b"x"}))
+    assert (code, status) == ("AccessDeniedException", 400)
+    assert message == ("User: AKIDPUTONLY is not authorized to perform: firehose:PutRecord on resource: "
+                       "arn:aws:firehose:us-east-1:000000000000:deliverystream/other")
+    assert error_of(lambda: put_only.delete_delivery_stream(DeliveryStreamName="events"))[0] == "AccessDeniedException"
+    assert error_of(lambda: put_only.list_delivery_streams())[0] == "AccessDeniedException"
+
+
+def test_the_aws_cli_with_right_and_wrong_keys(secured):
+    def cli(key, secret):
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1",
+                   AWS_MAX_ATTEMPTS="1")
+        return subprocess.run(["aws", "firehose", "list-delivery-streams", "--endpoint-url", secured.endpoint],
+                              env=env, capture_output=True, text=True)
+    ok = cli("AKIDGOOD", "good-secret")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["DeliveryStreamNames"] == [], ok.stderr
+    wrong = cli("AKIDGOOD", "bad-secret")
+    assert wrong.returncode != 0 and "InvalidSignatureException" in wrong.stderr, wrong.stderr
+
+
+def test_no_keys_and_a_non_loopback_address_refuses_to_start(tmp_path):
+    out = subprocess.run([str(sluice_binary()), "serve", "--listen", f"0.0.0.0:{free_port()}", "--data-dir",
+                          str(tmp_path / "data")], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "--allow-anonymous" in out.stderr, out.stderr
