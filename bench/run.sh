@@ -34,7 +34,8 @@ sample_rss() { while kill -0 "$1" 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc
 
 start_sluice() {  # name, port, extra config, "bucket" to create the delivery bucket
   local data="$OUT/data-$1"
-  printf 'transition_ms = 0\n%b' "${3:-}" > "$OUT/$1.toml"
+  # Throughput limits off: the benchmark measures what the server can do.
+  printf 'transition_ms = 0\n[throttle]\nenabled = false\n%b' "${3:-}" > "$OUT/$1.toml"
   # The ingest servers have no bucket: their delivery retries (cheaply) instead of
   # competing for the cores with the scenarios that follow. Delivery is measured
   # on its own server.

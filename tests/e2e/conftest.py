@@ -39,7 +39,7 @@ class Server:
     """One sluice process; can be killed and restarted on the same data dir."""
 
     def __init__(self, data_dir: Path, extra_config: str = "", binary: Path = None, env: dict = None,
-                 transition_ms: int = TRANSITION_MS):
+                 transition_ms: int = TRANSITION_MS, throttle: bool = False):
         self.binary = binary or sluice_binary()
         self.env = dict(os.environ, **(env or {}))
         self.data_dir = data_dir
@@ -52,7 +52,11 @@ class Server:
             "[[encryption.keys]]\n"
             f'arn = "{CMK_ENABLED}"\nkey_hex = "{"ab" * 32}"\n'
             "[[encryption.keys]]\n"
-            f'arn = "{CMK_DISABLED}"\nkey_hex = "{"cd" * 32}"\nenabled = false\n' + extra_config
+            f'arn = "{CMK_DISABLED}"\nkey_hex = "{"cd" * 32}"\nenabled = false\n'
+            # Firehose's throughput limits are on by default; the load and crash
+            # tests put far more than 5 MiB/s, so only the throttling tests keep them.
+            + ("" if throttle else "[throttle]\nenabled = false\n")
+            + extra_config
         )
         self.proc = None
         self.log = data_dir.parent / f"{data_dir.name}.log"

@@ -48,6 +48,74 @@ pub struct RawConfig {
     /// Who may call the API.
     #[serde(default)]
     pub auth: RawAuthConfig,
+    /// Per-stream throughput limits.
+    #[serde(default)]
+    pub throttle: RawThrottleConfig,
+}
+
+/// `[throttle]`: Firehose's per-stream throughput limits (us-east-1 defaults).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottleConfig {
+    /// Default true; false turns every limit off (local load tests).
+    pub enabled: Option<bool>,
+    /// Put requests per second, per stream. Default 2000.
+    pub requests_per_s: Option<f64>,
+    /// Records per second, per stream. Default 500000.
+    pub records_per_s: Option<f64>,
+    /// MiB of record data per second, per stream. Default 5.
+    pub mib_per_s: Option<f64>,
+    /// `[throttle.streams.NAME]`: one stream's limits; unset fields take the defaults.
+    #[serde(default)]
+    pub streams: std::collections::BTreeMap<String, RawThrottleLimits>,
+}
+
+/// `[throttle.streams.NAME]`: one stream's limits.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottleLimits {
+    /// Put requests per second. Default 2000.
+    pub requests_per_s: Option<f64>,
+    /// Records per second. Default 500000.
+    pub records_per_s: Option<f64>,
+    /// MiB of record data per second. Default 5.
+    pub mib_per_s: Option<f64>,
+}
+
+/// `[throttle]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct ThrottleConfig {
+    /// Limits apply.
+    pub enabled: bool,
+    /// For streams without their own.
+    pub default: ThrottleLimits,
+    /// By stream name.
+    pub streams: std::collections::BTreeMap<String, ThrottleLimits>,
+}
+
+/// One stream's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ThrottleLimits {
+    /// Put requests per second.
+    pub requests_per_s: f64,
+    /// Records per second.
+    pub records_per_s: f64,
+    /// Record bytes per second.
+    pub bytes_per_s: f64,
+}
+
+impl RawThrottleLimits {
+    fn over(self, base: ThrottleLimits, what: &str) -> Result<ThrottleLimits, ConfigError> {
+        let limits = ThrottleLimits {
+            requests_per_s: self.requests_per_s.unwrap_or(base.requests_per_s),
+            records_per_s: self.records_per_s.unwrap_or(base.records_per_s),
+            bytes_per_s: self.mib_per_s.map_or(base.bytes_per_s, |mib| mib * (1 << 20) as f64),
+        };
+        if [limits.requests_per_s, limits.records_per_s, limits.bytes_per_s].iter().any(|v| v.is_nan() || *v < 1.0) {
+            return Err(ConfigError::Invalid(format!("{what}: limits must be at least 1 per second")));
+        }
+        Ok(limits)
+    }
 }
 
 /// `[auth]`: SigV4 verification of every request.
@@ -339,6 +407,8 @@ pub struct Config {
     pub auth_regions: std::collections::BTreeSet<String>,
     /// With no keys, serve a non-loopback address anyway.
     pub allow_anonymous: bool,
+    /// Per-stream throughput limits.
+    pub throttle: ThrottleConfig,
 }
 
 /// Where buckets live, validated.
@@ -603,7 +673,26 @@ impl RawConfig {
                 streams: key.streams.into_iter().collect(),
             });
         }
+        let firehose_defaults =
+            ThrottleLimits { requests_per_s: 2000.0, records_per_s: 500_000.0, bytes_per_s: 5.0 * (1 << 20) as f64 };
+        let raw_defaults = RawThrottleLimits {
+            requests_per_s: self.throttle.requests_per_s,
+            records_per_s: self.throttle.records_per_s,
+            mib_per_s: self.throttle.mib_per_s,
+        };
+        let default_limits = raw_defaults.over(firehose_defaults, "throttle")?;
+        let mut stream_limits = std::collections::BTreeMap::new();
+        for (name, limits) in self.throttle.streams {
+            let what = format!("throttle.streams.{name}");
+            stream_limits.insert(name, limits.over(default_limits, &what)?);
+        }
+        let throttle = ThrottleConfig {
+            enabled: self.throttle.enabled.unwrap_or(true),
+            default: default_limits,
+            streams: stream_limits,
+        };
         Ok(Config {
+            throttle,
             auth_keys,
             auth_regions: self.auth.regions.into_iter().collect(),
             allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),

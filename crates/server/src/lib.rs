@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod throttle;
 
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
@@ -117,6 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         keys,
         metrics,
         body_kib_in_flight: tokio::sync::Semaphore::new(api::BODY_BYTES_IN_FLIGHT_MAX / 1024),
+        throttle: throttle::Throttle::new(config.throttle.clone()),
     });
     let upkeep_state = state.clone();
     let upkeep = tokio::spawn(async move {

@@ -30,6 +30,8 @@ pub struct StreamMetrics {
     pub put_record_batch_requests: Counter,
     /// `PutRecordBatch.Latency`, milliseconds.
     pub put_record_batch_latency: Histogram,
+    /// `ThrottledRecords`.
+    pub throttled_records: Counter,
 }
 
 impl StreamMetrics {
@@ -46,6 +48,7 @@ impl StreamMetrics {
             put_record_batch_records: metrics::counter!("PutRecordBatch.Records", &label()),
             put_record_batch_requests: metrics::counter!("PutRecordBatch.Requests", &label()),
             put_record_batch_latency: metrics::histogram!("PutRecordBatch.Latency", &label()),
+            throttled_records: metrics::counter!("ThrottledRecords", &label()),
         }
     }
 }

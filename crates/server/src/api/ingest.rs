@@ -10,13 +10,29 @@ use super::{kms_error, log_failure, AppState, RequestContext};
 use crate::catalog::StreamRecord;
 use crate::log::{Appended, Encryption, LogError};
 
-/// Appends `records` to stream `name`; resolves once they are durable.
+/// What a put stored.
+pub(super) struct Ingested {
+    /// The stream.
+    pub(super) stream: Arc<StreamRecord>,
+    /// The stored records' sequence range; `None` when all were throttled.
+    pub(super) appended: Option<Appended>,
+    /// Records refused by the stream's throughput limits (the last ones).
+    pub(super) n_throttled: usize,
+}
+
+/// Firehose's message for a throttled put or record.
+pub(super) const SLOW_DOWN: &str = "Slow down.";
+
+/// Appends `records` to stream `name`; resolves once they are durable. With
+/// `partial`, the records over the stream's throughput limits are left out (and
+/// counted) instead of refusing the put.
 pub(super) async fn ingest(
     state: &AppState,
     ctx: &RequestContext,
     name: &str,
-    records: Vec<Vec<u8>>,
-) -> Result<(Arc<StreamRecord>, Appended), ApiError> {
+    mut records: Vec<Vec<u8>>,
+    partial: bool,
+) -> Result<Ingested, ApiError> {
     let stream = state.stream(ctx, name)?;
     let status = stream.status(ctx.now_ms);
     if status != "ACTIVE" {
@@ -25,6 +41,23 @@ pub(super) async fn ingest(
         return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
     }
     check_source(state, ctx, &stream)?;
+    let sizes: Vec<usize> = records.iter().map(Vec::len).collect();
+    let slow_down = || ApiError::new(ErrorCode::ServiceUnavailableException, SLOW_DOWN);
+    let n_admitted = match state.throttle.admit(stream.id, &stream.name, &sizes, partial) {
+        Some(n) if n > 0 || (partial && !records.is_empty()) => n,
+        _ => {
+            state.metrics.stream(stream.id, name).throttled_records.increment(records.len() as u64);
+            return Err(slow_down());
+        }
+    };
+    let n_throttled = records.len() - n_admitted;
+    if n_throttled > 0 {
+        state.metrics.stream(stream.id, name).throttled_records.increment(n_throttled as u64);
+        records.truncate(n_admitted);
+    }
+    if records.is_empty() {
+        return Ok(Ingested { stream, appended: None, n_throttled });
+    }
     check_buffer_room(state, &stream, records.iter().map(Vec::len).sum())?;
     let encryption = match stream.encryption.key_ref() {
         Some(key_ref) => {
@@ -34,7 +67,7 @@ pub(super) async fn ingest(
         None => Encryption::None,
     };
     match state.log.append(stream.id, records, encryption).await {
-        Ok(appended) => Ok((stream, appended)),
+        Ok(appended) => Ok(Ingested { stream, appended: Some(appended), n_throttled }),
         // Deleted between the lookup and the append.
         Err(LogError::UnknownStream(_)) => Err(ApiError::stream_not_found(name, &state.config.account_id)),
         Err(e) => Err(log_failure(e)),

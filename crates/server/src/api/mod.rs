@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Request body bytes held in memory at once, in KiB permits (see `limits`).
     pub body_kib_in_flight: tokio::sync::Semaphore,
+    /// Per-stream throughput limits.
+    pub throttle: crate::throttle::Throttle,
 }
 
 /// Request bodies held in memory at once, across all connections. With the 8 MiB

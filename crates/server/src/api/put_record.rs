@@ -9,7 +9,8 @@ use super::{ok, AppState, Reply, RequestContext};
 
 pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: PutRecordInput, started: Instant) -> Reply {
     let n_bytes = input.data.len() as u64;
-    let (stream, appended) = ingest(state, ctx, &input.name, vec![input.data]).await?;
+    let ingested = ingest(state, ctx, &input.name, vec![input.data], false).await?;
+    let (stream, appended) = (ingested.stream, ingested.appended.expect("a PutRecord is stored whole or refused"));
     let metrics = state.metrics.stream(stream.id, &input.name);
     metrics.incoming_bytes.increment(n_bytes);
     metrics.incoming_records.increment(1);

@@ -44,6 +44,7 @@ impl Harness {
             keys,
             metrics: Metrics::install(),
             body_kib_in_flight: tokio::sync::Semaphore::new(1),
+            throttle: crate::throttle::Throttle::new(Default::default()),
         });
         Harness { dir, state }
     }
