@@ -15,4 +15,4 @@ pub mod processing;
 pub mod s3_key;
 
 pub use error::{ApiError, ErrorCode};
-pub use operation::{Operation, ParseOptions, TARGET_PREFIX};
+pub use operation::{Operation, ParseOptions, OPERATION_NAMES, TARGET_PREFIX};

@@ -643,21 +643,9 @@ impl RawConfig {
                     )))
                 }
             };
-            const OPERATIONS: [&str; 12] = [
-                "CreateDeliveryStream",
-                "DeleteDeliveryStream",
-                "DescribeDeliveryStream",
-                "ListDeliveryStreams",
-                "ListTagsForDeliveryStream",
-                "PutRecord",
-                "PutRecordBatch",
-                "StartDeliveryStreamEncryption",
-                "StopDeliveryStreamEncryption",
-                "TagDeliveryStream",
-                "UntagDeliveryStream",
-                "UpdateDestination",
-            ];
-            if let Some(unknown) = key.operations.iter().find(|o| !OPERATIONS.contains(&o.as_str())) {
+            if let Some(unknown) =
+                key.operations.iter().find(|o| !sluice_protocol::OPERATION_NAMES.contains(&o.as_str()))
+            {
                 return Err(ConfigError::Invalid(format!("{what}: unknown operation {unknown}")));
             }
             if key.access_key_id.is_empty()

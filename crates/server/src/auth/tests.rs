@@ -28,7 +28,8 @@ fn parse(text: &str) -> Parts {
     (method, path.to_string(), query.to_string(), headers, body.as_bytes().to_vec())
 }
 
-fn check(text: &str, secret: &str) -> bool {
+/// Runs `f` on the request a signed request's text describes.
+fn with_request<R>(text: &str, f: impl FnOnce(&SignedRequest<'_>, &[(String, Vec<u8>)]) -> R) -> R {
     let (method, path, query, headers, body) = parse(text);
     let request = SignedRequest {
         method: &method,
@@ -37,10 +38,18 @@ fn check(text: &str, secret: &str) -> bool {
         headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
         body: &body,
     };
+    f(&request, &headers)
+}
+
+fn check(text: &str, secret: &str) -> bool {
+    with_request(text, |request, headers| check_request(request, headers, secret))
+}
+
+fn check_request(request: &SignedRequest<'_>, headers: &[(String, Vec<u8>)], secret: &str) -> bool {
     let authorization =
         headers.iter().find(|(n, _)| n == "Authorization").map(|(_, v)| String::from_utf8_lossy(v)).unwrap();
     let amz_date = headers.iter().find(|(n, _)| n == "X-Amz-Date").map(|(_, v)| String::from_utf8_lossy(v)).unwrap();
-    signature_matches(&request, &parse_authorization(&authorization).unwrap(), &amz_date, secret)
+    signature_matches(request, &parse_authorization(&authorization).unwrap(), &amz_date, secret)
 }
 
 macro_rules! vectors {
@@ -90,16 +99,9 @@ fn key() -> AccessKey {
 const SIGNED_MS: u64 = 1_440_938_160_000;
 
 fn verify_text(text: &str, now_ms: u64, regions: &[&str]) -> Result<(), ApiError> {
-    let (method, path, query, headers, body) = parse(text);
-    let request = SignedRequest {
-        method: &method,
-        path: &path,
-        query: &query,
-        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
-        body: &body,
-    };
     let regions: BTreeSet<String> = regions.iter().map(|r| r.to_string()).collect();
-    verify(&request, &[key()], &regions, now_ms).map(|_| ())
+    let keys = [key()];
+    with_request(text, |request, _| verify(request, &keys, &regions, now_ms).map(|_| ()))
 }
 
 #[test]
