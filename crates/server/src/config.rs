@@ -51,6 +51,19 @@ pub struct RawConfig {
     /// Per-stream throughput limits.
     #[serde(default)]
     pub throttle: RawThrottleConfig,
+    /// HTTPS for the API.
+    #[serde(default)]
+    pub tls: RawTlsConfig,
+}
+
+/// `[tls]`: serve the API over HTTPS (both files, PEM).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsConfig {
+    /// Certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[throttle]`: Firehose's per-stream throughput limits (us-east-1 defaults).
@@ -409,6 +422,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// Per-stream throughput limits.
     pub throttle: ThrottleConfig,
+    /// `(certificate chain, private key)` PEM files: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where buckets live, validated.
@@ -679,7 +694,13 @@ impl RawConfig {
             default: default_limits,
             streams: stream_limits,
         };
+        let tls = match (self.tls.cert_file, self.tls.key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("tls: give both cert_file and key_file".into())),
+        };
         Ok(Config {
+            tls,
             throttle,
             auth_keys,
             auth_regions: self.auth.regions.into_iter().collect(),

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod throttle;
+pub mod tls;
 
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
@@ -70,6 +71,9 @@ pub enum ServerError {
     /// No access keys are configured and the address is not loopback.
     #[error("no [auth] keys are configured, so requests would not be verified; refusing to listen on {0} (not loopback) without --allow-anonymous")]
     Anonymous(std::net::SocketAddr),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Delivery could not be set up.
     #[error("delivery: {0}")]
     Delivery(String),
@@ -132,7 +136,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .await
         .map_err(|source| ServerError::Bind { address: config.listen, source })?;
     let address = listener.local_addr().map_err(|source| ServerError::Bind { address: config.listen, source })?;
-    println!("Sluice is serving the Firehose API at http://{address} (data in {})", data_dir.display());
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    println!("Sluice is serving the Firehose API at {scheme}://{address} (data in {})", data_dir.display());
     if config.auth_keys.is_empty() {
         println!(
             "Try: AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws firehose list-delivery-streams --endpoint-url http://{address} --region {}",
@@ -155,7 +160,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let delivery = delivery::Delivery::new(state.clone(), delivery::Clock::system()).map_err(ServerError::Delivery)?;
     let delivery = delivery::DeliveryEngine::start(delivery);
-    let served = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await;
+    let served = match &config.tls {
+        None => axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await,
+        Some((cert, key)) => {
+            let acceptor = tls::acceptor(cert, key).map_err(ServerError::Tls)?;
+            tls::serve(listener, acceptor, api::router(state.clone()), stop).await
+        }
+    };
     upkeep.abort();
     // No more puts: deliver what is buffered (no minimum), within a bounded time.
     delivery.stop(SHUTDOWN_DELIVERY_DEADLINE).await;

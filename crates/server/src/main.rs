@@ -60,6 +60,12 @@ struct ServeArgs {
     /// too (on loopback they always are).
     #[arg(long, env = "SLUICE_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -80,6 +86,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
     };
     let mut config = raw.into_config(args.listen, args.data_dir.clone(), args.s3_endpoint.clone())?;
     config.allow_anonymous |= args.allow_anonymous;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some((cert.clone(), key.clone()));
+    }
     Ok(config)
 }
 
