@@ -147,3 +147,42 @@ def test_no_keys_and_a_non_loopback_address_refuses_to_start(tmp_path):
                           str(tmp_path / "data")], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "--allow-anonymous" in out.stderr, out.stderr
+
+
+def presign(server, target, body, key, secret, expires=60, when=None):
+    """Sends a request signed in SigV4's presigned (query-string) form."""
+    from urllib.parse import quote
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
+    host = server.endpoint.removeprefix("http://")
+    target_header = f"Firehose_20150804.{target}"
+    params = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"{key}/{amz_date[:8]}/us-east-1/firehose/aws4_request",
+              "X-Amz-Date": amz_date, "X-Amz-Expires": str(expires), "X-Amz-SignedHeaders": "host;x-amz-target"}
+    query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+    canonical = "\n".join(["POST", "/", query, f"host:{host}\nx-amz-target:{target_header}\n", "host;x-amz-target",
+                           hashlib.sha256(body).hexdigest()])
+    scope = f"{amz_date[:8]}/us-east-1/firehose/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = ("AWS4" + secret).encode()
+    for part in (amz_date[:8], "us-east-1", "firehose", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    request = urllib.request.Request(f"{server.endpoint}/?{query}&X-Amz-Signature={signature}", data=body,
+                                     headers={"x-amz-target": target_header,
+                                              "content-type": "application/x-amz-json-1.1"}, method="POST")
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_presigned_requests(secured):
+    body = json.dumps({"DeliveryStreamName": "nope"}).encode()
+    status, answer = presign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret")
+    assert answer["__type"] == "ResourceNotFoundException", answer
+    status, answer = presign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "bad-secret")
+    assert answer["__type"] == "InvalidSignatureException", answer
+    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=30)
+    status, answer = presign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret", expires=10, when=old)
+    assert answer["__type"] == "InvalidSignatureException" and answer["message"].startswith("Signature expired: ")

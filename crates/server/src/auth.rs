@@ -110,8 +110,19 @@ pub fn verify<'k>(
     let header = |name: &str| {
         request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| String::from_utf8_lossy(v))
     };
-    let Some(authorization) = header("authorization") else {
-        return Err(error(ErrorCode::MissingAuthenticationTokenException, "Request is missing Authentication Token"));
+    // The header form, or the presigned (query-string) form.
+    let presigned = if header("authorization").is_none() { presigned(request.query)? } else { None };
+    let (authorization, amz_date, expires_ms, query) = match (header("authorization"), presigned) {
+        (Some(authorization), _) => {
+            (authorization.into_owned(), header("x-amz-date").map(|d| d.into_owned()), None, request.query.to_string())
+        }
+        (None, Some(p)) => (p.authorization, Some(p.amz_date), Some(p.expires_s * 1000), p.query),
+        (None, None) => {
+            return Err(error(
+                ErrorCode::MissingAuthenticationTokenException,
+                "Request is missing Authentication Token",
+            ))
+        }
     };
     let auth = parse_authorization(&authorization)?;
     let Some(key) = keys.iter().find(|k| k.id == auth.key_id) else {
@@ -127,7 +138,7 @@ pub fn verify<'k>(
     if !regions.is_empty() && !regions.contains(auth.region) {
         return Err(invalid(format!("Credential should be scoped to a valid region, not '{}'. ", auth.region)));
     }
-    let Some(amz_date) = header("x-amz-date") else {
+    let Some(amz_date) = amz_date else {
         return Err(incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."));
     };
     let Some(signed_ms) = parse_amz_date(&amz_date) else {
@@ -137,7 +148,15 @@ pub fn verify<'k>(
         return Err(invalid(format!("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}', from '{amz_date}'.", auth.date, &amz_date[..8.min(amz_date.len())])));
     }
     let server_date = format_amz_date(now_ms);
-    if signed_ms + CLOCK_SKEW_MS_MAX < now_ms {
+    if let Some(expires_ms) = expires_ms {
+        if signed_ms + expires_ms < now_ms {
+            let limit = format_amz_date(now_ms - expires_ms);
+            return Err(invalid(format!(
+                "Signature expired: {amz_date} is now earlier than {limit} ({server_date} - {} sec.)",
+                expires_ms / 1000
+            )));
+        }
+    } else if signed_ms + CLOCK_SKEW_MS_MAX < now_ms {
         let limit = format_amz_date(now_ms - CLOCK_SKEW_MS_MAX);
         return Err(invalid(format!(
             "Signature expired: {amz_date} is now earlier than {limit} ({server_date} - 5 min.)"
@@ -152,11 +171,65 @@ pub fn verify<'k>(
     if !auth.signed_headers.contains(&"host") {
         return Err(incomplete("'Host' must be a signed header."));
     }
-    if signature_matches(request, &auth, &amz_date, &key.secret) {
+    let request = SignedRequest { query: &query, headers: request.headers.clone(), ..*request };
+    if signature_matches(&request, &auth, &amz_date, &key.secret) {
         Ok(key)
     } else {
         Err(invalid("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into()))
     }
+}
+
+/// A presigned request's signature parameters.
+struct Presigned {
+    /// As an `Authorization` header would carry them.
+    authorization: String,
+    amz_date: String,
+    expires_s: u64,
+    /// The query without `X-Amz-Signature`, as signed.
+    query: String,
+}
+
+/// The signature parameters of a presigned query string; `None` when it has none.
+fn presigned(query: &str) -> Result<Option<Presigned>, ApiError> {
+    let pairs: Vec<(&str, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (pair, format!("{}={}", percent_decode(k), percent_decode(v)))
+        })
+        .collect();
+    let param =
+        |name: &str| pairs.iter().find_map(|(_, decoded)| decoded.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
+    let Some(signature) = param("X-Amz-Signature") else { return Ok(None) };
+    if param("X-Amz-Algorithm") != Some("AWS4-HMAC-SHA256") {
+        return Err(incomplete("X-Amz-Algorithm must be AWS4-HMAC-SHA256."));
+    }
+    let (Some(credential), Some(amz_date), Some(signed_headers), Some(expires)) =
+        (param("X-Amz-Credential"), param("X-Amz-Date"), param("X-Amz-SignedHeaders"), param("X-Amz-Expires"))
+    else {
+        return Err(incomplete(
+            "A presigned request requires X-Amz-Credential, X-Amz-Date, X-Amz-SignedHeaders and X-Amz-Expires.",
+        ));
+    };
+    let expires_s = match expires.parse::<u64>() {
+        Ok(s) if (1..=604_800).contains(&s) => s,
+        _ => return Err(incomplete("X-Amz-Expires must be a number of seconds from 1 to 604800.")),
+    };
+    let query = pairs
+        .iter()
+        .filter(|(_, decoded)| !decoded.starts_with("X-Amz-Signature="))
+        .map(|(raw, _)| *raw)
+        .collect::<Vec<_>>()
+        .join("&");
+    Ok(Some(Presigned {
+        authorization: format!(
+            "AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders={signed_headers}, Signature={signature}"
+        ),
+        amz_date: amz_date.to_string(),
+        expires_s,
+        query,
+    }))
 }
 
 /// Whether the request's signature is the one `secret` makes (constant-time).
