@@ -54,6 +54,25 @@ def error_of(call):
         e.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
+def signature(secret, amz_date, canonical, region="us-east-1", service="firehose"):
+    """SigV4's signature of a canonical request."""
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = ("AWS4" + secret).encode()
+    for part in (amz_date[:8], region, service, "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    return hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def send(request):
+    """(status, parsed body) of a request, error or not."""
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def sign(server, target, body, key, secret, service="firehose", region="us-east-1", when=None, send_body=None):
     """Signs a Firehose request by hand (SigV4, header form) and sends it; returns
     (status, parsed body)."""
@@ -66,18 +85,9 @@ def sign(server, target, body, key, secret, service="firehose", region="us-east-
     canonical = "\n".join(["POST", "/", "", "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)), signed,
                            hashlib.sha256(body).hexdigest()])
     scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = ("AWS4" + secret).encode()
-    for part in (amz_date[:8], region, service, "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={signed}, Signature={signature}"
-    request = urllib.request.Request(server.endpoint + "/", data=send_body or body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={signed}, "
+                                f"Signature={signature(secret, amz_date, canonical, region, service)}")
+    return send(urllib.request.Request(server.endpoint + "/", data=send_body or body, headers=headers, method="POST"))
 
 
 def test_signed_requests_from_boto3_pass_and_bad_ones_get_aws_errors(secured):
@@ -161,20 +171,9 @@ def presign(server, target, body, key, secret, expires=60, when=None):
     query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
     canonical = "\n".join(["POST", "/", query, f"host:{host}\nx-amz-target:{target_header}\n", "host;x-amz-target",
                            hashlib.sha256(body).hexdigest()])
-    scope = f"{amz_date[:8]}/us-east-1/firehose/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = ("AWS4" + secret).encode()
-    for part in (amz_date[:8], "us-east-1", "firehose", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    request = urllib.request.Request(f"{server.endpoint}/?{query}&X-Amz-Signature={signature}", data=body,
-                                     headers={"x-amz-target": target_header,
-                                              "content-type": "application/x-amz-json-1.1"}, method="POST")
-    try:
-        with urllib.request.urlopen(request) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    url = f"{server.endpoint}/?{query}&X-Amz-Signature={signature(secret, amz_date, canonical)}"
+    return send(urllib.request.Request(url, data=body, method="POST", headers={
+        "x-amz-target": target_header, "content-type": "application/x-amz-json-1.1"}))
 
 
 def test_presigned_requests(secured):
