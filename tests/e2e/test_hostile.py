@@ -1,0 +1,104 @@
+"""Hostile input under concurrent load (issue 5, first checks): oversized bodies
+(refused with 413 before they are read), malformed and deeply nested JSON, and
+truncated requests, sent from many threads while real puts continue; the server
+keeps answering, its resident memory stays bounded, and nothing refused reaches the
+log."""
+
+import base64
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+from conftest import Server, make_stream
+
+TARGET = "Firehose_20150804.PutRecordBatch"
+
+
+def raw_request(port, body, declared=None, target=TARGET, close_early=False):
+    """Sends one request over a raw socket; returns the status line (or '' if none)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                f"X-Amz-Target: {target}\r\nContent-Length: {declared if declared is not None else len(body)}\r\n\r\n")
+        try:
+            s.sendall(head.encode() + body)
+        except OSError:
+            pass  # the server answered and closed before reading the body: read its answer
+        if close_early:
+            return ""
+        try:
+            return s.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+        except OSError:
+            return ""
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
+    server = Server(tmp_path / "data").start()
+    fh = server.client()
+    make_stream(fh, "victim")
+    stop = threading.Event()
+    statuses, acked = [], []
+    huge = b"x" * (9 << 20)
+    nested = b'{"DeliveryStreamName":"victim","Records":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    attacks = [
+        lambda: raw_request(server.port, huge),                                   # over 8 MiB: 413 unread
+        lambda: raw_request(server.port, b"", declared=1 << 30),                  # claims 1 GiB
+        lambda: raw_request(server.port, b'{"DeliveryStreamName": "victim", "Records": [{"Data": '),
+        lambda: raw_request(server.port, nested),                                 # 100,000 levels deep
+        lambda: raw_request(server.port, b"{" * 10, declared=1000, close_early=True),  # truncated body
+        lambda: raw_request(server.port, json.dumps(
+            {"DeliveryStreamName": "victim", "Records": [{"Data": "!!not base64"}]}).encode()),
+    ]
+    peak = [0]
+
+    def attacker(i):
+        while not stop.is_set():
+            status = attacks[i % len(attacks)]()
+            statuses.append((i % len(attacks), status))
+
+    def producer():
+        client = server.client()
+        n = 0
+        while not stop.is_set():
+            data = f"good-{n}".encode()
+            client.put_record(DeliveryStreamName="victim", Record={"Data": data})
+            acked.append(data)
+            n += 1
+
+    def sampler():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(server.proc.pid))
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=attacker, args=(i,)) for i in range(12)]
+    threads += [threading.Thread(target=producer), threading.Thread(target=sampler)]
+    for t in threads:
+        t.start()
+    time.sleep(8)
+    stop.set()
+    for t in threads:
+        t.join()
+    by_attack = {}
+    for kind, status in statuses:
+        by_attack.setdefault(kind, set()).add(status.split(" ")[1] if status.startswith("HTTP/1.1") else status)
+    # Refused before being read: 413, or, when the server's close resets the
+    # connection before the client reads the answer, no answer at all.
+    assert "413" in by_attack[0] and by_attack[0] <= {"413", ""}, by_attack
+    assert "413" in by_attack[1] and by_attack[1] <= {"413", ""}, by_attack
+    assert by_attack[2] <= {"400"} and by_attack[3] <= {"400"} and by_attack[5] <= {"400"}, by_attack
+    with urllib.request.urlopen(server.endpoint + "/health", timeout=5) as r:
+        assert r.status == 200, "still answering"
+    print(f"\nhostile report: attacks={len(statuses)} good puts={len(acked)} peak_rss_mib={peak[0] / 1024:.0f}")
+    assert len(acked) > 0
+    assert peak[0] < 512 * 1024, f"resident memory bounded: peak {peak[0] / 1024:.0f} MiB"
+    assert server.stop() == 0
+    stored = [base64.b64decode(r["data"]) for r in server.dump("victim")]
+    assert stored == acked, "exactly the acknowledged records, nothing from the attacks"
