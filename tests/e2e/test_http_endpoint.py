@@ -8,7 +8,6 @@ kill -9 while the receiver flaps loses nothing."""
 import base64
 import json
 import random
-import threading
 import time
 import urllib.request
 
@@ -17,6 +16,7 @@ import pytest
 
 from conftest import S3_CONFIG, Server, wait_active
 from receiver import Receiver, make_ca_and_cert
+from test_crash import kill_under_load
 from test_delivery import KEY, bucket, hints, objects, wait_for_objects
 from test_lambda import wait_for
 
@@ -102,16 +102,22 @@ def test_requests_follow_the_protocol_over_https(tmp_path, tls, receiver):
     assert server.dump("tohttp") == []
 
 
-def test_failures_retry_with_the_same_request_id_then_go_to_s3(tmp_path, tls, receiver):
-    ca = tls[1]
-    receiver = receiver(mode="error")
+def put_until_failed(tmp_path, ca, receiver, name, data, retry_s):
+    """Puts one record to an HTTP endpoint stream that `receiver` does not accept
+    and waits until it is under http-endpoint-failed; the server and the bucket."""
     server = start(tmp_path, ca)
     out = bucket(server)
     fh = server.client()
-    make_stream(fh, "flaky", HttpEndpointDestinationConfiguration=http_config(
-        receiver.url, RetryOptions={"DurationInSeconds": 4}))
-    fh.put_record(DeliveryStreamName="flaky", Record={"Data": b"never taken"})
+    make_stream(fh, name, HttpEndpointDestinationConfiguration=http_config(
+        receiver.url, RetryOptions={"DurationInSeconds": retry_s}))
+    fh.put_record(DeliveryStreamName=name, Record={"Data": data})
     wait_for(lambda: failed_records(out))
+    return server, out
+
+
+def test_failures_retry_with_the_same_request_id_then_go_to_s3(tmp_path, tls, receiver):
+    receiver = receiver(mode="error")
+    server, out = put_until_failed(tmp_path, tls[1], receiver, "flaky", b"never taken", retry_s=4)
     requests = receiver.requests
     # Waits of 1 s and 2 s (±15%), then what is left of the 4 s: four attempts.
     assert len(requests) == 4, [r["at"] - requests[0]["at"] for r in requests]
@@ -131,15 +137,8 @@ def test_failures_retry_with_the_same_request_id_then_go_to_s3(tmp_path, tls, re
     ("not-json", "HttpEndpoint.InvalidResponseFromDestination"),
 ])
 def test_answers_that_are_not_success(tmp_path, tls, receiver, mode, code):
-    ca = tls[1]
     receiver = receiver(mode=mode)
-    server = start(tmp_path, ca)
-    out = bucket(server)
-    fh = server.client()
-    make_stream(fh, "answers", HttpEndpointDestinationConfiguration=http_config(
-        receiver.url, RetryOptions={"DurationInSeconds": 1}))
-    fh.put_record(DeliveryStreamName="answers", Record={"Data": b"x"})
-    wait_for(lambda: failed_records(out))
+    server, out = put_until_failed(tmp_path, tls[1], receiver, "answers", b"x", retry_s=1)
     # 413 is permanent: one request. The others are retried within the second
     # (two or three requests, as the jitter falls).
     n_requests = len(receiver.requests)
@@ -183,30 +182,9 @@ def test_kill_9_while_the_receiver_flaps_loses_nothing(tmp_path, tls, receiver):
     make_stream(fh, "flapping", HttpEndpointDestinationConfiguration=http_config(
         receiver.url, RetryOptions={"DurationInSeconds": 600}))
     acked, unknown = [], []
-    stop = threading.Event()
-
-    def produce(iteration):
-        client = server.client()
-        n = 0
-        while not stop.is_set():
-            ids = [f"{iteration}:{n + i}" for i in range(random.randint(1, 50))]
-            n += len(ids)
-            try:
-                client.put_record_batch(DeliveryStreamName="flapping", Records=[{"Data": i.encode()} for i in ids])
-            except Exception:
-                unknown.extend(ids)
-                return
-            acked.extend(ids)
-
     for iteration in range(5):
-        producer = threading.Thread(target=produce, args=(iteration,))
-        producer.start()
-        time.sleep(random.uniform(0.3, 1.0))
-        server.kill()
-        stop.set()
-        producer.join()
-        stop.clear()
-        server.start()
+        kill_under_load(server, [("flapping", "p", acked)], random.uniform(0.3, 1.0), iteration, unknown,
+                        make_payload=str.encode)
     receiver.mode = "ok"
     deadline = time.time() + 60
     while True:

@@ -262,7 +262,7 @@ pub fn authorize(key: &AccessKey, operation: &str, stream: Option<&str>, resourc
 /// SigV4's canonical request (the path is encoded once more, as for every service
 /// but S3; the query sorted; the signed headers trimmed and joined).
 fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> String {
-    let path: Vec<String> = request.path.split('/').map(|segment| uri_encode(segment, true)).collect();
+    let path: Vec<String> = request.path.split('/').map(uri_encode).collect();
     let path = if request.path.is_empty() { "/".to_string() } else { path.join("/") };
     let mut query: Vec<(String, String)> = request
         .query
@@ -270,7 +270,7 @@ fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> St
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (uri_encode(&percent_decode(k), true), uri_encode(&percent_decode(v), true))
+            (uri_encode(&percent_decode(k)), uri_encode(&percent_decode(v)))
         })
         .collect();
     query.sort();
@@ -289,16 +289,13 @@ fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> St
     format!("{}\n{path}\n{}\n{headers}\n{}\n{payload}", request.method, query.join("&"), signed_headers.join(";"))
 }
 
-fn uri_encode(text: &str, encode_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
-            b'/' if !encode_slash => out.push('/'),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+/// What SigV4 (and AWS paths generally) percent-encode: every byte but RFC 3986's
+/// unreserved characters.
+pub(crate) const UNRESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+fn uri_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 fn percent_decode(text: &str) -> String {

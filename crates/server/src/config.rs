@@ -66,7 +66,9 @@ pub struct RawTlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-/// `[throttle]`: Firehose's per-stream throughput limits (us-east-1 defaults).
+/// `[throttle]`: Firehose's per-stream throughput limits (us-east-1 defaults). The
+/// fields of [`RawThrottleLimits`] are repeated rather than flattened in, as for
+/// `[s3]`: serde cannot refuse unknown fields next to a flattened member.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawThrottleConfig {

@@ -18,6 +18,8 @@ pub(super) struct Ingested {
     pub(super) appended: Option<Appended>,
     /// Records refused by the stream's throughput limits (the last ones).
     pub(super) n_throttled: usize,
+    /// Bytes of the stored records.
+    pub(super) n_bytes: u64,
 }
 
 /// Firehose's message for a throttled put or record.
@@ -41,9 +43,8 @@ pub(super) async fn ingest(
         return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
     }
     check_source(state, ctx, &stream)?;
-    let sizes: Vec<usize> = records.iter().map(Vec::len).collect();
     let slow_down = || ApiError::new(ErrorCode::ServiceUnavailableException, SLOW_DOWN);
-    let n_admitted = match state.throttle.admit(stream.id, &stream.name, &sizes, partial) {
+    let n_admitted = match state.throttle.admit(stream.id, &stream.name, &records, partial) {
         Some(n) if n > 0 || (partial && !records.is_empty()) => n,
         _ => {
             state.metrics.stream(stream.id, name).throttled_records.increment(records.len() as u64);
@@ -55,10 +56,11 @@ pub(super) async fn ingest(
         state.metrics.stream(stream.id, name).throttled_records.increment(n_throttled as u64);
         records.truncate(n_admitted);
     }
+    let n_bytes: usize = records.iter().map(Vec::len).sum();
     if records.is_empty() {
-        return Ok(Ingested { stream, appended: None, n_throttled });
+        return Ok(Ingested { stream, appended: None, n_throttled, n_bytes: 0 });
     }
-    check_buffer_room(state, &stream, records.iter().map(Vec::len).sum())?;
+    check_buffer_room(state, &stream, n_bytes)?;
     let encryption = match stream.encryption.key_ref() {
         Some(key_ref) => {
             state.keys.check(&key_ref).map_err(|reason| kms_error(&key_ref, &reason))?;
@@ -67,7 +69,7 @@ pub(super) async fn ingest(
         None => Encryption::None,
     };
     match state.log.append(stream.id, records, encryption).await {
-        Ok(appended) => Ok(Ingested { stream, appended: Some(appended), n_throttled }),
+        Ok(appended) => Ok(Ingested { stream, appended: Some(appended), n_throttled, n_bytes: n_bytes as u64 }),
         // Deleted between the lookup and the append.
         Err(LogError::UnknownStream(_)) => Err(ApiError::stream_not_found(name, &state.config.account_id)),
         Err(e) => Err(log_failure(e)),

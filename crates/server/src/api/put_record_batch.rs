@@ -17,11 +17,11 @@ pub(super) async fn handle(
     input: PutRecordBatchInput,
     started: Instant,
 ) -> Reply {
-    let sizes: Vec<u64> = input.records.iter().map(|r| r.len() as u64).collect();
+    let n_sent = input.records.len();
     let ingested = ingest(state, ctx, &input.name, input.records, true).await?;
     let stream = ingested.stream;
-    let n_records = (sizes.len() - ingested.n_throttled) as u64;
-    let n_bytes: u64 = sizes[..n_records as usize].iter().sum();
+    let n_records = (n_sent - ingested.n_throttled) as u64;
+    let n_bytes = ingested.n_bytes;
     let metrics = state.metrics.stream(stream.id, &input.name);
     metrics.incoming_bytes.increment(n_bytes);
     metrics.incoming_records.increment(n_records);

@@ -16,11 +16,6 @@ use crate::config::{HttpConfig, LambdaConfig};
 /// Largest invocation payload Lambda accepts (request and response): 6 MB.
 pub(super) const PAYLOAD_BYTES_MAX: usize = 6_000_000;
 
-/// What is escaped in the function's path segment: all but RFC 3986's unreserved
-/// characters (so an ARN's colons are `%3A`, as the SDKs send them).
-const PATH_SEGMENT: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-
 /// One record handed to the function.
 pub(super) struct LambdaInput<'a> {
     /// Its arrival time (`approximateArrivalTimestamp`).
@@ -137,7 +132,8 @@ impl LambdaInvoker {
     /// One synchronous invocation; the response payload, or why there is none.
     async fn invoke(&self, function: &str, event: &[u8]) -> Result<Vec<u8>, (&'static str, String)> {
         let (endpoint, region) = self.config.target(function);
-        let encoded = percent_encoding::utf8_percent_encode(function, PATH_SEGMENT).to_string();
+        // An ARN's colons are `%3A` in the path, as the SDKs send them.
+        let encoded = percent_encoding::utf8_percent_encode(function, crate::auth::UNRESERVED).to_string();
         let url = format!("{endpoint}/2015-03-31/functions/{encoded}/invocations");
         let mut request = self
             .client

@@ -50,11 +50,17 @@ impl LocalBuckets {
     }
 
     /// Stores `body` at `key`, replacing any object there. Blocking.
-    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) -> Result<PathBuf, StoreError> {
+    /// The directory of `bucket`, if it exists.
+    fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
         let bucket_dir = self.root.join(bucket);
         if bucket.is_empty() || bucket.contains('/') || !bucket_dir.is_dir() {
             return Err(StoreError::NoSuchBucket(bucket.to_string()));
         }
+        Ok(bucket_dir)
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) -> Result<PathBuf, StoreError> {
+        let bucket_dir = self.bucket_dir(bucket)?;
         let segments: Vec<&str> = key.split('/').collect();
         if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
             return Err(StoreError::InvalidKey(key.to_string()));
@@ -106,10 +112,7 @@ impl Store {
         if self.s3.target(bucket).endpoint.is_some() {
             return Ok(());
         }
-        match self.local.root.join(bucket).is_dir() && !bucket.is_empty() && !bucket.contains('/') {
-            true => Ok(()),
-            false => Err(StoreError::NoSuchBucket(bucket.to_string()).to_string()),
-        }
+        self.local.bucket_dir(bucket).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Stores one object, replacing any object at the same key. On an S3-compatible
