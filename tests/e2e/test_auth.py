@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -185,3 +186,20 @@ def test_presigned_requests(secured):
     old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=30)
     status, answer = presign(secured, "DescribeDeliveryStream", body, "AKIDGOOD", "good-secret", expires=10, when=old)
     assert answer["__type"] == "InvalidSignatureException" and answer["message"].startswith("Signature expired: ")
+
+
+def test_unsigned_and_unknown_key_requests_are_refused_before_their_body(secured):
+    """A request the signature checks can refuse from its headers alone is answered
+    at once: its body (here never sent) is not waited for nor held."""
+    port = int(secured.endpoint.rsplit(":", 1)[1])
+    amz_date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    unknown = (f"Authorization: AWS4-HMAC-SHA256 Credential=AKIDNOBODY/{amz_date[:8]}/us-east-1/firehose/aws4_request, "
+               f"SignedHeaders=host;x-amz-date, Signature=00\r\nX-Amz-Date: {amz_date}\r\n")
+    for extra, expected in [("", "MissingAuthenticationTokenException"), (unknown, "UnrecognizedClientException")]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall((f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: Firehose_20150804.PutRecord\r\n"
+                       f"Content-Type: application/x-amz-json-1.1\r\n{extra}Content-Length: 1000000\r\n\r\n").encode())
+            answer = s.recv(65536)  # the body is never sent; a server waiting for it would time out here
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert json.loads(payload)["__type"] == expected

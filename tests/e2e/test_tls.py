@@ -2,6 +2,7 @@
 test CA, and clients that do not trust it, or speak plain HTTP, turned away."""
 
 import http.client
+import socket
 import ssl
 import subprocess
 import time
@@ -21,7 +22,7 @@ def test_boto3_over_https_with_a_test_ca(tmp_path):
     ca = make_ca_and_cert(tmp_path)
     port = free_port()
     config = tmp_path / "sluice.toml"
-    config.write_text("transition_ms = 50\n[throttle]\nenabled = false\n")
+    config.write_text("transition_ms = 50\n[throttle]\nenabled = false\n[limits]\nheader_timeout_s = 2\n")
     log = open(tmp_path / "sluice.log", "ab")
     proc = subprocess.Popen([str(sluice_binary()), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
                              str(tmp_path / "data"), "--config", str(config), "--tls-cert", str(tmp_path / "cert.pem"),
@@ -52,6 +53,15 @@ def test_boto3_over_https_with_a_test_ca(tmp_path):
         # Plain HTTP to the TLS port gets a TLS alert, not an HTTP answer.
         with pytest.raises((urllib.error.URLError, http.client.HTTPException, OSError)):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+        # A handshake that never starts, and a TLS session that never sends a
+        # request, are both closed by the header timeout.
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            silent.settimeout(15)
+            assert silent.recv(1) == b""
+        with trusted.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as idle:
+            idle.settimeout(15)
+            assert idle.recv(1) == b""
+        assert fh.put_record(DeliveryStreamName="secure", Record={"Data": b"still"})["RecordId"]
         proc.terminate()
         assert proc.wait(30) == 0, "SIGTERM still stops cleanly"
     finally:

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     IncompleteSignatureException,
     /// The key's policy does not allow the operation on the stream.
     AccessDeniedException,
+    /// The request's body did not arrive in time (HTTP 408; SDKs retry it).
+    RequestTimeoutException,
 }
 
 impl ErrorCode {
@@ -45,6 +47,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::ServiceUnavailableException => 503,
+            ErrorCode::RequestTimeoutException => 408,
             ErrorCode::ValidationException
             | ErrorCode::SerializationException
             | ErrorCode::UnknownOperationException
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::InvalidSignatureException => "InvalidSignatureException",
             ErrorCode::IncompleteSignatureException => "IncompleteSignatureException",
             ErrorCode::AccessDeniedException => "AccessDeniedException",
+            ErrorCode::RequestTimeoutException => "RequestTimeoutException",
         }
     }
 

@@ -290,6 +290,16 @@ pub struct RawLimitsConfig {
     /// Dynamic partitioning: partitions per stream in one batch; records of further
     /// partitions go to the error prefix. Default 500 (Firehose's default).
     pub active_partitions_max: Option<usize>,
+    /// Open client connections; further ones are closed at once. Default 1024.
+    pub connections_max: Option<usize>,
+    /// Request line and headers, in KiB; more is answered 431. Default 16.
+    pub header_kib_max: Option<usize>,
+    /// Seconds a connection may take to send a request's headers, counted from
+    /// the end of the previous response (so it is also the keep-alive idle
+    /// timeout) or from the TLS handshake's start. Default 30.
+    pub header_timeout_s: Option<u64>,
+    /// Seconds a request's body may take to arrive. Default 60.
+    pub body_timeout_s: Option<u64>,
 }
 
 /// `[s3]`: deliver to an S3-compatible service instead of local directories.
@@ -426,6 +436,21 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     /// `(certificate chain, private key)` PEM files: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bounds on client connections.
+    pub connections: ConnectionLimits,
+}
+
+/// What one client connection may hold, and for how long (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections.
+    pub connections_max: usize,
+    /// Request line and headers.
+    pub header_bytes_max: usize,
+    /// Headers (and TLS handshake, and keep-alive idleness) must arrive within this.
+    pub header_timeout: std::time::Duration,
+    /// A body must arrive within this.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Where buckets live, validated.
@@ -701,8 +726,25 @@ impl RawConfig {
             (None, None) => None,
             _ => return Err(ConfigError::Invalid("tls: give both cert_file and key_file".into())),
         };
+        let limits = &self.limits;
+        let connections = ConnectionLimits {
+            connections_max: limits.connections_max.unwrap_or(1024),
+            header_bytes_max: limits.header_kib_max.unwrap_or(16) << 10,
+            header_timeout: std::time::Duration::from_secs(limits.header_timeout_s.unwrap_or(30)),
+            body_timeout: std::time::Duration::from_secs(limits.body_timeout_s.unwrap_or(60)),
+        };
+        if connections.connections_max == 0
+            || !(8..=1024).contains(&(connections.header_bytes_max >> 10))
+            || connections.header_timeout.is_zero()
+            || connections.body_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "limits: connections_max and the timeouts must be at least 1, header_kib_max 8 to 1024".into(),
+            ));
+        }
         Ok(Config {
             tls,
+            connections,
             throttle,
             auth_keys,
             auth_regions: self.auth.regions.into_iter().collect(),
@@ -776,6 +818,20 @@ mod tests {
             "[s3]\nendpont = \"http://x\"",
         ] {
             assert!(config(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let c = config("").unwrap().connections;
+        assert_eq!((c.connections_max, c.header_bytes_max), (1024, 16 << 10));
+        assert_eq!((c.header_timeout.as_secs(), c.body_timeout.as_secs()), (30, 60));
+        let c = config("[limits]\nconnections_max = 4\nheader_kib_max = 8\nheader_timeout_s = 1\nbody_timeout_s = 2")
+            .unwrap()
+            .connections;
+        assert_eq!((c.connections_max, c.header_bytes_max, c.header_timeout.as_secs()), (4, 8 << 10, 1));
+        for bad in ["connections_max = 0", "header_kib_max = 4", "header_timeout_s = 0", "body_timeout_s = 0"] {
+            assert!(config(&format!("[limits]\n{bad}")).is_err(), "accepted: {bad}");
         }
     }
 }

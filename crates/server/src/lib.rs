@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+mod serve;
 pub mod throttle;
 pub mod tls;
 
@@ -160,13 +161,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let delivery = delivery::Delivery::new(state.clone(), delivery::Clock::system()).map_err(ServerError::Delivery)?;
     let delivery = delivery::DeliveryEngine::start(delivery);
-    let served = match &config.tls {
-        None => axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(stop).await,
-        Some((cert, key)) => {
-            let acceptor = tls::acceptor(cert, key).map_err(ServerError::Tls)?;
-            tls::serve(listener, acceptor, api::router(state.clone()), stop).await
-        }
+    let acceptor = match &config.tls {
+        None => None,
+        Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Tls)?),
     };
+    serve::serve(listener, acceptor, api::router(state.clone()), config.connections, stop).await;
     upkeep.abort();
     // No more puts: deliver what is buffered (no minimum), within a bounded time.
     delivery.stop(SHUTDOWN_DELIVERY_DEADLINE).await;
@@ -176,7 +175,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if let Err(reason) = state.log.health() {
         return Err(ServerError::Fatal(reason));
     }
-    served.map_err(|source| ServerError::Bind { address, source })?;
     tracing::info!("Stopped cleanly.");
     Ok(())
 }

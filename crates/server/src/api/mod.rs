@@ -199,14 +199,6 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
     if declared.is_some_and(|n| n > REQUEST_BODY_BYTES_MAX) {
         return too_large();
     }
-    // A body without a length is charged the maximum: it may grow that large.
-    let charge_kib = declared.unwrap_or(REQUEST_BODY_BYTES_MAX).div_ceil(1024).max(1) as u32;
-    let Ok(_permit) = state.body_kib_in_flight.acquire_many(charge_kib).await else {
-        unreachable!("the semaphore is never closed");
-    };
-    let Ok(bytes) = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await else {
-        return too_large();
-    };
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (access_key_id, region) = credential_from_authorization(authorization);
@@ -215,22 +207,49 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
         access_key_id: access_key_id.map(str::to_string),
         now_ms: now_ms(),
     };
-    let key = if state.config.auth_keys.is_empty() {
+    let signed = |body| crate::auth::SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect(),
+        body,
+    };
+    let refuse = |e: ApiError| {
+        let status = StatusCode::from_u16(e.code.status()).expect("valid status");
+        respond(&request_id, status, Some(e.code.as_str()), e.body())
+    };
+    let (keys, regions) = (&state.config.auth_keys, &state.config.auth_regions);
+    // Unsigned, unknown or stale requests are refused before their bodies are
+    // waited for and held.
+    if !keys.is_empty() {
+        if let Err(e) = crate::auth::verify_before_body(&signed(&[]), keys, regions, ctx.now_ms) {
+            return refuse(e);
+        }
+    }
+    // A body without a length is charged the maximum: it may grow that large.
+    let charge_kib = declared.unwrap_or(REQUEST_BODY_BYTES_MAX).div_ceil(1024).max(1) as u32;
+    let Ok(_permit) = state.body_kib_in_flight.acquire_many(charge_kib).await else {
+        unreachable!("the semaphore is never closed");
+    };
+    let body_timeout = state.config.connections.body_timeout;
+    let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            let message = format!("The request body did not arrive within {} seconds.", body_timeout.as_secs());
+            let mut response = refuse(ApiError::new(ErrorCode::RequestTimeoutException, message));
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    let key = if keys.is_empty() {
         None
     } else {
-        let request = crate::auth::SignedRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect(),
-            body: &bytes,
-        };
-        match crate::auth::verify(&request, &state.config.auth_keys, &state.config.auth_regions, ctx.now_ms) {
+        match crate::auth::verify(&signed(&bytes), keys, regions, ctx.now_ms) {
             Ok(key) => Some(key),
-            Err(e) => {
-                let status = StatusCode::from_u16(e.code.status()).expect("valid status");
-                return respond(&request_id, status, Some(e.code.as_str()), e.body());
-            }
+            Err(e) => return refuse(e),
         }
     };
     let options = ParseOptions { allow_http_endpoints: state.config.http.allow_http };
