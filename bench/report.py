@@ -83,8 +83,10 @@ out = [
     "| Scenario | requests/s | records/s | record MB/s | p50 ms | p99 ms | errors |",
     "|---|---:|---:|---:|---:|---:|---:|",
 ]
-for label in ["floor PutRecord", "sluice PutRecord", "moto PutRecord", "sluice PutRecord 100 streams",
-              "floor PutRecordBatch", "sluice PutRecordBatch", "sluice PutRecordBatch encrypted",
+for label in ["floor PutRecord", "sluice PutRecord", "sluice PutRecord SigV4", "sluice PutRecord TLS",
+              "moto PutRecord", "sluice PutRecord 100 streams",
+              "floor PutRecordBatch", "sluice PutRecordBatch", "sluice PutRecordBatch SigV4",
+              "sluice PutRecordBatch TLS", "sluice PutRecordBatch encrypted",
               "moto PutRecordBatch", "sluice PutRecordBatch 100 streams"]:
     out.append(fmt(label))
 def delivery_row(label, what):
@@ -114,6 +116,29 @@ out += [
     delivery_row("delivery http", "HTTP endpoint, GZIP"),
     delivery_row("delivery partitioned", "JQ-partitioned, 100 partitions"),
 ]
+def cost(op, variant):
+    key = "requests_per_s" if op == "PutRecord" else "record_mb_per_s"
+    return 1 - ratio(f"sluice {op} {variant}", f"sluice {op}", key), spread(f"sluice {op} {variant}", f"sluice {op}", key)
+
+
+out += [
+    "",
+    "## Security costs (issue 5)",
+    "",
+    "The same loads against three servers alike but for one setting: none (requests carry an",
+    "`Authorization` header that is not checked), `[[auth.keys]]` (every request's SigV4 signature",
+    "verified: canonical request, SHA-256 of the body, four HMACs), and TLS (rustls, ring;",
+    "TLS 1.3, unsigned requests). The load generator signs each distinct body once with aws-sigv4",
+    "and replays it (a signature stays valid 5 minutes), so its own cost is the same in every",
+    "scenario and the difference is the server's. Cost = 1 − (throughput with / without), the",
+    "median of the per-round ratios.",
+    "",
+    "| Load | SigV4 verification costs | TLS costs | SigV4 ≤ 15% |",
+    "|---|---|---|---|",
+]
+for op in ["PutRecord", "PutRecordBatch"]:
+    (sig, sig_rounds), (tls, tls_rounds) = cost(op, "SigV4"), cost(op, "TLS")
+    out.append(f"| {op} | {sig:.0%}{sig_rounds} | {tls:.0%}{tls_rounds} | {'yes' if sig <= 0.15 else 'no'} |")
 out += [
     "",
     "## Against the targets of issue 2",

@@ -17,7 +17,7 @@ OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 
-python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' boto3
+python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' boto3 cryptography
 cargo build --release -p sluice-server -p sluice-loadgen
 LOADGEN=target/release/sluice-loadgen
 SLUICE=target/release/sluice
@@ -62,6 +62,10 @@ boto3.client("s3", endpoint_url="http://127.0.0.1:4702", region_name="us-east-1"
              aws_access_key_id="a", aws_secret_access_key="b").create_bucket(Bucket="bench")
 PY
 start_sluice sluice 4701
+# The cost of security: the same server verifying SigV4, and one serving TLS.
+python3 -c "import sys; sys.path.insert(0, 'tests/e2e'); from pathlib import Path; from receiver import make_ca_and_cert; make_ca_and_cert(Path('$OUT'))"
+start_sluice sluice-sigv4 4707 '[[auth.keys]]\naccess_key_id = "AKIDBENCH"\nsecret_access_key = "bench-secret"\n'
+start_sluice sluice-tls 4708 "[tls]\ncert_file = \"$OUT/cert.pem\"\nkey_file = \"$OUT/key.pem\"\n"
 start_sluice sluice-enc 4704
 start_sluice sluice-100 4705
 # Delivery: HTTP endpoint (plain http to the load generator's own receiver) and
@@ -74,9 +78,13 @@ for round in $(seq 1 "$ROUNDS"); do
   create=(); [ "$round" = 1 ] && create=(--create)
   load "floor PutRecord" http://127.0.0.1:4703 "${PR[@]}"
   load "sluice PutRecord" http://127.0.0.1:4701 "${PR[@]}" "${create[@]}"
+  load "sluice PutRecord SigV4" http://127.0.0.1:4707 "${PR[@]}" "${create[@]}" --sign AKIDBENCH:bench-secret
+  load "sluice PutRecord TLS" https://127.0.0.1:4708 "${PR[@]}" "${create[@]}" --ca-file "$OUT/ca.pem"
   load "moto PutRecord" http://127.0.0.1:4702 "${PR[@]}" "${create[@]}"
   load "floor PutRecordBatch" http://127.0.0.1:4703 "${PRB[@]}"
   load "sluice PutRecordBatch" http://127.0.0.1:4701 "${PRB[@]}"
+  load "sluice PutRecordBatch SigV4" http://127.0.0.1:4707 "${PRB[@]}" --sign AKIDBENCH:bench-secret
+  load "sluice PutRecordBatch TLS" https://127.0.0.1:4708 "${PRB[@]}" --ca-file "$OUT/ca.pem"
   load "sluice PutRecordBatch encrypted" http://127.0.0.1:4704 "${PRB[@]}" "${create[@]}" --encrypted
   load "moto PutRecordBatch" http://127.0.0.1:4702 "${PRB[@]}"
   load "sluice PutRecord 100 streams" http://127.0.0.1:4705 "${PR[@]}" --streams 100 "${create[@]}"
@@ -89,7 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-for s in sluice sluice-enc sluice-100 sluice-deliver; do
+for s in sluice sluice-sigv4 sluice-tls sluice-enc sluice-100 sluice-deliver; do
   echo "{\"label\": \"rss $s\", \"rss_kib_max\": $(sort -n "$OUT/$s.rss" | tail -1)}" >> "$RESULTS"
 done
 # The disk's own limit for the same shape of work: sequential 1 MiB writes with an

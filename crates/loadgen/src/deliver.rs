@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
-use crate::{request, Conn};
+use crate::Endpoint;
 
 /// Records per PutRecordBatch and bytes per record.
 const RECORDS_PER_REQUEST: usize = 500;
@@ -105,15 +105,15 @@ fn create_body(args: &DeliverArgs) -> serde_json::Value {
 }
 
 pub(crate) async fn run(args: DeliverArgs) -> anyhow::Result<()> {
-    let address = args.endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let endpoint = Endpoint::new(&args.endpoint, None, None)?;
     let delivered = Arc::new(AtomicU64::new(0));
     if let Mode::Http = args.mode {
         let listener = tokio::net::TcpListener::bind(args.receiver).await?;
         tokio::spawn(receive(listener, delivered.clone()));
     }
-    let mut conn = Conn::new(&address);
+    let mut conn = endpoint.conn();
     let create = Bytes::from(serde_json::to_vec(&create_body(&args))?);
-    let (status, reply) = conn.call(request(&address, "CreateDeliveryStream", create)).await?;
+    let (status, reply) = conn.call(endpoint.request("CreateDeliveryStream", create)).await?;
     if status != 200 {
         bail!("CreateDeliveryStream answered {status}: {}", String::from_utf8_lossy(&reply));
     }
@@ -124,12 +124,12 @@ pub(crate) async fn run(args: DeliverArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let (next, body, address) = (next.clone(), body.clone(), address.clone());
+        let (next, body, endpoint) = (next.clone(), body.clone(), endpoint.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::new(&address);
+            let mut conn = endpoint.conn();
             while next.fetch_add(1, Ordering::Relaxed) < n_requests as u64 {
                 loop {
-                    let (status, _) = conn.call(request(&address, "PutRecordBatch", body.clone())).await?;
+                    let (status, _) = conn.call(endpoint.request("PutRecordBatch", body.clone())).await?;
                     if status == 200 {
                         break;
                     }
@@ -149,7 +149,7 @@ pub(crate) async fn run(args: DeliverArgs) -> anyhow::Result<()> {
     loop {
         let done = match args.mode {
             Mode::Http => delivered.load(Ordering::Relaxed),
-            Mode::Partitioned => delivered_records(&address, &args.stream).await.unwrap_or(0),
+            Mode::Partitioned => delivered_records(endpoint.address(), &args.stream).await.unwrap_or(0),
         };
         if done >= n_records {
             break;

@@ -8,6 +8,7 @@
 mod deliver;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,13 @@ struct RunArgs {
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Sign requests with SigV4 using this key (ACCESS_KEY_ID:SECRET). Each body is
+    /// signed once and replayed, as a signature stays valid for 5 minutes.
+    #[arg(long)]
+    sign: Option<String>,
+    /// The CA certificate (PEM) to trust for an https:// endpoint.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -100,18 +108,122 @@ fn body_for(args: &RunArgs, stream: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&json).expect("json"))
 }
 
-pub(crate) fn request(authority: &str, target: &str, body: Bytes) -> Request<Full<Bytes>> {
-    Request::post("/")
-        .header("host", authority)
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", format!("Firehose_20150804.{target}"))
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261121/us-east-1/firehose/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature=0000",
-        )
-        .header("x-amz-date", "20261121T000000Z")
-        .body(Full::new(body))
-        .expect("request")
+/// Where requests go and how: the server's address, TLS, and the key that signs them.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    address: String,
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// `(access key id, secret)`: requests are SigV4-signed (aws-sigv4, as the SDKs sign).
+    key: Option<(String, String)>,
+}
+
+impl Endpoint {
+    /// `http://host:port` or `https://host:port` (then `ca_file` is the CA to trust).
+    pub(crate) fn new(url: &str, ca_file: Option<&Path>, key: Option<&str>) -> anyhow::Result<Endpoint> {
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (Some(tls_connector(ca_file)?), rest),
+            (None, Some(rest)) => (None, rest),
+            _ => bail!("the endpoint must start with http:// or https://: {url}"),
+        };
+        let key = match key.map(|k| k.split_once(':')) {
+            None => None,
+            Some(Some((id, secret))) => Some((id.to_string(), secret.to_string())),
+            Some(None) => bail!("--sign takes ACCESS_KEY_ID:SECRET"),
+        };
+        Ok(Endpoint { address: rest.trim_end_matches('/').to_string(), tls, key })
+    }
+
+    /// A Firehose request for `target`, signed now when a key is set. A signature
+    /// stays valid for 5 minutes, so one request may be replayed that long (see
+    /// [`Prepared`]).
+    pub(crate) fn request(&self, target: &str, body: Bytes) -> Request<Full<Bytes>> {
+        let mut headers = vec![
+            ("host".to_string(), self.address.clone()),
+            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+            ("x-amz-target".to_string(), format!("Firehose_20150804.{target}")),
+        ];
+        match &self.key {
+            None => headers.extend([
+                ("authorization".to_string(), "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261121/us-east-1/firehose/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature=0000".to_string()),
+                ("x-amz-date".to_string(), "20261121T000000Z".to_string()),
+            ]),
+            Some((id, secret)) => {
+                let signed = sign(&format!("http://{}/", self.address), &headers, &body, id, secret);
+                headers.extend(signed);
+            }
+        }
+        let mut request = Request::post("/");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.body(Full::new(body)).expect("request")
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub(crate) fn conn(&self) -> Conn {
+        Conn { endpoint: self.clone(), sender: None }
+    }
+}
+
+/// A request built (and signed) once and sent many times: the load generator's own
+/// cost stays the same whether or not requests are signed, so a comparison
+/// measures the server's verification.
+pub(crate) struct Prepared {
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Prepared {
+    pub(crate) fn new(request: Request<Full<Bytes>>, body: Bytes) -> Prepared {
+        Prepared { headers: request.headers().clone(), body }
+    }
+
+    pub(crate) fn request(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::post("/").body(Full::new(self.body.clone())).expect("request");
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+fn sign(url: &str, headers: &[(String, String)], body: &[u8], id: &str, secret: &str) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let identity = aws_credential_types::Credentials::new(id, secret, None, None, "loadgen").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("firehose")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing parameters")
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        headers.iter().filter(|(n, _)| n != "host").map(|(n, v)| (n.as_str(), v.as_str())),
+        SignableBody::Bytes(body),
+    )
+    .expect("signable request");
+    let (instructions, _) = sign(signable, &params).expect("signed").into_parts();
+    instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(ca_file) = ca_file else { bail!("an https:// endpoint needs --ca-file") };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -119,22 +231,18 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 /// A keep-alive connection that reconnects when the server closes it (moto's
 /// development server answers HTTP/1.0-style, one request per connection).
 pub(crate) struct Conn {
-    address: String,
+    endpoint: Endpoint,
     sender: Option<Sender>,
 }
 
 impl Conn {
-    pub(crate) fn new(address: &str) -> Conn {
-        Conn { address: address.to_string(), sender: None }
-    }
-
     pub(crate) async fn call(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
         let usable = match &mut self.sender {
             Some(sender) => !sender.is_closed() && sender.ready().await.is_ok(),
             None => false,
         };
         if !usable {
-            self.sender = Some(connect(&self.address).await?);
+            self.sender = Some(connect(&self.endpoint).await?);
         }
         let sender = self.sender.as_mut().expect("connected above");
         let response = sender.send_request(req).await;
@@ -151,16 +259,29 @@ impl Conn {
     }
 }
 
-async fn connect(address: &str) -> anyhow::Result<Sender> {
+async fn connect(endpoint: &Endpoint) -> anyhow::Result<Sender> {
+    let address = &endpoint.address;
     let stream = tokio::net::TcpStream::connect(address).await.with_context(|| format!("connect {address}"))?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
+    match &endpoint.tls {
+        None => {
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            Ok(sender)
+        }
+        Some(connector) => {
+            let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host).to_string();
+            let name = rustls_pki_types::ServerName::try_from(host)?;
+            let stream = connector.connect(name, stream).await?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            Ok(sender)
+        }
+    }
 }
 
-async fn create_streams(args: &RunArgs, address: &str) -> anyhow::Result<()> {
-    let mut sender = Conn::new(address);
+async fn create_streams(args: &RunArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
+    let mut sender = endpoint.conn();
     for i in 0..args.streams {
         let mut json = serde_json::json!({
             "DeliveryStreamName": format!("bench-{i}"),
@@ -170,7 +291,7 @@ async fn create_streams(args: &RunArgs, address: &str) -> anyhow::Result<()> {
             json["DeliveryStreamEncryptionConfigurationInput"] = serde_json::json!({"KeyType": "AWS_OWNED_CMK"});
         }
         let body = Bytes::from(serde_json::to_vec(&json)?);
-        let (status, reply) = sender.call(request(address, "CreateDeliveryStream", body)).await?;
+        let (status, reply) = sender.call(endpoint.request("CreateDeliveryStream", body)).await?;
         if status != 200 && !String::from_utf8_lossy(&reply).contains("ResourceInUse") {
             bail!("CreateDeliveryStream answered {status}: {}", String::from_utf8_lossy(&reply));
         }
@@ -182,7 +303,7 @@ async fn create_streams(args: &RunArgs, address: &str) -> anyhow::Result<()> {
         Op::PutRecordBatch => "PutRecordBatch",
     };
     for _ in 0..500 {
-        let (status, _) = sender.call(request(address, target, probe.clone())).await?;
+        let (status, _) = sender.call(endpoint.request(target, probe.clone())).await?;
         if status == 200 {
             return Ok(());
         }
@@ -204,34 +325,44 @@ impl RunArgs {
             create: self.create,
             encrypted: self.encrypted,
             label: self.label.clone(),
+            sign: self.sign.clone(),
+            ca_file: self.ca_file.clone(),
         }
     }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let address = args.endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let endpoint = Endpoint::new(&args.endpoint, args.ca_file.as_deref(), args.sign.as_deref())?;
     if args.create {
-        create_streams(&args, &address).await?;
+        create_streams(&args, &endpoint).await?;
     }
     let target = match args.op {
         Op::PutRecord => "PutRecord",
         Op::PutRecordBatch => "PutRecordBatch",
     };
-    let bodies: Arc<Vec<Bytes>> = Arc::new((0..args.streams).map(|i| body_for(&args, &format!("bench-{i}"))).collect());
+    let prepared: Arc<Vec<Prepared>> = Arc::new(
+        (0..args.streams)
+            .map(|i| {
+                let body = body_for(&args, &format!("bench-{i}"));
+                Prepared::new(endpoint.request(target, body.clone()), body)
+            })
+            .collect(),
+    );
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..args.connections {
-        let (bodies, measuring, stop, address) = (bodies.clone(), measuring.clone(), stop.clone(), address.clone());
+        let (prepared, measuring, stop, endpoint) =
+            (prepared.clone(), measuring.clone(), stop.clone(), endpoint.clone());
         tasks.push(tokio::spawn(async move {
-            let mut sender = Conn::new(&address);
+            let mut sender = endpoint.conn();
             let mut latencies_us = Vec::with_capacity(1 << 16);
             let (mut n_errors, mut i) = (0u64, c);
             while !stop.load(Ordering::Relaxed) {
-                let body = bodies[i % bodies.len()].clone();
+                let request = prepared[i % prepared.len()].request();
                 i += 1;
                 let started = Instant::now();
-                let status = sender.call(request(&address, target, body)).await.map(|(s, _)| s).unwrap_or(0);
+                let status = sender.call(request).await.map(|(s, _)| s).unwrap_or(0);
                 if measuring.load(Ordering::Relaxed) {
                     if status == 200 {
                         latencies_us.push(started.elapsed().as_micros() as u32);
