@@ -60,7 +60,7 @@ pub(crate) async fn serve(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(stream);
             ::metrics::counter!("sluice_connections_refused").increment(1);
-            if last_refusal_logged.map_or(true, |at| at.elapsed() > Duration::from_secs(10)) {
+            if last_refusal_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                 last_refusal_logged = Some(Instant::now());
                 tracing::warn!(
                     connections_max = limits.connections_max,
