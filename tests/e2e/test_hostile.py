@@ -1,6 +1,6 @@
-"""Hostile input under concurrent load (issue 5, first checks): oversized bodies
-(refused with 413 before they are read), malformed and deeply nested JSON, and
-truncated requests, sent from many threads while real puts continue; the server
+"""Hostile input under concurrent load (issue 5): oversized bodies (refused with
+413 before they are read; 8 MiB for puts, 1 MiB for other operations), malformed
+and deeply nested JSON, JSON-tree bombs, and truncated requests, sent from many threads while real puts continue; the server
 keeps answering, its resident memory stays bounded, and nothing refused reaches the
 log."""
 
@@ -48,6 +48,10 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
     statuses, acked = [], []
     huge = b"x" * (9 << 20)
     nested = b'{"DeliveryStreamName":"victim","Records":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    # Control-plane bodies become a JSON tree about ten times their size: a megabyte
+    # of empty arrays is the worst case within their 1 MiB limit.
+    tree_bomb = b'{"DeliveryStreamName":"victim","Tags":[' + b",".join([b"[]"] * 349_000) + b"]}"
+    create = "Firehose_20150804.CreateDeliveryStream"
     attacks = [
         lambda: raw_request(server.port, huge),                                   # over 8 MiB: 413 unread
         lambda: raw_request(server.port, b"", declared=1 << 30),                  # claims 1 GiB
@@ -56,6 +60,8 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
         lambda: raw_request(server.port, b"{" * 10, declared=1000, close_early=True),  # truncated body
         lambda: raw_request(server.port, json.dumps(
             {"DeliveryStreamName": "victim", "Records": [{"Data": "!!not base64"}]}).encode()),
+        lambda: raw_request(server.port, tree_bomb, target=create),                # within 1 MiB: 400
+        lambda: raw_request(server.port, b"[]" * (1 << 20), target=create),       # 2 MiB control body: 413
     ]
     peak = [0]
 
@@ -94,6 +100,8 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
     assert "413" in by_attack[0] and by_attack[0] <= {"413", ""}, by_attack
     assert "413" in by_attack[1] and by_attack[1] <= {"413", ""}, by_attack
     assert by_attack[2] <= {"400"} and by_attack[3] <= {"400"} and by_attack[5] <= {"400"}, by_attack
+    assert by_attack[6] == {"400"}, by_attack
+    assert "413" in by_attack[7] and by_attack[7] <= {"413", ""}, by_attack
     with urllib.request.urlopen(server.endpoint + "/health", timeout=5) as r:
         assert r.status == 200, "still answering"
     print(f"\nhostile report: attacks={len(statuses)} good puts={len(acked)} peak_rss_mib={peak[0] / 1024:.0f}")

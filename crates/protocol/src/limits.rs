@@ -9,6 +9,13 @@ pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest request body read. A full 4 MiB batch is about 5.6 MB once base64- and
 /// JSON-encoded; anything past this is refused before it is parsed.
 pub const REQUEST_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest body of any other operation. The largest real one, a CreateDeliveryStream
+/// with every option, is a few KiB; these bodies are parsed into a JSON tree first,
+/// which can take ten times the body's size (measured), so they are held small.
+pub const CONTROL_REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// How many times its size a control-plane body is charged against the in-flight
+/// body budget: an upper bound on its parsed tree (measured: under 10).
+pub const CONTROL_REQUEST_BODY_CHARGE_FACTOR: usize = 16;
 /// Tags one stream may carry.
 pub const TAGS_PER_STREAM_MAX: usize = 50;
 /// Start plus Stop encryption calls per stream in 24 hours.

@@ -27,7 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
-use sluice_protocol::limits::REQUEST_BODY_BYTES_MAX;
+use sluice_protocol::limits::{
+    CONTROL_REQUEST_BODY_BYTES_MAX, CONTROL_REQUEST_BODY_CHARGE_FACTOR, REQUEST_BODY_BYTES_MAX,
+};
 use sluice_protocol::{ApiError, ErrorCode, Operation, ParseOptions};
 
 use crate::catalog::{Catalog, CatalogError, StreamRecord};
@@ -187,19 +189,27 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
     let headers = &parts.headers;
     let request_id = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    // Puts carry records and may be large; every other operation's body is small
+    // and becomes a JSON tree several times its size, so it is held smaller and
+    // charged more (see `limits`).
+    let is_put = target.is_some_and(|t| t.ends_with(".PutRecord") || t.ends_with(".PutRecordBatch"));
+    let (body_bytes_max, charge_factor) = match is_put {
+        true => (REQUEST_BODY_BYTES_MAX, 1),
+        false => (CONTROL_REQUEST_BODY_BYTES_MAX, CONTROL_REQUEST_BODY_CHARGE_FACTOR),
+    };
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
         let e = ApiError::new(
             ErrorCode::SerializationException,
-            format!("The request body exceeds the limit of {REQUEST_BODY_BYTES_MAX} bytes."),
+            format!("The request body exceeds the limit of {body_bytes_max} bytes."),
         );
         respond(&request_id, StatusCode::PAYLOAD_TOO_LARGE, Some(e.code.as_str()), e.body())
     };
-    if declared.is_some_and(|n| n > REQUEST_BODY_BYTES_MAX) {
+    if declared.is_some_and(|n| n > body_bytes_max) {
         return too_large();
     }
-    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     let (access_key_id, region) = credential_from_authorization(authorization);
     let ctx = RequestContext {
@@ -227,12 +237,12 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
         }
     }
     // A body without a length is charged the maximum: it may grow that large.
-    let charge_kib = declared.unwrap_or(REQUEST_BODY_BYTES_MAX).div_ceil(1024).max(1) as u32;
+    let charge_kib = (declared.unwrap_or(body_bytes_max) * charge_factor).div_ceil(1024).max(1) as u32;
     let Ok(_permit) = state.body_kib_in_flight.acquire_many(charge_kib).await else {
         unreachable!("the semaphore is never closed");
     };
     let body_timeout = state.config.connections.body_timeout;
-    let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)).await {
+    let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, body_bytes_max)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => return too_large(),
         Err(_) => {
