@@ -41,7 +41,7 @@ start_sluice() {  # name, port, extra config, "bucket" to create the delivery bu
   # on its own server.
   if [ "${4:-}" = bucket ]; then mkdir -p "$data/buckets/bench"; fi
   SLUICE_LOG=warn "$SLUICE" serve --listen 127.0.0.1:"$2" --data-dir "$data" --config "$OUT/$1.toml" > "$OUT/$1.log" 2>&1 &
-  local pid=$!; pids+=("$pid"); wait_port "$2"
+  local pid=$!; pids+=("$pid"); echo "$pid" > "$OUT/port-$2.pid"; wait_port "$2"
   sample_rss "$pid" "$OUT/$1.rss" & pids+=("$!")
 }
 
@@ -51,10 +51,13 @@ load() {  # label, endpoint, extra args...
   # Start every scenario with no dirty pages left by the previous one, whose
   # writeback would otherwise slow this one's fsyncs.
   sync
-  "$LOADGEN" run --endpoint "$endpoint" --seconds "$SECS" --label "$label" "$@" | tee -a "$RESULTS"
+  # The server's CPU time per request, when its process is known.
+  local port=${endpoint##*:} pid=()
+  [ -f "$OUT/port-$port.pid" ] && pid=(--server-pid "$(cat "$OUT/port-$port.pid")")
+  "$LOADGEN" run --endpoint "$endpoint" --seconds "$SECS" --label "$label" "${pid[@]}" "$@" | tee -a "$RESULTS"
 }
 
-"$LOADGEN" floor --listen 127.0.0.1:4703 > /dev/null & pids+=("$!"); wait_port 4703
+"$LOADGEN" floor --listen 127.0.0.1:4703 > /dev/null & pids+=("$!"); echo "$!" > "$OUT/port-4703.pid"; wait_port 4703
 moto_server -H 127.0.0.1 -p 4702 > "$OUT/moto.log" 2>&1 & pids+=("$!"); wait_port 4702
 python3 - <<'PY'
 import boto3

@@ -30,6 +30,37 @@ pub struct AccessKey {
     pub operations: BTreeSet<String>,
     /// Streams it may use; empty: all.
     pub streams: BTreeSet<String>,
+    /// The signing key last derived from the secret, for one date and region.
+    pub derived: SigningKeyCache,
+}
+
+/// The last signing key derived for an access key: deriving it takes four HMACs,
+/// as much as checking the signature of a small put, and a client signs with the
+/// same date and region all day. Shared by the key's clones.
+#[derive(Clone, Default)]
+pub struct SigningKeyCache(std::sync::Arc<std::sync::Mutex<Option<(String, String, hmac::Key)>>>);
+
+impl SigningKeyCache {
+    /// `HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), "firehose"), "aws4_request")`.
+    fn get(&self, secret: &str, date: &str, region: &str, service: &str) -> hmac::Key {
+        let mut cached = self.0.lock().expect("signing key cache");
+        if let Some((d, r, key)) = cached.as_ref() {
+            if d == date && r == region && service == "firehose" {
+                return key.clone();
+            }
+        }
+        let mut derived =
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{secret}").as_bytes()), date.as_bytes());
+        for part in [region, service, "aws4_request"] {
+            derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()), part.as_bytes());
+        }
+        let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        // Only the service requests are checked for is worth keeping.
+        if service == "firehose" {
+            *cached = Some((date.to_string(), region.to_string(), key.clone()));
+        }
+        key
+    }
 }
 
 impl std::fmt::Debug for AccessKey {
@@ -39,7 +70,7 @@ impl std::fmt::Debug for AccessKey {
             .field("id", &self.id)
             .field("operations", &self.operations)
             .field("streams", &self.streams)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,14 +160,19 @@ fn check<'k>(
     now_ms: u64,
     signature: bool,
 ) -> Result<&'k AccessKey, ApiError> {
+    // A header that is not UTF-8 counts as absent: no valid signature field is.
     let header = |name: &str| {
-        request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| String::from_utf8_lossy(v))
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     };
     // The header form, or the presigned (query-string) form.
     let presigned = if header("authorization").is_none() { presigned(request.query)? } else { None };
     let (authorization, amz_date, expires_ms, query) = match (header("authorization"), presigned) {
         (Some(authorization), _) => {
-            (authorization.into_owned(), header("x-amz-date").map(|d| d.into_owned()), None, request.query.to_string())
+            (authorization.to_string(), header("x-amz-date").map(str::to_string), None, request.query.to_string())
         }
         (None, Some(p)) => (p.authorization, Some(p.amz_date), Some(p.expires_s * 1000), p.query),
         (None, None) => {
@@ -169,25 +205,29 @@ fn check<'k>(
     if !amz_date.starts_with(auth.date) {
         return Err(invalid(format!("Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}', from '{amz_date}'.", auth.date, &amz_date[..8.min(amz_date.len())])));
     }
-    let server_date = format_amz_date(now_ms);
+    // Only error messages need it.
+    let server_date = || format_amz_date(now_ms);
     if let Some(expires_ms) = expires_ms {
         if signed_ms + expires_ms < now_ms {
             let limit = format_amz_date(now_ms - expires_ms);
             return Err(invalid(format!(
-                "Signature expired: {amz_date} is now earlier than {limit} ({server_date} - {} sec.)",
+                "Signature expired: {amz_date} is now earlier than {limit} ({} - {} sec.)",
+                server_date(),
                 expires_ms / 1000
             )));
         }
     } else if signed_ms + CLOCK_SKEW_MS_MAX < now_ms {
         let limit = format_amz_date(now_ms - CLOCK_SKEW_MS_MAX);
         return Err(invalid(format!(
-            "Signature expired: {amz_date} is now earlier than {limit} ({server_date} - 5 min.)"
+            "Signature expired: {amz_date} is now earlier than {limit} ({} - 5 min.)",
+            server_date()
         )));
     }
     if signed_ms > now_ms + CLOCK_SKEW_MS_MAX {
         let limit = format_amz_date(now_ms + CLOCK_SKEW_MS_MAX);
         return Err(invalid(format!(
-            "Signature not yet current: {amz_date} is still later than {limit} ({server_date} + 5 min.)"
+            "Signature not yet current: {amz_date} is still later than {limit} ({} + 5 min.)",
+            server_date()
         )));
     }
     if !auth.signed_headers.contains(&"host") {
@@ -197,7 +237,7 @@ fn check<'k>(
         return Ok(key);
     }
     let request = SignedRequest { query: &query, headers: request.headers.clone(), ..*request };
-    if signature_matches(&request, &auth, &amz_date, &key.secret) {
+    if signature_matches(&request, &auth, &amz_date, key) {
         Ok(key)
     } else {
         Err(invalid("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into()))
@@ -258,17 +298,18 @@ fn presigned(query: &str) -> Result<Option<Presigned>, ApiError> {
 }
 
 /// Whether the request's signature is the one `secret` makes (constant-time).
-fn signature_matches(request: &SignedRequest<'_>, auth: &Authorization<'_>, amz_date: &str, secret: &str) -> bool {
+fn signature_matches(request: &SignedRequest<'_>, auth: &Authorization<'_>, amz_date: &str, key: &AccessKey) -> bool {
     let canonical = canonical_request(request, &auth.signed_headers);
-    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
-    let hashed = hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref());
-    let string_to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashed}");
-    let mut signing_key = format!("AWS4{secret}").into_bytes();
-    for part in [auth.date, auth.region, auth.service, "aws4_request"] {
-        signing_key = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &signing_key), part.as_bytes()).as_ref().to_vec();
+    let mut string_to_sign = Vec::with_capacity(160);
+    for part in
+        ["AWS4-HMAC-SHA256\n", amz_date, "\n", auth.date, "/", auth.region, "/", auth.service, "/aws4_request\n"]
+    {
+        string_to_sign.extend_from_slice(part.as_bytes());
     }
+    push_hex(&mut string_to_sign, digest::digest(&digest::SHA256, &canonical).as_ref());
+    let signing_key = key.derived.get(&key.secret, auth.date, auth.region, auth.service);
     let Some(signature) = unhex(auth.signature) else { return false };
-    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, &signing_key), string_to_sign.as_bytes(), &signature).is_ok()
+    hmac::verify(&signing_key, &string_to_sign, &signature).is_ok()
 }
 
 /// Refuses an operation the key's policy does not allow.
@@ -285,10 +326,22 @@ pub fn authorize(key: &AccessKey, operation: &str, stream: Option<&str>, resourc
 }
 
 /// SigV4's canonical request (the path is encoded once more, as for every service
-/// but S3; the query sorted; the signed headers trimmed and joined).
-fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> String {
-    let path: Vec<String> = request.path.split('/').map(uri_encode).collect();
-    let path = if request.path.is_empty() { "/".to_string() } else { path.join("/") };
+/// but S3; the query sorted; the signed headers trimmed and joined), as the bytes
+/// that are hashed. Written into one buffer: it is built for every signed request.
+fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(request.method.as_bytes());
+    out.push(b'\n');
+    if request.path.is_empty() {
+        out.push(b'/');
+    }
+    for (i, segment) in request.path.split('/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend(percent_encoding::utf8_percent_encode(segment, UNRESERVED).flat_map(str::bytes));
+    }
+    out.push(b'\n');
     let mut query: Vec<(String, String)> = request
         .query
         .split('&')
@@ -299,19 +352,48 @@ fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> St
         })
         .collect();
     query.sort();
-    let query: Vec<String> = query.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut headers = String::new();
-    for name in signed_headers {
-        let values: Vec<String> = request
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
-        headers.push_str(&format!("{name}:{}\n", values.join(",")));
+    for (i, (k, v)) in query.iter().enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(v.as_bytes());
     }
-    let payload = hex(digest::digest(&digest::SHA256, request.body).as_ref());
-    format!("{}\n{path}\n{}\n{headers}\n{}\n{payload}", request.method, query.join("&"), signed_headers.join(";"))
+    out.push(b'\n');
+    for name in signed_headers {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        let values = request.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        for (i, (_, value)) in values.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_trimmed(&mut out, value);
+        }
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out.extend_from_slice(signed_headers.join(";").as_bytes());
+    out.push(b'\n');
+    push_hex(&mut out, digest::digest(&digest::SHA256, request.body).as_ref());
+    out
+}
+
+/// A header value as SigV4 signs it: trimmed, each run of whitespace made one space.
+fn push_trimmed(out: &mut Vec<u8>, value: &[u8]) {
+    let mut space = false;
+    for &b in value.trim_ascii() {
+        if b.is_ascii_whitespace() {
+            space = true;
+        } else {
+            if space {
+                out.push(b' ');
+                space = false;
+            }
+            out.push(b);
+        }
+    }
 }
 
 /// What SigV4 (and AWS paths generally) percent-encode: every byte but RFC 3986's
@@ -327,8 +409,11 @@ fn percent_decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
+    }
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -701,6 +701,7 @@ impl RawConfig {
                 secret,
                 operations: key.operations.into_iter().collect(),
                 streams: key.streams.into_iter().collect(),
+                derived: Default::default(),
             });
         }
         let firehose_defaults =

@@ -49,7 +49,7 @@ fn check_request(request: &SignedRequest<'_>, headers: &[(String, Vec<u8>)], sec
     let authorization =
         headers.iter().find(|(n, _)| n == "Authorization").map(|(_, v)| String::from_utf8_lossy(v)).unwrap();
     let amz_date = headers.iter().find(|(n, _)| n == "X-Amz-Date").map(|(_, v)| String::from_utf8_lossy(v)).unwrap();
-    signature_matches(request, &parse_authorization(&authorization).unwrap(), &amz_date, secret)
+    signature_matches(request, &parse_authorization(&authorization).unwrap(), &amz_date, &with_secret(secret))
 }
 
 macro_rules! vectors {
@@ -91,8 +91,18 @@ fn aws_test_suite_signatures_verify_and_wrong_secrets_do_not() {
     }
 }
 
+fn with_secret(secret: &str) -> AccessKey {
+    AccessKey { secret: secret.into(), ..key() }
+}
+
 fn key() -> AccessKey {
-    AccessKey { id: "AKIDEXAMPLE".into(), secret: SECRET.into(), operations: BTreeSet::new(), streams: BTreeSet::new() }
+    AccessKey {
+        id: "AKIDEXAMPLE".into(),
+        secret: SECRET.into(),
+        operations: BTreeSet::new(),
+        streams: BTreeSet::new(),
+        derived: Default::default(),
+    }
 }
 
 /// 2015-08-30T12:36:00Z.
@@ -153,7 +163,7 @@ fn check_presigned(text: &str, secret: &str) -> bool {
     with_request(text, |request, _| {
         let p = presigned(request.query).unwrap().unwrap();
         let unsigned = SignedRequest { query: &p.query, headers: request.headers.clone(), ..*request };
-        signature_matches(&unsigned, &parse_authorization(&p.authorization).unwrap(), &p.amz_date, secret)
+        signature_matches(&unsigned, &parse_authorization(&p.authorization).unwrap(), &p.amz_date, &with_secret(secret))
     })
 }
 
@@ -177,4 +187,20 @@ fn presigned_requests_from_the_aws_test_suite_verify() {
     assert!(late.message.starts_with("Signature expired: 20150830T123600Z"), "{}", late.message);
     let in_time = verify_text(&text, SIGNED_MS + 1000, &[]).unwrap_err();
     assert!(in_time.message.starts_with("The request signature we calculated does not match"), "{}", in_time.message);
+}
+
+#[test]
+fn the_signing_key_cache_follows_date_and_region() {
+    let tag = |key: &ring::hmac::Key| ring::hmac::sign(key, b"message").as_ref().to_vec();
+    let fresh = |date: &str, region: &str| tag(&SigningKeyCache::default().get(SECRET, date, region, "firehose"));
+    let cache = SigningKeyCache::default();
+    for (date, region) in
+        [("20150830", "us-east-1"), ("20150830", "us-east-1"), ("20150831", "us-east-1"), ("20150831", "eu-west-1")]
+    {
+        assert_eq!(tag(&cache.get(SECRET, date, region, "firehose")), fresh(date, region), "{date} {region}");
+    }
+    assert_ne!(fresh("20150830", "us-east-1"), fresh("20150831", "us-east-1"));
+    // Another service is derived, never served from (or stored in) the cache.
+    assert_ne!(tag(&cache.get(SECRET, "20150831", "eu-west-1", "kinesis")), fresh("20150831", "eu-west-1"));
+    assert_eq!(tag(&cache.get(SECRET, "20150831", "eu-west-1", "firehose")), fresh("20150831", "eu-west-1"));
 }
