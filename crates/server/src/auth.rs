@@ -424,9 +424,20 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// `20150830T123600Z` as Unix milliseconds.
+/// Fixed-width fields read directly: a generic `strptime` was a visible share of
+/// verifying a small put. jiff checks the ranges and does the calendar.
 fn parse_amz_date(text: &str) -> Option<u64> {
-    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", text).ok()?;
-    let timestamp = civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+    let b = text.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let number = |from: usize, to: usize| -> Option<i16> {
+        b[from..to].iter().try_fold(0i16, |n, &d| d.is_ascii_digit().then(|| n * 10 + i16::from(d - b'0')))
+    };
+    let small = |from: usize| number(from, from + 2).and_then(|n| i8::try_from(n).ok());
+    let civil =
+        jiff::civil::DateTime::new(number(0, 4)?, small(4)?, small(6)?, small(9)?, small(11)?, small(13)?, 0).ok()?;
+    let timestamp = jiff::tz::Offset::UTC.to_timestamp(civil).ok()?;
     u64::try_from(timestamp.as_millisecond()).ok()
 }
 

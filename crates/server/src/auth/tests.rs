@@ -204,3 +204,24 @@ fn the_signing_key_cache_follows_date_and_region() {
     assert_ne!(tag(&cache.get(SECRET, "20150831", "eu-west-1", "kinesis")), fresh("20150831", "eu-west-1"));
     assert_eq!(tag(&cache.get(SECRET, "20150831", "eu-west-1", "firehose")), fresh("20150831", "eu-west-1"));
 }
+
+#[test]
+fn amz_dates_are_read_exactly() {
+    assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160_000));
+    assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
+    assert_eq!(format_amz_date(parse_amz_date("20241231T235959Z").unwrap()), "20241231T235959Z");
+    for bad in [
+        "20151330T123600Z", // month 13
+        "20150230T123600Z", // 30 February
+        "20150830T246000Z",
+        "20150830T123600",
+        "20150830 123600Z",
+        "2015083OT123600Z",
+        "+0150830T123600Z",
+        "20150830T123600Z0",
+        "",
+        "２0150830T12360Z",
+    ] {
+        assert_eq!(parse_amz_date(bad), None, "{bad}");
+    }
+}
