@@ -39,11 +39,12 @@ class Server:
     """One sluice process; can be killed and restarted on the same data dir."""
 
     def __init__(self, data_dir: Path, extra_config: str = "", binary: Path = None, env: dict = None,
-                 transition_ms: int = TRANSITION_MS, throttle: bool = False):
+                 transition_ms: int = TRANSITION_MS, throttle: bool = False, listen_host: str = "127.0.0.1"):
         self.binary = binary or sluice_binary()
         self.env = dict(os.environ, **(env or {}))
         self.data_dir = data_dir
         self.port = free_port()
+        self.listen_host = listen_host
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self.config.write_text(
@@ -63,7 +64,7 @@ class Server:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}",
+            [str(self.binary), "serve", "--listen", f"{self.listen_host}:{self.port}",
              "--data-dir", str(self.data_dir), "--config", str(self.config)],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env,
         )
@@ -98,7 +99,7 @@ class Server:
         out = subprocess.run(
             [str(sluice_binary()), "dump", "--data-dir", str(self.data_dir), "--config", str(self.config),
              "--region", region, stream],
-            check=True, capture_output=True, text=True,
+            check=True, capture_output=True, text=True, env=self.env,
         ).stdout
         import json
         return [json.loads(line) for line in out.splitlines()]

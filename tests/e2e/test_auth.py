@@ -160,6 +160,25 @@ def test_no_keys_and_a_non_loopback_address_refuses_to_start(tmp_path):
     assert "--allow-anonymous" in out.stderr, out.stderr
 
 
+def test_keys_on_a_non_loopback_address_admit_only_signed_requests(tmp_path):
+    server = Server(tmp_path / "data", extra_config=AUTH, env={"SLUICE_TEST_PUT_SECRET": "put-secret"},
+                    listen_host="0.0.0.0").start()
+    try:
+        good = client(server)
+        make_stream(good, "events")
+        assert good.put_record(DeliveryStreamName="events", Record={"Data": b"ok"})["RecordId"]
+        unsigned = client(server, signature_version=botocore.UNSIGNED)
+        assert error_of(lambda: unsigned.put_record(DeliveryStreamName="events", Record={"Data": b"x"}))[0] == \
+            "MissingAuthenticationTokenException"
+        assert error_of(lambda: client(server, key="AKIDNOBODY").list_delivery_streams())[0] == \
+            "UnrecognizedClientException"
+        assert error_of(lambda: client(server, secret="wrong").put_record(
+            DeliveryStreamName="events", Record={"Data": b"x"}))[0] == "InvalidSignatureException"
+    finally:
+        assert server.stop() == 0
+    assert [r["data"] for r in server.dump("events")] == ["b2s="], "only the signed put was stored"
+
+
 def presign(server, target, body, key, secret, expires=60, when=None):
     """Sends a request signed in SigV4's presigned (query-string) form."""
     from urllib.parse import quote
