@@ -13,7 +13,9 @@
 //!   time does not reset it (slowloris).
 //!
 //! At shutdown the listener stops accepting and every connection finishes the
-//! request it is serving, then closes.
+//! request it is serving, then closes. Idle connections close at once; a head or a
+//! body still arriving is waited for at most its timeout, so shutdown is bounded by
+//! `header_timeout` and `body_timeout` plus the requests being answered.
 
 use std::future::Future;
 use std::sync::Arc;
