@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-60}"
 cargo fuzz build -s none
-for target in request records wal_recovery; do
+for target in request auth records wal_recovery; do
   scratch="$(mktemp -d)"
   echo "fuzz: $target for ${seconds}s"
   # -rss_limit_mb: a leak or an unbounded allocation fails the run; -timeout: so does a hang.

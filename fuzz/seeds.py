@@ -5,7 +5,10 @@ Run from the repository root: python3 fuzz/seeds.py. Needs aws-kinesis-agg
 
 import base64
 import gzip
+import hashlib
+import hmac
 import json
+import urllib.parse
 from pathlib import Path
 
 from aws_kinesis_agg.aggregator import RecordAggregator
@@ -67,7 +70,7 @@ def cloudwatch(message_type="DATA_MESSAGE"):
     envelope = {"messageType": message_type, "owner": "000000000000", "logGroup": "g", "logStream": "s",
                 "subscriptionFilters": ["f"], "logEvents": [{"id": "1", "timestamp": 0, "message": "hello"},
                                                             {"id": "2", "timestamp": 1, "message": "{\"a\":1}"}]}
-    return gzip.compress(json.dumps(envelope).encode())
+    return gzip.compress(json.dumps(envelope).encode(), mtime=0)
 
 
 # First byte: the chain (see fuzz_targets/records.rs).
@@ -78,11 +81,53 @@ RECORDS = [
     (JSON | DELIMIT, b'{"a":1} {"b":{"c":[1,2,3]}}\n{"d":"e"}'),
     (LINES, b"first\nsecond\n\nthird"),
     (PIPES, b"a||b||||c"),
-    (GUNZIP, gzip.compress(b"plain text")),
+    (GUNZIP, gzip.compress(b"plain text", mtime=0)),
     (CLOUDWATCH, cloudwatch()),
     (CLOUDWATCH | DELIMIT, cloudwatch("CONTROL_MESSAGE")),
-    (KPL | GUNZIP, kpl([gzip.compress(b"inner")])),
+    (KPL | GUNZIP, kpl([gzip.compress(b"inner", mtime=0)])),
 ]
+
+
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # the SigV4 test suite's
+AMZ_DATE = "20150830T123600Z"
+
+
+def signature(canonical, region="us-east-1"):
+    scope = f"{AMZ_DATE[:8]}/{region}/firehose/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", AMZ_DATE, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + SECRET).encode()
+    for part in (AMZ_DATE[:8], region, "firehose", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def firehose_request(body, region="us-east-1"):
+    """A PutRecord signed in the header form, as the suite writes requests."""
+    headers = {"content-type": "application/x-amz-json-1.1", "host": "firehose.us-east-1.amazonaws.com",
+               "x-amz-date": AMZ_DATE, "x-amz-target": "Firehose_20150804.PutRecord"}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(["POST", "/", "", "".join(f"{h}:{headers[h]}\n" for h in sorted(headers)), signed,
+                           hashlib.sha256(body).hexdigest()])
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{AMZ_DATE[:8]}/{region}/firehose/aws4_request, "
+                                f"SignedHeaders={signed}, Signature={signature(canonical, region)}")
+    return ("POST / HTTP/1.1\n" + "".join(f"{k}:{v}\n" for k, v in headers.items()) + "\n").encode() + body
+
+
+def presigned_request():
+    """A GET signed in the query form."""
+    params = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"AKIDEXAMPLE/{AMZ_DATE[:8]}/us-east-1/firehose/aws4_request",
+              "X-Amz-Date": AMZ_DATE, "X-Amz-Expires": "300", "X-Amz-SignedHeaders": "host"}
+    query = "&".join(f"{k}={urllib.parse.quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+    canonical = "\n".join(["GET", "/", query, "host:firehose.us-east-1.amazonaws.com\n", "host",
+                           hashlib.sha256(b"").hexdigest()])
+    return f"GET /?{query}&X-Amz-Signature={signature(canonical)} HTTP/1.1\nhost:firehose.us-east-1.amazonaws.com\n\n".encode()
+
+
+def auth_seeds():
+    vectors = sorted((Path(__file__).parent.parent / "crates/auth/src/vectors").glob("*.txt"))
+    return ([firehose_request(b'{"DeliveryStreamName":"s","Record":{"Data":"eA=="}}'),
+             firehose_request(b"\x01odd body", region="eu-west-1"), presigned_request()]
+            + [v.read_bytes() for v in vectors])
 
 
 def main():
@@ -91,6 +136,7 @@ def main():
         ("request", [bytes([OPERATIONS.index(op) | allow_http]) + json.dumps(body).encode()
                      for op, bodies in REQUESTS.items() for body in bodies for allow_http in (0, 0x80)]),
         ("records", [bytes([selector]) + data for selector, data in RECORDS]),
+        ("auth", auth_seeds()),
         # Edit scripts: none; cut a segment; flip a byte; zero a range; clear a file.
         ("wal_recovery", [b"", bytes([0, 1, 200, 0, 0]), bytes([1, 2, 100, 0, 7]), bytes([2, 0, 40, 0, 64]),
                           bytes([4, 3, 0, 0, 0])]),

@@ -13,7 +13,7 @@
 //! * [`metrics`]: Firehose's metric names in Prometheus form.
 
 pub mod api;
-pub mod auth;
+pub use sluice_auth as auth;
 pub mod catalog;
 pub mod config;
 pub mod delivery;

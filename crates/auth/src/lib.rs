@@ -1,7 +1,9 @@
-//! Request authentication at the edge, before a body is parsed: AWS Signature
-//! Version 4 in the `Authorization` header form every SDK and the aws CLI send,
-//! checked against the access keys of the `[auth]` configuration, and each key's
-//! optional policy (operations and streams it may use). With no keys configured,
+//! `sluice-auth`: request authentication at the server's edge, before a body is
+//! parsed: AWS Signature Version 4, in the `Authorization` header form every SDK
+//! and the aws CLI send and in the presigned query form, checked against the
+//! access keys of the `[auth]` configuration, and each key's optional policy
+//! (operations and streams it may use). Pure functions over a request's parts, so
+//! they can be fuzzed without a server. With no keys configured,
 //! requests are not checked (allowed only on loopback, or with `--allow-anonymous`).
 //!
 //! The checks, in AWS's order and with its errors: a signature is present
@@ -75,6 +77,7 @@ impl std::fmt::Debug for AccessKey {
 }
 
 /// A request as the signature covers it.
+#[derive(Clone)]
 pub struct SignedRequest<'a> {
     /// `POST`.
     pub method: &'a str,
@@ -398,7 +401,7 @@ fn push_trimmed(out: &mut Vec<u8>, value: &[u8]) {
 
 /// What SigV4 (and AWS paths generally) percent-encode: every byte but RFC 3986's
 /// unreserved characters.
-pub(crate) const UNRESERVED: &percent_encoding::AsciiSet =
+pub const UNRESERVED: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 fn uri_encode(text: &str) -> String {
