@@ -110,3 +110,35 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
     assert server.stop() == 0
     stored = [base64.b64decode(r["data"]) for r in server.dump("victim")]
     assert stored == acked, "exactly the acknowledged records, nothing from the attacks"
+
+
+def test_control_plane_bodies_are_charged_for_their_parsed_size(tmp_path):
+    """Bodies of operations other than the puts are parsed into a JSON tree about ten
+    times their size; they are charged sixteen times their size against the 64 MiB
+    body budget, so 32 clients sending a megabyte of empty arrays each cannot take
+    more than a few trees' worth of memory at once."""
+    server = Server(tmp_path / "data").start()
+    tree_bomb = b'{"DeliveryStreamName":"x","Tags":[' + b",".join([b"[]"] * 349_000) + b"]}"
+    stop = threading.Event()
+    statuses, peak = [], [0]
+
+    def attacker():
+        while not stop.is_set():
+            statuses.append(raw_request(server.port, tree_bomb, target="Firehose_20150804.CreateDeliveryStream"))
+
+    def sampler():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(server.proc.pid))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=attacker) for _ in range(32)] + [threading.Thread(target=sampler)]
+    for t in threads:
+        t.start()
+    time.sleep(5)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(f"\ntree bombs: {len(statuses)} answered, peak_rss_mib={peak[0] / 1024:.0f}")
+    assert len(statuses) > 32 and {s.split(" ")[1] for s in statuses if s} == {"400"}, set(statuses)
+    assert peak[0] < 160 * 1024, f"resident memory bounded: peak {peak[0] / 1024:.0f} MiB"
+    assert server.stop() == 0
