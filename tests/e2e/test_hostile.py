@@ -142,3 +142,30 @@ def test_control_plane_bodies_are_charged_for_their_parsed_size(tmp_path):
     assert len(statuses) > 32 and {s.split(" ")[1] for s in statuses if s} == {"400"}, set(statuses)
     assert peak[0] < 160 * 1024, f"resident memory bounded: peak {peak[0] / 1024:.0f} MiB"
     assert server.stop() == 0
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(tmp_path):
+    """Without a Content-Length the limit is enforced while the body streams in: a
+    chunked PutRecordBatch body growing past 8 MiB gets 413 and stores nothing."""
+    server = Server(tmp_path / "data").start()
+    make_stream(server.client(), "chunked")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall((f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.1\r\n"
+                   f"X-Amz-Target: {TARGET}\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        chunk = b"x" * (1 << 20)
+        try:
+            for _ in range(9):
+                s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # answered and closed once the limit was passed
+        answer = b""
+        try:
+            while b"exceeds" not in answer and (chunk := s.recv(4096)):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"exceeds the limit of 8388608 bytes" in answer
+    assert server.stop() == 0
+    assert server.dump("chunked") == []
