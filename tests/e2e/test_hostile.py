@@ -14,6 +14,10 @@ import urllib.request
 from conftest import Server, make_stream
 
 TARGET = "Firehose_20150804.PutRecordBatch"
+CREATE = "Firehose_20150804.CreateDeliveryStream"
+# Control-plane bodies become a JSON tree about ten times their size: a megabyte of
+# empty arrays is the worst case within their 1 MiB limit.
+TREE_BOMB = b'{"DeliveryStreamName":"victim","Tags":[' + b",".join([b"[]"] * 349_000) + b"]}"
 
 
 def raw_request(port, body, declared=None, target=TARGET, close_early=False):
@@ -40,18 +44,33 @@ def rss_kib(pid):
     return 0
 
 
+def run_for(seconds, server, workers):
+    """Runs `workers` (functions looping until the event they get is set) for
+    `seconds` while sampling the server's resident memory; the peak, in KiB."""
+    stop, peak = threading.Event(), [0]
+
+    def sampler():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(server.proc.pid))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=w, args=(stop,)) for w in workers] + [threading.Thread(target=sampler)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return peak[0]
+
+
 def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
     server = Server(tmp_path / "data").start()
     fh = server.client()
     make_stream(fh, "victim")
-    stop = threading.Event()
     statuses, acked = [], []
     huge = b"x" * (9 << 20)
     nested = b'{"DeliveryStreamName":"victim","Records":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    # Control-plane bodies become a JSON tree about ten times their size: a megabyte
-    # of empty arrays is the worst case within their 1 MiB limit.
-    tree_bomb = b'{"DeliveryStreamName":"victim","Tags":[' + b",".join([b"[]"] * 349_000) + b"]}"
-    create = "Firehose_20150804.CreateDeliveryStream"
     attacks = [
         lambda: raw_request(server.port, huge),                                   # over 8 MiB: 413 unread
         lambda: raw_request(server.port, b"", declared=1 << 30),                  # claims 1 GiB
@@ -60,17 +79,17 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
         lambda: raw_request(server.port, b"{" * 10, declared=1000, close_early=True),  # truncated body
         lambda: raw_request(server.port, json.dumps(
             {"DeliveryStreamName": "victim", "Records": [{"Data": "!!not base64"}]}).encode()),
-        lambda: raw_request(server.port, tree_bomb, target=create),                # within 1 MiB: 400
-        lambda: raw_request(server.port, b"[]" * (1 << 20), target=create),       # 2 MiB control body: 413
+        lambda: raw_request(server.port, TREE_BOMB, target=CREATE),                # within 1 MiB: 400
+        lambda: raw_request(server.port, b"[]" * (1 << 20), target=CREATE),       # 2 MiB control body: 413
     ]
-    peak = [0]
 
     def attacker(i):
-        while not stop.is_set():
-            status = attacks[i % len(attacks)]()
-            statuses.append((i % len(attacks), status))
+        def attack(stop):
+            while not stop.is_set():
+                statuses.append((i % len(attacks), attacks[i % len(attacks)]()))
+        return attack
 
-    def producer():
+    def producer(stop):
         client = server.client()
         n = 0
         while not stop.is_set():
@@ -79,19 +98,7 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
             acked.append(data)
             n += 1
 
-    def sampler():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(server.proc.pid))
-            time.sleep(0.05)
-
-    threads = [threading.Thread(target=attacker, args=(i,)) for i in range(12)]
-    threads += [threading.Thread(target=producer), threading.Thread(target=sampler)]
-    for t in threads:
-        t.start()
-    time.sleep(8)
-    stop.set()
-    for t in threads:
-        t.join()
+    peak = run_for(8, server, [attacker(i) for i in range(12)] + [producer])
     by_attack = {}
     for kind, status in statuses:
         by_attack.setdefault(kind, set()).add(status.split(" ")[1] if status.startswith("HTTP/1.1") else status)
@@ -104,9 +111,9 @@ def test_hostile_requests_under_load_leave_the_server_answering(tmp_path):
     assert "413" in by_attack[7] and by_attack[7] <= {"413", ""}, by_attack
     with urllib.request.urlopen(server.endpoint + "/health", timeout=5) as r:
         assert r.status == 200, "still answering"
-    print(f"\nhostile report: attacks={len(statuses)} good puts={len(acked)} peak_rss_mib={peak[0] / 1024:.0f}")
+    print(f"\nhostile report: attacks={len(statuses)} good puts={len(acked)} peak_rss_mib={peak / 1024:.0f}")
     assert len(acked) > 0
-    assert peak[0] < 256 * 1024, f"resident memory bounded: peak {peak[0] / 1024:.0f} MiB"
+    assert peak < 256 * 1024, f"resident memory bounded: peak {peak / 1024:.0f} MiB"
     assert server.stop() == 0
     stored = [base64.b64decode(r["data"]) for r in server.dump("victim")]
     assert stored == acked, "exactly the acknowledged records, nothing from the attacks"
@@ -118,29 +125,16 @@ def test_control_plane_bodies_are_charged_for_their_parsed_size(tmp_path):
     body budget, so 32 clients sending a megabyte of empty arrays each cannot take
     more than a few trees' worth of memory at once."""
     server = Server(tmp_path / "data").start()
-    tree_bomb = b'{"DeliveryStreamName":"x","Tags":[' + b",".join([b"[]"] * 349_000) + b"]}"
-    stop = threading.Event()
-    statuses, peak = [], [0]
+    statuses = []
 
-    def attacker():
+    def attacker(stop):
         while not stop.is_set():
-            statuses.append(raw_request(server.port, tree_bomb, target="Firehose_20150804.CreateDeliveryStream"))
+            statuses.append(raw_request(server.port, TREE_BOMB, target=CREATE))
 
-    def sampler():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(server.proc.pid))
-            time.sleep(0.02)
-
-    threads = [threading.Thread(target=attacker) for _ in range(32)] + [threading.Thread(target=sampler)]
-    for t in threads:
-        t.start()
-    time.sleep(5)
-    stop.set()
-    for t in threads:
-        t.join()
-    print(f"\ntree bombs: {len(statuses)} answered, peak_rss_mib={peak[0] / 1024:.0f}")
+    peak = run_for(5, server, [attacker] * 32)
+    print(f"\ntree bombs: {len(statuses)} answered, peak_rss_mib={peak / 1024:.0f}")
     assert len(statuses) > 32 and {s.split(" ")[1] for s in statuses if s} == {"400"}, set(statuses)
-    assert peak[0] < 160 * 1024, f"resident memory bounded: peak {peak[0] / 1024:.0f} MiB"
+    assert peak < 160 * 1024, f"resident memory bounded: peak {peak / 1024:.0f} MiB"
     assert server.stop() == 0
 
 

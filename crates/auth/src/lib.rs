@@ -13,6 +13,7 @@
 //! within 5 minutes of now, and equal to the one computed here
 //! (`InvalidSignatureException`).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use ring::{digest, hmac};
@@ -173,18 +174,23 @@ fn check<'k>(
     };
     // The header form, or the presigned (query-string) form.
     let presigned = if header("authorization").is_none() { presigned(request.query)? } else { None };
-    let (authorization, amz_date, expires_ms, query) = match (header("authorization"), presigned) {
-        (Some(authorization), _) => {
-            (authorization.to_string(), header("x-amz-date").map(str::to_string), None, request.query.to_string())
-        }
-        (None, Some(p)) => (p.authorization, Some(p.amz_date), Some(p.expires_s * 1000), p.query),
-        (None, None) => {
-            return Err(error(
-                ErrorCode::MissingAuthenticationTokenException,
-                "Request is missing Authentication Token",
-            ))
-        }
-    };
+    // Borrowed in the header form (every SDK's, the hot one); the presigned form
+    // rebuilds them from the query.
+    let (authorization, amz_date, expires_ms, query): (Cow<'_, str>, Option<Cow<'_, str>>, _, Cow<'_, str>) =
+        match (header("authorization"), presigned) {
+            (Some(authorization), _) => {
+                (authorization.into(), header("x-amz-date").map(Cow::from), None, request.query.into())
+            }
+            (None, Some(p)) => {
+                (p.authorization.into(), Some(p.amz_date.into()), Some(p.expires_s * 1000), p.query.into())
+            }
+            (None, None) => {
+                return Err(error(
+                    ErrorCode::MissingAuthenticationTokenException,
+                    "Request is missing Authentication Token",
+                ))
+            }
+        };
     let auth = parse_authorization(&authorization)?;
     let Some(key) = keys.iter().find(|k| k.id == auth.key_id) else {
         return Err(error(
@@ -239,8 +245,7 @@ fn check<'k>(
     if !signature {
         return Ok(key);
     }
-    let request = SignedRequest { query: &query, headers: request.headers.clone(), ..*request };
-    if signature_matches(&request, &auth, &amz_date, key) {
+    if signature_matches(request, &query, &auth, &amz_date, key) {
         Ok(key)
     } else {
         Err(invalid("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into()))
@@ -301,8 +306,15 @@ fn presigned(query: &str) -> Result<Option<Presigned>, ApiError> {
 }
 
 /// Whether the request's signature is the one `secret` makes (constant-time).
-fn signature_matches(request: &SignedRequest<'_>, auth: &Authorization<'_>, amz_date: &str, key: &AccessKey) -> bool {
-    let canonical = canonical_request(request, &auth.signed_headers);
+/// `query` is the query as signed (without `X-Amz-Signature` in the presigned form).
+fn signature_matches(
+    request: &SignedRequest<'_>,
+    query: &str,
+    auth: &Authorization<'_>,
+    amz_date: &str,
+    key: &AccessKey,
+) -> bool {
+    let canonical = canonical_request(request, query, &auth.signed_headers);
     let mut string_to_sign = Vec::with_capacity(160);
     for part in
         ["AWS4-HMAC-SHA256\n", amz_date, "\n", auth.date, "/", auth.region, "/", auth.service, "/aws4_request\n"]
@@ -331,7 +343,7 @@ pub fn authorize(key: &AccessKey, operation: &str, stream: Option<&str>, resourc
 /// SigV4's canonical request (the path is encoded once more, as for every service
 /// but S3; the query sorted; the signed headers trimmed and joined), as the bytes
 /// that are hashed. Written into one buffer: it is built for every signed request.
-fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> Vec<u8> {
+fn canonical_request(request: &SignedRequest<'_>, query: &str, signed_headers: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(request.method.as_bytes());
     out.push(b'\n');
@@ -345,8 +357,7 @@ fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> Ve
         out.extend(percent_encoding::utf8_percent_encode(segment, UNRESERVED).flat_map(str::bytes));
     }
     out.push(b'\n');
-    let mut query: Vec<(String, String)> = request
-        .query
+    let mut query: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
@@ -377,7 +388,12 @@ fn canonical_request(request: &SignedRequest<'_>, signed_headers: &[&str]) -> Ve
         out.push(b'\n');
     }
     out.push(b'\n');
-    out.extend_from_slice(signed_headers.join(";").as_bytes());
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        out.extend_from_slice(name.as_bytes());
+    }
     out.push(b'\n');
     push_hex(&mut out, digest::digest(&digest::SHA256, request.body).as_ref());
     out

@@ -27,9 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
-use sluice_protocol::limits::{
-    CONTROL_REQUEST_BODY_BYTES_MAX, CONTROL_REQUEST_BODY_CHARGE_FACTOR, REQUEST_BODY_BYTES_MAX,
-};
+use sluice_protocol::limits::request_body_limit;
 use sluice_protocol::{ApiError, ErrorCode, Operation, ParseOptions};
 
 use crate::catalog::{Catalog, CatalogError, StreamRecord};
@@ -190,14 +188,7 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
     let request_id = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
-    // Puts carry records and may be large; every other operation's body is small
-    // and becomes a JSON tree several times its size, so it is held smaller and
-    // charged more (see `limits`).
-    let is_put = target.is_some_and(|t| t.ends_with(".PutRecord") || t.ends_with(".PutRecordBatch"));
-    let (body_bytes_max, charge_factor) = match is_put {
-        true => (REQUEST_BODY_BYTES_MAX, 1),
-        false => (CONTROL_REQUEST_BODY_BYTES_MAX, CONTROL_REQUEST_BODY_CHARGE_FACTOR),
-    };
+    let (body_bytes_max, charge_factor) = request_body_limit(target);
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
@@ -217,22 +208,27 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
         access_key_id: access_key_id.map(str::to_string),
         now_ms: now_ms(),
     };
-    let signed = |body| crate::auth::SignedRequest {
+    // The headers are listed for the verifier once, and only when it will run.
+    let (keys, regions) = (&state.config.auth_keys, &state.config.auth_regions);
+    let mut signed = crate::auth::SignedRequest {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
-        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect(),
-        body,
+        headers: if keys.is_empty() {
+            Vec::new()
+        } else {
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect()
+        },
+        body: &[],
     };
     let refuse = |e: ApiError| {
         let status = StatusCode::from_u16(e.code.status()).expect("valid status");
         respond(&request_id, status, Some(e.code.as_str()), e.body())
     };
-    let (keys, regions) = (&state.config.auth_keys, &state.config.auth_regions);
     // Unsigned, unknown or stale requests are refused before their bodies are
     // waited for and held.
     if !keys.is_empty() {
-        if let Err(e) = crate::auth::verify_before_body(&signed(&[]), keys, regions, ctx.now_ms) {
+        if let Err(e) = crate::auth::verify_before_body(&signed, keys, regions, ctx.now_ms) {
             return refuse(e);
         }
     }
@@ -257,7 +253,8 @@ async fn firehose(State(state): State<Arc<AppState>>, request: axum::extract::Re
     let key = if keys.is_empty() {
         None
     } else {
-        match crate::auth::verify(&signed(&bytes), keys, regions, ctx.now_ms) {
+        signed.body = &bytes;
+        match crate::auth::verify(&signed, keys, regions, ctx.now_ms) {
             Ok(key) => Some(key),
             Err(e) => return refuse(e),
         }
