@@ -89,6 +89,11 @@ pub struct StreamRecord {
     pub tags: BTreeMap<String, Option<String>>,
     /// Encryption at rest.
     pub encryption: EncryptionState,
+    /// Changes since creation (1 at creation, plus one per change of any kind), so
+    /// that of two copies of the definition the newer can be told (see
+    /// [`StreamDefinition`]). 0 in catalogs written before it existed.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl StreamRecord {
@@ -99,6 +104,54 @@ impl StreamRecord {
         } else {
             "ACTIVE"
         }
+    }
+}
+
+/// Version of the definition kept beside each stream's log.
+const DEFINITION_FORMAT_VERSION: u32 = 1;
+
+/// Where a stream's life is, as recorded beside its log. With the catalog this
+/// tells, at start, an interrupted create or delete apart from a catalog that was
+/// lost or restored from an older copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// The log was made; the catalog may not name the stream yet (a crash here is
+    /// an interrupted create, and the log holds no records).
+    Creating,
+    /// The catalog names the stream.
+    Active,
+    /// A delete began: the catalog is about to forget the stream, then the log goes.
+    Deleting,
+}
+
+/// A stream's definition as kept beside its log (the record log's opaque
+/// definition blob), a copy of its catalog entry: enough to rebuild the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamDefinition {
+    /// [`DEFINITION_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Where the stream's life is.
+    pub lifecycle: Lifecycle,
+    /// The catalog entry.
+    pub stream: StreamRecord,
+}
+
+impl StreamDefinition {
+    /// The blob for `stream` at `lifecycle`.
+    pub fn encode(stream: &StreamRecord, lifecycle: Lifecycle) -> Vec<u8> {
+        let definition =
+            StreamDefinition { format_version: DEFINITION_FORMAT_VERSION, lifecycle, stream: stream.clone() };
+        serde_json::to_vec(&definition).expect("definitions always serialise")
+    }
+
+    /// Reads a blob; `Err` for one this build cannot read.
+    pub fn decode(blob: &[u8]) -> Result<StreamDefinition, String> {
+        let definition: StreamDefinition = serde_json::from_slice(blob).map_err(|e| e.to_string())?;
+        if definition.format_version > DEFINITION_FORMAT_VERSION {
+            return Err(format!("format version {} is newer than this build", definition.format_version));
+        }
+        Ok(definition)
     }
 }
 
@@ -149,6 +202,11 @@ pub enum CatalogError {
 }
 
 impl Catalog {
+    /// Whether `dir` holds a catalog file.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(CATALOG_FILE).exists()
+    }
+
     /// Loads `catalog.json` from `dir`, or starts empty.
     pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
         let path = dir.join(CATALOG_FILE);

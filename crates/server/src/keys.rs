@@ -2,12 +2,18 @@
 //! log asks it to wrap each segment's data key; the API asks it whether a stream's
 //! key is usable. `AWS_OWNED_CMK` maps to the server's master key; a
 //! `CUSTOMER_MANAGED_CMK` ARN maps to a key configured in `[[encryption.keys]]`.
+//!
+//! The master key file is created only once recovery has shown that no record in
+//! the log is encrypted under it ([`KeyRegistry::ensure_master`]): a new key over
+//! existing encrypted data would make that data unreadable, so a missing file with
+//! such data is a refusal to start, never a fresh key.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -32,6 +38,10 @@ fn kek(raw: &[u8; 32]) -> LessSafeKey {
 
 /// All key-encryption keys.
 pub struct KeyRegistry {
+    master_key_file: PathBuf,
+    /// The master key, once read or (after recovery) created.
+    master: OnceLock<Kek>,
+    /// Customer managed keys by ARN.
     keys: HashMap<String, Kek>,
 }
 
@@ -49,6 +59,14 @@ pub enum KeysError {
     /// A key is not 32 bytes of hex.
     #[error("key {0} is not 64 hex digits")]
     Malformed(String),
+    /// The master key file may be read or written by other users.
+    #[error("the master key file {path} is accessible to other users (mode {mode:o}); Sluice refuses to use it. Run `chmod 600 {path}` (and check who may have read it).")]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 fn parse_hex_key(text: &str, name: &str) -> Result<[u8; 32], KeysError> {
@@ -67,35 +85,46 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads the master key, creating it (owner-only, fsynced) on first start.
-fn load_or_create_master(path: &Path) -> Result<[u8; 32], KeysError> {
+/// Reads the master key; `None` when the file does not exist. A file others may
+/// read or write is refused.
+fn read_master(path: &Path) -> Result<Option<[u8; 32]>, KeysError> {
     let io = |source| KeysError::Io { path: path.display().to_string(), source };
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let key = text.lines().find(|l| !l.starts_with("sluice-master-key")).unwrap_or("");
-            parse_hex_key(key, &path.display().to_string())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut key);
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-            writeln!(file, "{MASTER_KEY_HEADER}\n{}", hex(&key)).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            if let Some(dir) = path.parent() {
-                fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-            }
-            Ok(key)
-        }
-        Err(e) => Err(io(e)),
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeysError::Exposed { path: path.display().to_string(), mode });
     }
+    let key = text.lines().find(|l| !l.starts_with("sluice-master-key")).unwrap_or("");
+    parse_hex_key(key, &path.display().to_string()).map(Some)
+}
+
+/// Creates a new master key file (owner-only, fsynced); fails if one exists.
+fn create_master(path: &Path) -> Result<[u8; 32], KeysError> {
+    let io = |source| KeysError::Io { path: path.display().to_string(), source };
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    writeln!(file, "{MASTER_KEY_HEADER}\n{}", hex(&key)).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(key)
 }
 
 impl KeyRegistry {
-    /// Loads the master key and the configured customer managed keys.
+    /// Loads the master key, if its file exists, and the configured customer
+    /// managed keys. Creates nothing (see [`KeyRegistry::ensure_master`]).
     pub fn load(master_key_file: &Path, kms_keys: &[RawKmsKey]) -> Result<KeyRegistry, KeysError> {
+        let master = OnceLock::new();
+        if let Some(raw) = read_master(master_key_file)? {
+            let _ = master.set(Kek { cipher: kek(&raw), enabled: true });
+        }
         let mut keys = HashMap::new();
-        let master = load_or_create_master(master_key_file)?;
-        keys.insert(AWS_OWNED_KEY_REF.to_string(), Kek { cipher: kek(&master), enabled: true });
         for key in kms_keys {
             let text = match (&key.key_hex, &key.key_file) {
                 (Some(hex), _) => hex.clone(),
@@ -106,12 +135,41 @@ impl KeyRegistry {
             let raw = parse_hex_key(&text, &key.arn)?;
             keys.insert(key.arn.clone(), Kek { cipher: kek(&raw), enabled: key.enabled.unwrap_or(true) });
         }
-        Ok(KeyRegistry { keys })
+        Ok(KeyRegistry { master_key_file: master_key_file.to_path_buf(), master, keys })
+    }
+
+    /// Creates the master key file if there is none. Call only after the log was
+    /// recovered without needing it: then no record is encrypted under a master key
+    /// this registry does not have.
+    pub fn ensure_master(&self) -> Result<(), KeysError> {
+        if self.master.get().is_some() {
+            return Ok(());
+        }
+        let raw = create_master(&self.master_key_file)?;
+        let _ = self.master.set(Kek { cipher: kek(&raw), enabled: true });
+        Ok(())
+    }
+
+    /// Whether the master key file existed (or was created).
+    pub fn has_master(&self) -> bool {
+        self.master.get().is_some()
+    }
+
+    /// The master key file's path.
+    pub fn master_key_file(&self) -> &Path {
+        &self.master_key_file
+    }
+
+    fn kek(&self, key_ref: &str) -> Option<&Kek> {
+        match key_ref {
+            AWS_OWNED_KEY_REF => self.master.get(),
+            arn => self.keys.get(arn),
+        }
     }
 
     /// Whether `key_ref` may encrypt new records.
     pub fn check(&self, key_ref: &str) -> Result<(), KeyError> {
-        match self.keys.get(key_ref) {
+        match self.kek(key_ref) {
             None => Err(KeyError::NotFound),
             Some(kek) if !kek.enabled => Err(KeyError::Disabled),
             Some(_) => Ok(()),
@@ -122,7 +180,7 @@ impl KeyRegistry {
 impl KeyWrapper for KeyRegistry {
     fn wrap(&self, key_ref: &str, data_key: &[u8; DATA_KEY_BYTES]) -> Result<Vec<u8>, KeyError> {
         self.check(key_ref)?;
-        let kek = &self.keys[key_ref];
+        let kek = self.kek(key_ref).ok_or(KeyError::NotFound)?;
         // Data keys are wrapped with a random nonce stored in front of them: a key
         // encryption key wraps few keys, far below the random-nonce limit.
         let mut nonce = [0u8; 12];
@@ -136,7 +194,7 @@ impl KeyWrapper for KeyRegistry {
 
     fn unwrap(&self, key_ref: &str, wrapped: &[u8]) -> Result<[u8; DATA_KEY_BYTES], KeyError> {
         // Disabled keys still unwrap: records already accepted must stay deliverable.
-        let kek = self.keys.get(key_ref).ok_or(KeyError::NotFound)?;
+        let kek = self.kek(key_ref).ok_or(KeyError::NotFound)?;
         if wrapped.len() < 12 {
             return Err(KeyError::Unwrap);
         }
@@ -150,17 +208,34 @@ impl KeyWrapper for KeyRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn master_key_is_created_private_and_reused() {
+    fn master_key_is_created_private_only_when_asked_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         let a = KeyRegistry::load(&path, &[]).unwrap();
+        assert!(!path.exists(), "loading never creates a key");
+        assert!(matches!(a.wrap(AWS_OWNED_KEY_REF, &[9; 32]), Err(KeyError::NotFound)));
+        a.ensure_master().unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let wrapped = a.wrap(AWS_OWNED_KEY_REF, &[9; 32]).unwrap();
         let b = KeyRegistry::load(&path, &[]).unwrap();
         assert_eq!(b.unwrap(AWS_OWNED_KEY_REF, &wrapped).unwrap(), [9; 32]);
+        b.ensure_master().unwrap();
+        assert_eq!(b.unwrap(AWS_OWNED_KEY_REF, &wrapped).unwrap(), [9; 32], "an existing key is never replaced");
+    }
+
+    #[test]
+    fn a_master_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        KeyRegistry::load(&path, &[]).unwrap().ensure_master().unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = KeyRegistry::load(&path, &[]).err().expect("refused");
+        assert!(matches!(refused, KeysError::Exposed { mode: 0o644, .. }), "{refused}");
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        KeyRegistry::load(&path, &[]).unwrap();
     }
 
     #[test]

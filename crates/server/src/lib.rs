@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod reconcile;
 mod serve;
 pub mod throttle;
 pub mod tls;
@@ -58,6 +59,9 @@ pub enum ServerError {
     /// The log could not be opened.
     #[error("write-ahead log: {0}")]
     Wal(#[from] sluice_wal::Error),
+    /// Records in the log are encrypted under a key that is missing or wrong.
+    #[error("{0}")]
+    KeyUnavailable(String),
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
@@ -102,20 +106,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         fail_syncs_after: std::env::var("SLUICE_FAIL_SYNCS_AFTER").ok().and_then(|v| v.parse().ok()),
         ..options
     };
-    let (wal, report) = Wal::open(&data_dir.join("wal"), options, keys.clone())?;
+    let (wal, report) = match Wal::open(&data_dir.join("wal"), options, keys.clone()) {
+        Ok(opened) => opened,
+        Err(sluice_wal::Error::Key { key_ref, source }) => return Err(key_unavailable(&keys, &key_ref, &source)),
+        Err(other) => return Err(other.into()),
+    };
+    // Only now, with every undelivered record's key unwrapped, may a missing master
+    // key be created: nothing in the log needs the old one.
+    keys.ensure_master()?;
     tracing::info!(
         n_streams = report.n_streams,
         n_records = report.n_records,
         torn_tail_bytes = report.torn_tail_bytes,
         n_quarantined = report.quarantined.len(),
+        n_gaps = report.gaps.len(),
+        n_failed = report.failed.len(),
         "Recovered the write-ahead log."
     );
     let wal = Arc::new(wal);
+    let catalog_found = Catalog::exists(&data_dir);
     let catalog = Catalog::open(&data_dir)?;
-    reconcile(&catalog, &wal)?;
+    reconcile::reconcile(&catalog, &wal, catalog_found)?;
+    report_recovery(&catalog, &report);
     let metrics = metrics::Metrics::install();
     ::metrics::counter!("sluice_wal_quarantined_regions").absolute(report.quarantined.len() as u64);
     ::metrics::counter!("sluice_wal_torn_tail_bytes").absolute(report.torn_tail_bytes);
+    ::metrics::counter!("sluice_wal_missing_ranges").absolute(report.gaps.len() as u64);
+    let missing: u64 = report.gaps.iter().map(|g| g.last_seq - g.first_seq + 1).sum();
+    ::metrics::counter!("sluice_wal_missing_records").absolute(missing);
+    ::metrics::gauge!("sluice_wal_unavailable_streams").set(wal.failed_streams().len() as f64);
+    for stream in catalog.snapshot().streams.values() {
+        metrics.register_stream(stream);
+    }
     let state = Arc::new(AppState {
         config: config.clone(),
         catalog,
@@ -179,22 +201,44 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     Ok(())
 }
 
-/// Makes the log and the catalog agree after a crash between their two writes: logs
-/// of streams the catalog does not name are removed, missing logs are created.
-fn reconcile(catalog: &Catalog, wal: &Wal) -> Result<(), ServerError> {
-    let known = catalog.ids();
-    for id in wal.streams() {
-        if !known.contains(&id) {
-            tracing::warn!(
-                stream = id,
-                "Removing the log of a stream the catalog does not know (an interrupted create or delete)."
-            );
-            wal.delete_stream(id)?;
-        }
+/// Why the log cannot be opened with the keys at hand, and what to do about it.
+fn key_unavailable(keys: &KeyRegistry, key_ref: &str, error: &sluice_wal::KeyError) -> ServerError {
+    let path = keys.master_key_file().display();
+    let message = match (key_ref, error) {
+        (keys::AWS_OWNED_KEY_REF, sluice_wal::KeyError::NotFound) => format!(
+            "the log holds undelivered records encrypted with the master key (AWS_OWNED_CMK), but {path} does not exist. Restore that file from a backup and start again. Sluice never creates a new master key over existing encrypted data: the records could never be read again."
+        ),
+        (keys::AWS_OWNED_KEY_REF, _) => format!(
+            "the master key in {path} is not the one the log's undelivered records were encrypted with (was the file replaced?). Restore the original file and start again."
+        ),
+        (arn, sluice_wal::KeyError::NotFound) => format!(
+            "the log holds undelivered records encrypted with the customer managed key {arn}, which is not configured; add it back to [[encryption.keys]] and start again."
+        ),
+        (arn, _) => format!(
+            "the key configured for {arn} is not the one the log's undelivered records were encrypted with; configure the original key and start again."
+        ),
+    };
+    ServerError::KeyUnavailable(message)
+}
+
+/// Says, by stream name, what recovery lost or could not recover: the log itself
+/// knows streams only by id.
+fn report_recovery(catalog: &Catalog, report: &sluice_wal::RecoveryReport) {
+    let name = |id: u64| catalog.get_by_id(id).map_or_else(|| format!("(log {id:016x})"), |s| s.name.clone());
+    for gap in &report.gaps {
+        tracing::error!(
+            stream = %name(gap.stream),
+            first_seq = gap.first_seq,
+            last_seq = gap.last_seq,
+            n_records = gap.last_seq - gap.first_seq + 1,
+            "Acknowledged records are missing from the stream's log and cannot be delivered (counted in sluice_wal_missing_records)."
+        );
     }
-    let existing: std::collections::HashSet<u64> = wal.streams().into_iter().collect();
-    for id in known.iter().filter(|id| !existing.contains(id)) {
-        wal.create_stream(*id)?;
+    for failed in &report.failed {
+        tracing::error!(
+            stream = %name(failed.stream),
+            reason = %failed.reason,
+            "The stream's log could not be recovered: its files are kept as they are, puts to it get ServiceUnavailableException and nothing is delivered from it. Fix the cause (restore the file from a backup, or move a damaged checkpoint aside to deliver from the start again) and restart; the other streams are served."
+        );
     }
-    Ok(())
 }

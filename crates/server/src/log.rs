@@ -24,6 +24,14 @@ pub enum LogError {
     /// This call failed, nothing of it was stored; retrying later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The disk holding the log is full; nothing of this call was stored. Retrying
+    /// works once delivery (or the operator) frees space.
+    #[error("disk full: {0}")]
+    NoSpace(String),
+    /// The stream's log could not be recovered at start; it takes no records until
+    /// the operator fixes the cause and restarts.
+    #[error("the stream's log is unavailable: {0}")]
+    StreamUnavailable(String),
     /// The encryption key cannot be used.
     #[error("encryption key {key_ref}: {reason}")]
     Key {
@@ -47,8 +55,12 @@ pub trait LogCursor: Send {
 
 /// A durable, per-stream record log.
 pub trait RecordLog: Send + Sync + 'static {
-    /// Prepares an empty log for a new stream.
-    fn create_stream(&self, stream: u64) -> Result<(), LogError>;
+    /// Prepares an empty log for a new stream, with the stream's definition (an
+    /// opaque blob kept with the log, so the log can be told apart without the
+    /// catalog).
+    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError>;
+    /// Replaces the stream's definition kept with its log.
+    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError>;
     /// Removes a stream's log and its records.
     fn delete_stream(&self, stream: u64) -> Result<(), LogError>;
     /// Appends records; resolves only once they are durable.
@@ -66,10 +78,11 @@ pub trait RecordLog: Send + Sync + 'static {
     fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
     /// The delivery state last committed, if any.
     fn state(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError>;
-    /// Bytes the log holds for a stream (for back-pressure).
-    fn retained_bytes(&self, stream: u64) -> Result<u64, LogError>;
-    /// Bytes the log holds for all streams.
-    fn retained_bytes_total(&self) -> u64;
+    /// Bytes the log holds for a stream's records not yet acknowledged (for
+    /// back-pressure; delivered records never count).
+    fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError>;
+    /// The same for all streams.
+    fn undelivered_bytes_total(&self) -> u64;
     /// `Err(reason)` once the log can no longer be trusted with writes.
     fn health(&self) -> Result<(), String>;
 }
@@ -79,6 +92,8 @@ fn log_error(error: sluice_wal::Error) -> LogError {
         sluice_wal::Error::Poisoned(reason) => LogError::Fatal(reason),
         sluice_wal::Error::Key { key_ref, source } => LogError::Key { key_ref, reason: source },
         sluice_wal::Error::UnknownStream(id) => LogError::UnknownStream(id),
+        sluice_wal::Error::StreamUnavailable { reason, .. } => LogError::StreamUnavailable(reason),
+        other @ sluice_wal::Error::NoSpace { .. } => LogError::NoSpace(other.to_string()),
         other => LogError::Unavailable(other.to_string()),
     }
 }
@@ -114,8 +129,12 @@ impl LogCursor for WalCursor {
 }
 
 impl RecordLog for WalLog {
-    fn create_stream(&self, stream: u64) -> Result<(), LogError> {
-        self.0.create_stream(stream).map_err(log_error)
+    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError> {
+        self.0.create_stream(stream, &definition).map_err(log_error)
+    }
+
+    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError> {
+        self.0.define_stream(stream, &definition).map_err(log_error)
     }
 
     fn delete_stream(&self, stream: u64) -> Result<(), LogError> {
@@ -149,12 +168,12 @@ impl RecordLog for WalLog {
         self.0.state(stream).map_err(log_error)
     }
 
-    fn retained_bytes(&self, stream: u64) -> Result<u64, LogError> {
-        self.0.retained_bytes(stream).map_err(log_error)
+    fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError> {
+        self.0.undelivered_bytes(stream).map_err(log_error)
     }
 
-    fn retained_bytes_total(&self) -> u64 {
-        self.0.retained_bytes_total()
+    fn undelivered_bytes_total(&self) -> u64 {
+        self.0.undelivered_bytes_total()
     }
 
     fn health(&self) -> Result<(), String> {

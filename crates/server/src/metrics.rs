@@ -182,6 +182,28 @@ impl Metrics {
         metrics::counter!("sluice_records_expired", &[("DeliveryStreamName", name)]).increment(n_records);
     }
 
+    /// Registers every series a stream has, at zero where nothing happened yet, so a
+    /// stream's metrics exist from its creation (and from start-up for existing
+    /// streams) rather than from its first put or delivery.
+    pub fn register_stream(&self, stream: &crate::catalog::StreamRecord) {
+        self.name_stream(stream.id, &stream.name);
+        self.stream(stream.id, &stream.name);
+        let destination = &stream.destination;
+        let prefixes = [
+            destination.s3_settings().map(|_| "DeliveryToS3"),
+            destination.http_settings().map(|_| "DeliveryToHttpEndpoint"),
+            destination.backup_s3_settings().map(|_| "BackupToS3"),
+        ];
+        let labels = [("DeliveryStreamName", stream.name.clone())];
+        for prefix in prefixes.into_iter().flatten() {
+            for series in ["Attempts", "Success", "Records", "Bytes"] {
+                metrics::counter!(format!("{prefix}.{series}"), &labels).increment(0);
+            }
+            let mut oldest = self.oldest_undelivered_ms.write().expect("lock");
+            oldest.entry((stream.id, prefix)).or_insert(None);
+        }
+    }
+
     /// Records the name of stream `id` for metrics reported by id.
     pub fn name_stream(&self, id: u64, name: &str) {
         self.names.write().expect("lock").insert(id, name.to_string());

@@ -106,8 +106,10 @@
 
 mod checkpoint;
 mod crypto;
+mod durable;
 mod error;
 mod frame;
+mod meta;
 mod segment;
 mod stream_log;
 mod wal;
@@ -116,7 +118,7 @@ pub use crypto::{KeyError, KeyWrapper, NoKeys, DATA_KEY_BYTES};
 pub use error::{Error, Result};
 pub use frame::FRAME_HEADER_BYTES;
 pub use stream_log::{Appended, Reader, StoredRecord};
-pub use wal::{Encryption, Quarantine, RecoveryReport, StreamId, Wal, WalOptions};
+pub use wal::{Encryption, FailedStream, Gap, Quarantine, RecoveryReport, StreamId, Wal, WalOptions};
 
 #[cfg(test)]
 mod tests;

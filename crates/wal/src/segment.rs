@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, Decoded, FRAME_ALIGN_BYTES};
 
@@ -96,17 +97,32 @@ pub(crate) fn decode_header(buf: &[u8], path: &Path) -> Result<(SegmentHeader, u
 
 /// Creates a segment durably: the header is written to a temporary file that is
 /// preallocated and fsynced, renamed into place, and the directory is fsynced, so a
-/// segment under its final name always has a valid header.
+/// segment under its final name always has a valid header. On a nearly full disk
+/// the preallocation is skipped (the file then grows by what each write needs);
+/// any failure removes the temporary file.
 pub(crate) fn create(dir: &Path, header: &SegmentHeader, preallocate_bytes: u64) -> Result<(File, PathBuf, u64)> {
     let path = dir.join(segment_file_name(header.base_seq));
     let tmp = path.with_extension("seg.tmp");
     let bytes = encode_header(header);
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
-    file.write_all_at(&bytes, 0).at(&tmp)?;
-    let allocated = preallocate(&file, &tmp, bytes.len() as u64, preallocate_bytes)?;
-    file.sync_all().at(&tmp)?;
+    let created = (|| {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
+        file.write_all_at(&bytes, 0).at(&tmp)?;
+        let allocated = match preallocate(&file, &tmp, bytes.len() as u64, preallocate_bytes) {
+            Err(e) if e.is_no_space() => bytes.len() as u64,
+            other => other?,
+        };
+        file.sync_all().at(&tmp)?;
+        Ok((file, allocated))
+    })();
+    let (file, allocated) = match created {
+        Ok(created) => created,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     fs::rename(&tmp, &path).at(&path)?;
-    sync_dir(dir)?;
+    durable::sync_dir(dir)?;
     Ok((file, path, allocated))
 }
 
@@ -117,11 +133,6 @@ pub(crate) fn preallocate(file: &File, path: &Path, offset: u64, step: u64) -> R
         .map_err(std::io::Error::from)
         .at(path)?;
     Ok(target)
-}
-
-/// Fsyncs a directory so that creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 /// A byte range recovery cut out of a segment.
@@ -136,8 +147,13 @@ pub(crate) struct BadRange {
 pub(crate) struct Scan {
     pub(crate) header: SegmentHeader,
     pub(crate) header_len: u64,
+    /// Sequence of the first valid frame, or `None` when the segment has no frames.
+    pub(crate) first_seq: Option<u64>,
     /// Sequence of the last valid frame, or `None` when the segment has no frames.
     pub(crate) last_seq: Option<u64>,
+    /// Consecutive valid frames whose sequence numbers are not consecutive (the
+    /// frames between them were in a damaged region): `(before, after)`.
+    pub(crate) jumps: Vec<(u64, u64)>,
     pub(crate) n_records: u64,
     /// Offset just past the last valid frame.
     pub(crate) valid_end: u64,
@@ -154,7 +170,9 @@ pub(crate) fn scan(data: &[u8], path: &Path, prev_seq: u64, payload_bytes_max: u
     let mut scan = Scan {
         header,
         header_len: header_len as u64,
+        first_seq: None,
         last_seq: None,
+        jumps: Vec::new(),
         n_records: 0,
         valid_end: header_len as u64,
         bad_ranges: Vec::new(),
@@ -165,6 +183,11 @@ pub(crate) fn scan(data: &[u8], path: &Path, prev_seq: u64, payload_bytes_max: u
     while offset < data.len() {
         match frame::decode(&data[offset..], payload_bytes_max) {
             Decoded::Frame { header, next, .. } if header.seq > last => {
+                match scan.last_seq {
+                    Some(before) if header.seq > before + 1 => scan.jumps.push((before, header.seq)),
+                    Some(_) => {}
+                    None => scan.first_seq = Some(header.seq),
+                }
                 last = header.seq;
                 scan.last_seq = Some(last);
                 scan.n_records += 1;

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::checkpoint::{self, Checkpoint, STATE_BYTES_MAX};
+use crate::checkpoint::{self, Checkpoint, Slots, STATE_BYTES_MAX};
 use crate::crypto::{DataKey, KeyWrapper, TAG_BYTES};
+use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::frame::{self, FrameHeader, FLAG_ENCRYPTED};
 use crate::segment::{self, BadRange, SegmentHeader, Visit};
@@ -47,6 +48,16 @@ pub(crate) struct AppendRequest {
     pub(crate) reply: oneshot::Sender<Result<Appended>>,
 }
 
+/// What the writer task is asked to do.
+pub(crate) enum WriterRequest {
+    /// Append records (group-committed with other queued appends).
+    Append(AppendRequest),
+    /// Delete the segment being appended to if every record in it is acknowledged,
+    /// so a fully delivered stream holds no segment on disk; the next append starts
+    /// a new one. Sent by commits; only the writer may touch its active segment.
+    Release,
+}
+
 /// A segment as readers see it. `end` and `last_seq` cover durable frames only.
 #[derive(Clone)]
 pub(crate) struct SegmentMeta {
@@ -60,11 +71,35 @@ pub(crate) struct SegmentMeta {
     pub(crate) skips: Arc<[BadRange]>,
 }
 
+impl SegmentMeta {
+    /// Bytes of the segment's frames holding records above `acked`. Exact for a
+    /// segment entirely above or below it; for the one segment `acked` falls inside,
+    /// an estimate in proportion to sequence numbers (frames are not indexed), so
+    /// the error is less than one segment and nil once everything is delivered.
+    fn undelivered_bytes(&self, acked: u64) -> u64 {
+        let frames = self.end.saturating_sub(self.header_len);
+        if self.last_seq <= acked {
+            0
+        } else if self.base_seq > acked {
+            frames
+        } else {
+            let (above, all) = (self.last_seq - acked, self.last_seq - self.base_seq + 1);
+            (u128::from(frames) * u128::from(above) / u128::from(all)) as u64
+        }
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) segments: Vec<SegmentMeta>,
     pub(crate) acked: u64,
     /// The consumer's opaque state (delivery progress), kept with the checkpoint.
     pub(crate) state: Option<Vec<u8>>,
+}
+
+impl Shared {
+    pub(crate) fn undelivered_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.undelivered_bytes(self.acked)).sum()
+    }
 }
 
 pub(crate) struct StreamLog {
@@ -75,12 +110,18 @@ pub(crate) struct StreamLog {
     pub(crate) shared: Mutex<Shared>,
     /// The next sequence number that is not durable yet.
     pub(crate) durable: watch::Sender<u64>,
-    pub(crate) requests: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    pub(crate) requests: Mutex<Option<mpsc::Sender<WriterRequest>>>,
     pub(crate) poison: Arc<Poison>,
-    /// Bytes of this stream's segments (durable part), for back-pressure.
-    pub(crate) retained_bytes: AtomicU64,
+    /// Where the next checkpoint goes; locked across a commit, which serialises
+    /// commits.
+    pub(crate) checkpoint_slots: Mutex<Slots>,
+    /// The stream's definition as last written beside the log.
+    pub(crate) definition: Mutex<Option<Vec<u8>>>,
+    /// Bytes of frames holding records not yet acknowledged, for back-pressure.
+    /// Changed only with `shared` locked, so it always matches `shared`.
+    pub(crate) undelivered_bytes: AtomicU64,
     /// The same summed over every stream of the log.
-    pub(crate) total_retained_bytes: Arc<AtomicU64>,
+    pub(crate) total_undelivered_bytes: Arc<AtomicU64>,
 }
 
 impl StreamLog {
@@ -94,19 +135,27 @@ impl StreamLog {
         self.poison.check()?;
         let sender = self.requests.lock().expect("lock").clone().ok_or(Error::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender.send(AppendRequest { records, key_ref, arrival_ms, reply }).await.map_err(|_| Error::Closed)?;
+        let request = WriterRequest::Append(AppendRequest { records, key_ref, arrival_ms, reply });
+        sender.send(request).await.map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    /// Adds `delta` bytes to the stream's and the log's retained counts.
-    pub(crate) fn retain(&self, delta: i64) {
-        if delta >= 0 {
-            self.retained_bytes.fetch_add(delta as u64, Ordering::Relaxed);
-            self.total_retained_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+    /// Sets the stream's undelivered count to what `shared` now holds, and moves
+    /// the log's total by the difference. Call with `shared` locked.
+    pub(crate) fn account(&self, shared: &Shared) {
+        let now = shared.undelivered_bytes();
+        let before = self.undelivered_bytes.swap(now, Ordering::Relaxed);
+        if now >= before {
+            self.total_undelivered_bytes.fetch_add(now - before, Ordering::Relaxed);
         } else {
-            self.retained_bytes.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-            self.total_retained_bytes.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            self.total_undelivered_bytes.fetch_sub(before - now, Ordering::Relaxed);
         }
+    }
+
+    /// Takes the stream's bytes out of the log's total (the stream is going away).
+    pub(crate) fn forget(&self) {
+        let before = self.undelivered_bytes.swap(0, Ordering::Relaxed);
+        self.total_undelivered_bytes.fetch_sub(before, Ordering::Relaxed);
     }
 
     pub(crate) fn durable_next(&self) -> u64 {
@@ -123,9 +172,10 @@ impl StreamLog {
             return Err(Error::StateTooLarge { bytes, limit: STATE_BYTES_MAX });
         }
         let seq = seq.min(self.durable_next().saturating_sub(1));
-        // One consumer per stream (its delivery task) is the contract, so the
-        // check and the write need not be atomic; the lock is not held across the
-        // checkpoint's fsync, which would stall appends publishing their segments.
+        // Commits are serialised by the slots' lock. The shared lock is not held
+        // across the checkpoint's fsync, which would stall appends publishing their
+        // segments.
+        let mut slots = self.checkpoint_slots.lock().expect("lock");
         let checkpoint = {
             let shared = self.shared.lock().expect("lock");
             if seq <= shared.acked && state.is_none() {
@@ -134,27 +184,37 @@ impl StreamLog {
             let state = state.or_else(|| shared.state.clone()).filter(|s| !s.is_empty());
             Checkpoint { acked: shared.acked.max(seq), state }
         };
-        checkpoint::write(&self.dir, &checkpoint)?;
+        checkpoint::write(&self.dir, &mut slots, &checkpoint)?;
+        drop(slots);
         let acked = checkpoint.acked;
-        let deletable: Vec<SegmentMeta> = {
+        let (deletable, release): (Vec<SegmentMeta>, bool) = {
             let mut shared = self.shared.lock().expect("lock");
             shared.acked = acked;
             shared.state = checkpoint.state;
-            // The last segment is never deleted: the writer may still be appending to it.
+            // The last segment is the writer's: it is deleted by the writer itself
+            // (a release), once everything in it is acknowledged.
             let n_deletable = shared
                 .segments
                 .iter()
                 .take(shared.segments.len().saturating_sub(1))
                 .take_while(|s| s.last_seq <= acked)
                 .count();
-            shared.segments.drain(..n_deletable).collect()
+            let deletable = shared.segments.drain(..n_deletable).collect();
+            self.account(&shared);
+            let release = shared.segments.last().is_some_and(|s| s.last_seq <= acked && s.last_seq >= s.base_seq);
+            (deletable, release)
         };
+        if release {
+            if let Some(sender) = self.requests.lock().expect("lock").as_ref() {
+                // Best effort: with appends queued, the segment is not releasable anyway.
+                let _ = sender.try_send(WriterRequest::Release);
+            }
+        }
         if !deletable.is_empty() {
             for segment in &deletable {
                 fs::remove_file(&segment.path).at(&segment.path)?;
-                self.retain(-(segment.end as i64));
             }
-            segment::sync_dir(&self.dir)?;
+            durable::sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -167,7 +227,9 @@ pub(crate) struct WriterState {
 }
 
 pub(crate) struct Active {
-    file: File,
+    /// Open only while the writer has work queued: an idle stream holds no file
+    /// descriptor, so the number of streams is not bounded by the process's limit.
+    file: Option<File>,
     path: PathBuf,
     base_seq: u64,
     header_len: u64,
@@ -185,21 +247,44 @@ pub(crate) struct Active {
     last_seq: u64,
 }
 
+impl Active {
+    /// The segment's file, opened again if it was closed while idle.
+    fn file(&mut self) -> Result<&File> {
+        if self.file.is_none() {
+            let file = fs::OpenOptions::new().read(true).write(true).open(&self.path).at(&self.path)?;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_ref().expect("opened above"))
+    }
+}
+
 /// The group-commit loop: takes every queued request, writes them, syncs once, then
 /// answers each. Ends when the request channel closes.
 pub(crate) async fn run_writer(
     log: Arc<StreamLog>,
     mut state: WriterState,
-    mut requests: mpsc::Receiver<AppendRequest>,
+    mut requests: mpsc::Receiver<WriterRequest>,
 ) {
-    while let Some(first) = requests.recv().await {
+    while let Some(request) = requests.recv().await {
+        let first = match request {
+            WriterRequest::Append(append) => append,
+            WriterRequest::Release => {
+                state = release(&log, state).await;
+                continue;
+            }
+        };
         let mut group = vec![first];
         let mut n_bytes: usize = group[0].records.iter().map(Vec::len).sum();
+        let mut release_after = false;
         while n_bytes < log.options.group_bytes_max {
             match requests.try_recv() {
-                Ok(request) => {
+                Ok(WriterRequest::Append(request)) => {
                     n_bytes += request.records.iter().map(Vec::len).sum::<usize>();
                     group.push(request);
+                }
+                Ok(WriterRequest::Release) => {
+                    release_after = true;
+                    break;
                 }
                 Err(_) => break,
             }
@@ -230,7 +315,47 @@ pub(crate) async fn run_writer(
         for (request, result) in group.into_iter().zip(outcome.results) {
             let _ = request.reply.send(result);
         }
+        if release_after {
+            state = release(&log, state).await;
+        }
+        if requests.is_empty() {
+            if let Some(active) = state.active.as_mut() {
+                active.file = None;
+            }
+        }
     }
+}
+
+/// Deletes the active segment if every record in it is acknowledged (see
+/// [`WriterRequest::Release`]). Readers stop seeing it before the file goes. A
+/// failure is logged and left for recovery, which deletes acknowledged segments.
+async fn release(log: &Arc<StreamLog>, mut state: WriterState) -> WriterState {
+    let acked = log.shared.lock().expect("lock").acked;
+    let releasable = state.active.as_ref().is_some_and(|a| a.pending.is_empty() && a.last_seq <= acked);
+    if !releasable {
+        return state;
+    }
+    let active = state.active.take().expect("checked above");
+    {
+        let mut shared = log.shared.lock().expect("lock");
+        shared.segments.retain(|s| s.base_seq != active.base_seq);
+        log.account(&shared);
+    }
+    let (path, dir) = (active.path.clone(), log.dir.clone());
+    drop(active);
+    let removed = tokio::task::spawn_blocking(move || {
+        fs::remove_file(&path).at(&path)?;
+        durable::sync_dir(&dir)
+    })
+    .await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(stream = log.id, %error, "Could not delete a delivered segment; recovery will.")
+        }
+        Err(error) => tracing::warn!(stream = log.id, %error, "Deleting a delivered segment panicked."),
+    }
+    state
 }
 
 struct GroupOutcome {
@@ -247,22 +372,26 @@ fn publish(log: &StreamLog, state: &WriterState, segments: Vec<SegmentMeta>) {
         return;
     }
     let mut shared = log.shared.lock().expect("lock");
-    let mut grown = 0i64;
+    let acked = shared.acked;
+    let mut grown = 0u64;
     for meta in segments {
+        let above = meta.undelivered_bytes(acked);
         // Nearly always the last segment: search from the end.
         match shared.segments.iter_mut().rev().find(|s| s.base_seq == meta.base_seq) {
             Some(existing) => {
-                grown += meta.end as i64 - existing.end as i64;
+                grown += above.saturating_sub(existing.undelivered_bytes(acked));
                 *existing = meta;
             }
             None => {
-                grown += meta.end as i64;
+                grown += above;
                 shared.segments.push(meta);
             }
         }
     }
+    // New frames are all above the acknowledged position: only growth, no recount.
+    log.undelivered_bytes.fetch_add(grown, Ordering::Relaxed);
+    log.total_undelivered_bytes.fetch_add(grown, Ordering::Relaxed);
     drop(shared);
-    log.retain(grown);
     log.durable.send_replace(state.next_seq);
 }
 
@@ -291,7 +420,9 @@ fn write_group(log: &StreamLog, state: &mut WriterState, group: &[AppendRequest]
             if let Err(e) = flush_pending(log, active) {
                 io_error = Some(e);
             } else if active.offset > active.group_start {
-                if let Err(e) = sync(log, &active.file, false) {
+                // The file is open: the group wrote to it.
+                let file = active.file.as_ref().expect("written in this group");
+                if let Err(e) = sync(log, file, false) {
                     // Never retried: the kernel may have dropped the dirty pages already.
                     let reason = format!("fdatasync of {} failed: {e}", active.path.display());
                     return fatal_outcome(group.len(), reason);
@@ -331,21 +462,22 @@ fn undo_group(
     tracing::warn!(%error, "Write-ahead log write failed; undoing the group.");
     state.next_seq = group_next_seq;
     let touched = rolled.into_iter().chain(state.active.take());
-    for active in touched {
+    for mut active in touched {
         let undone = if active.created_in_group {
-            fs::remove_file(&active.path)
+            fs::remove_file(&active.path).map_err(|e| e.to_string())
         } else {
-            active.file.set_len(active.group_start).and_then(|()| active.file.sync_all())
+            let group_start = active.group_start;
+            active
+                .file()
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.set_len(group_start).and_then(|()| f.sync_all()).map_err(|e| e.to_string()))
         };
         if let Err(e) = undone {
             let reason = format!("could not undo a failed write to {}: {e}", active.path.display());
             return fatal_outcome(n, reason);
         }
     }
-    let message = error.to_string();
-    let results = (0..n)
-        .map(|_| Err(Error::Io { path: PathBuf::new(), source: std::io::Error::other(message.clone()) }))
-        .collect();
+    let results = (0..n).map(|_| Err(error.replicate())).collect();
     GroupOutcome { results, segments: Vec::new(), fatal: None }
 }
 
@@ -410,8 +542,15 @@ fn flush_pending(log: &StreamLog, active: &mut Active) -> Result<()> {
     }
     let end = active.offset + active.pending.len() as u64;
     if end > active.allocated {
-        let step = (end - active.offset).max(PREALLOCATE_STEP_BYTES.min(active.segment_bytes_max));
-        active.allocated = segment::preallocate(&active.file, &active.path, active.offset, step)?;
+        let needed = end - active.offset;
+        let step = needed.max(PREALLOCATE_STEP_BYTES.min(active.segment_bytes_max));
+        let (offset, path) = (active.offset, active.path.clone());
+        let file = active.file()?;
+        // On a nearly full disk, reserve only what this write needs.
+        active.allocated = match segment::preallocate(file, &path, offset, step) {
+            Err(e) if e.is_no_space() && step > needed => segment::preallocate(file, &path, offset, needed)?,
+            other => other?,
+        };
     }
     #[cfg(any(test, feature = "failpoints"))]
     if let Some(n) = log.options.fail_write_number {
@@ -420,7 +559,10 @@ fn flush_pending(log: &StreamLog, active: &mut Active) -> Result<()> {
         }
     }
     let _ = log;
-    active.file.write_all_at(&active.pending, active.offset).at(&active.path)?;
+    let (offset, path) = (active.offset, active.path.clone());
+    active.file()?;
+    let file = active.file.as_ref().expect("opened above");
+    file.write_all_at(&active.pending, offset).at(&path)?;
     active.offset = end;
     active.pending.clear();
     Ok(())
@@ -469,10 +611,11 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
         // Sealed segments are complete on disk, and cut to their used length, before a
         // newer one exists, so recovery can treat damage in any segment but the last as
         // corruption, not a torn tail.
-        old.file.set_len(old.offset).at(&old.path)?;
+        let (offset, path) = (old.offset, old.path.clone());
+        old.file()?.set_len(offset).at(&path)?;
         old.allocated = old.offset;
-        sync(log, &old.file, true)
-            .map_err(|e| Error::Poisoned(format!("fsync of {} failed: {e}", old.path.display())))?;
+        sync(log, old.file()?, true)
+            .map_err(|e| Error::Poisoned(format!("fsync of {} failed: {e}", path.display())))?;
         rolled.push(old);
     }
     let header = SegmentHeader {
@@ -486,7 +629,7 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
     let (file, path, allocated) = segment::create(&log.dir, &header, step)?;
     let header_len = segment::encode_header(&header).len() as u64;
     state.active = Some(Active {
-        file,
+        file: Some(file),
         path,
         base_seq: state.next_seq,
         header_len,
@@ -513,7 +656,8 @@ pub struct Reader {
 
 pub(crate) struct OpenSegment {
     base_seq: u64,
-    file: File,
+    /// Open only during a read: a reader waiting for records holds no descriptor.
+    file: Option<File>,
     /// Offset of the frame holding `next_seq`, when known.
     offset: u64,
 }
@@ -541,6 +685,15 @@ impl Reader {
     /// cursor and advances it. Returns an empty vector when nothing new is durable.
     /// Blocking: call it from a blocking thread in async code.
     pub fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>> {
+        let result = self.read_open(records_max, bytes_max);
+        // The position is kept, the descriptor is not.
+        if let Some(open) = self.open.as_mut() {
+            open.file = None;
+        }
+        result
+    }
+
+    fn read_open(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>> {
         let mut out = Vec::new();
         let mut n_bytes = 0usize;
         let payload_max = self.log.options.record_bytes_max + TAG_BYTES;
@@ -556,14 +709,24 @@ impl Reader {
                 continue;
             }
             if self.open.as_ref().is_none_or(|o| o.base_seq != meta.base_seq) {
-                let file = File::open(&meta.path).at(&meta.path)?;
-                self.open = Some(OpenSegment { base_seq: meta.base_seq, file, offset: meta.header_len });
+                self.open = Some(OpenSegment { base_seq: meta.base_seq, file: None, offset: meta.header_len });
+            }
+            if self.open.as_ref().is_some_and(|o| o.file.is_none()) {
+                match File::open(&meta.path) {
+                    Ok(file) => self.open.as_mut().expect("set above").file = Some(file),
+                    // Deleted since it was looked up (everything in it acknowledged).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.listed(meta.base_seq) => {
+                        self.open = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e).at(&meta.path),
+                }
             }
             let open = self.open.as_mut().expect("opened above");
             let before = out.len();
             let (next_seq, stream) = (&mut self.next_seq, self.log.id);
             open.offset = segment::read_frames(
-                &open.file,
+                open.file.as_ref().expect("opened above"),
                 &meta.path,
                 open.offset,
                 meta.end,
@@ -605,6 +768,10 @@ impl Reader {
             }
         }
         Ok(out)
+    }
+
+    fn listed(&self, base_seq: u64) -> bool {
+        self.log.shared.lock().expect("lock").segments.iter().any(|s| s.base_seq == base_seq)
     }
 
     fn segment_for(&self, seq: u64) -> Option<SegmentMeta> {

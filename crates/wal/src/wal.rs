@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint;
 use crate::crypto::{DataKey, KeyWrapper};
+use crate::durable;
 use crate::error::{Error, IoContext, Result};
+use crate::meta;
 use crate::segment::{self, BadRange};
 use crate::stream_log::{self, Appended, Reader, SegmentMeta, Shared, StreamLog, WriterState};
 
@@ -79,17 +81,44 @@ pub struct Quarantine {
     pub copy: PathBuf,
 }
 
+/// Records missing from a stream's log: sequence numbers above the acknowledged
+/// position that no segment holds (a segment file deleted, or frames in a damaged
+/// region). Sequence numbers are dense, so a jump can only mean lost records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The stream.
+    pub stream: StreamId,
+    /// First missing sequence number.
+    pub first_seq: u64,
+    /// Last missing sequence number.
+    pub last_seq: u64,
+}
+
+/// A stream whose log could not be recovered (an unreadable checkpoint, say). Its
+/// files are left as they are; it takes no appends or reads.
+#[derive(Debug, Clone)]
+pub struct FailedStream {
+    /// The stream.
+    pub stream: StreamId,
+    /// Why.
+    pub reason: String,
+}
+
 /// What recovery did.
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
-    /// Streams found.
+    /// Streams found (recovered or not).
     pub n_streams: usize,
-    /// Valid records found.
+    /// Valid records found in segments still holding unacknowledged records.
     pub n_records: u64,
     /// Bytes cut from torn or garbage tails of last segments.
     pub torn_tail_bytes: u64,
     /// Damaged regions kept aside; the records in them are lost.
     pub quarantined: Vec<Quarantine>,
+    /// Missing sequence ranges above the acknowledged position.
+    pub gaps: Vec<Gap>,
+    /// Streams whose logs could not be recovered; the others are served.
+    pub failed: Vec<FailedStream>,
 }
 
 /// Fatal-error state shared by all stream logs.
@@ -134,13 +163,18 @@ pub struct Wal {
     options: Arc<WalOptions>,
     keys: Arc<dyn KeyWrapper>,
     streams: Mutex<HashMap<StreamId, Arc<StreamLog>>>,
+    /// Streams whose logs failed recovery: why, and their definition if readable.
+    failed: Mutex<HashMap<StreamId, (String, Option<Vec<u8>>)>>,
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     poison: Arc<Poison>,
     /// Where writer tasks run; captured at open so streams can be created from any thread.
     runtime: tokio::runtime::Handle,
-    /// Bytes of all segments of all streams.
-    total_retained_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Undelivered bytes of all streams.
+    total_undelivered_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Where logs moved out of the way by [`Wal::set_aside`] go.
+const SET_ASIDE_DIR: &str = "set-aside";
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -150,9 +184,22 @@ fn stream_dir_name(id: StreamId) -> String {
     format!("{id:016x}")
 }
 
+fn check_definition(definition: &[u8]) -> Result<()> {
+    if definition.len() > meta::META_BYTES_MAX {
+        return Err(Error::StateTooLarge { bytes: definition.len(), limit: meta::META_BYTES_MAX });
+    }
+    Ok(())
+}
+
 impl Wal {
     /// Opens (creating if needed) the log in `dir` and recovers every stream in it.
     /// Must be called inside a Tokio runtime: it starts one writer task per stream.
+    ///
+    /// A stream whose log cannot be recovered (its checkpoint unreadable, a file
+    /// that cannot be read) is left as it is on disk and reported in
+    /// [`RecoveryReport::failed`]; the others are served. A data key that cannot be
+    /// unwrapped fails the whole open ([`Error::Key`]): the key-encryption key is
+    /// missing or wrong, which the operator must fix, never a reason to go on.
     pub fn open(dir: &Path, options: WalOptions, keys: Arc<dyn KeyWrapper>) -> Result<(Wal, RecoveryReport)> {
         fs::create_dir_all(dir).at(dir)?;
         let wal = Wal {
@@ -160,6 +207,7 @@ impl Wal {
             options: Arc::new(options),
             keys,
             streams: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
             poison: Arc::new(Poison {
                 reason: watch::channel(None).0,
@@ -169,9 +217,10 @@ impl Wal {
                 n_writes: std::sync::atomic::AtomicU64::new(0),
             }),
             runtime: tokio::runtime::Handle::current(),
-            total_retained_bytes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            total_undelivered_bytes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let mut report = RecoveryReport::default();
+        let mut entries: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir).at(dir)? {
             let entry = entry.at(dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -179,9 +228,24 @@ impl Wal {
             if name.len() != 16 || !entry.path().is_dir() {
                 continue;
             }
-            let log = wal.recover_stream(id, &entry.path(), &mut report)?;
+            entries.push((id, entry.path()));
+        }
+        entries.sort();
+        for (id, path) in entries {
             report.n_streams += 1;
-            wal.streams.lock().expect("lock").insert(id, log);
+            match wal.recover_stream(id, &path, &mut report) {
+                Ok(log) => {
+                    wal.streams.lock().expect("lock").insert(id, log);
+                }
+                Err(error @ Error::Key { .. }) => return Err(error),
+                Err(error) => {
+                    let reason = error.to_string();
+                    tracing::error!(stream = id, %reason, "The stream's log could not be recovered; its files are left as they are and it is unavailable until this is fixed.");
+                    let definition = meta::read(&path).ok().flatten();
+                    report.failed.push(FailedStream { stream: id, reason: reason.clone() });
+                    wal.failed.lock().expect("lock").insert(id, (reason, definition));
+                }
+            }
         }
         Ok((wal, report))
     }
@@ -191,34 +255,103 @@ impl Wal {
         self.poison.reason.subscribe()
     }
 
-    /// Creates an empty log for a new stream. The stream directory is durable when
-    /// this returns.
-    pub fn create_stream(&self, id: StreamId) -> Result<()> {
+    /// Creates an empty log for a new stream, with the stream's definition (an
+    /// opaque blob, see [`Wal::definition`]). The stream directory is durable when
+    /// this returns. Refuses an id that has a log, or a directory, already.
+    pub fn create_stream(&self, id: StreamId, definition: &[u8]) -> Result<()> {
         let mut streams = self.streams.lock().expect("lock");
-        if streams.contains_key(&id) {
+        let path = self.dir.join(stream_dir_name(id));
+        if streams.contains_key(&id) || self.failed.lock().expect("lock").contains_key(&id) || path.exists() {
             return Err(Error::StreamExists(id));
         }
-        let path = self.dir.join(stream_dir_name(id));
+        check_definition(definition)?;
         fs::create_dir_all(&path).at(&path)?;
-        segment::sync_dir(&self.dir)?;
+        meta::write(&path, definition)?;
+        durable::sync_dir(&self.dir)?;
         let shared = Shared { segments: Vec::new(), acked: 0, state: None };
-        let log = self.start_stream(id, path, shared, 1);
+        let log = self.start_stream(id, path, shared, 1, Default::default(), Some(definition.to_vec()));
         streams.insert(id, log);
         Ok(())
     }
 
-    /// Deletes a stream's log and everything in it.
-    pub fn delete_stream(&self, id: StreamId) -> Result<()> {
-        let log = self.streams.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
-        log.requests.lock().expect("lock").take();
-        log.retain(-(log.retained_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64));
-        fs::remove_dir_all(&log.dir).at(&log.dir)?;
-        segment::sync_dir(&self.dir)
+    /// Durably replaces a stream's definition (also of a stream whose log failed
+    /// recovery).
+    pub fn define_stream(&self, id: StreamId, definition: &[u8]) -> Result<()> {
+        check_definition(definition)?;
+        let path = self.dir.join(stream_dir_name(id));
+        if let Some(log) = self.streams.lock().expect("lock").get(&id).cloned() {
+            meta::write(&path, definition)?;
+            *log.definition.lock().expect("lock") = Some(definition.to_vec());
+            return Ok(());
+        }
+        let mut failed = self.failed.lock().expect("lock");
+        let (_, stored) = failed.get_mut(&id).ok_or(Error::UnknownStream(id))?;
+        meta::write(&path, definition)?;
+        *stored = Some(definition.to_vec());
+        Ok(())
     }
 
-    /// The streams that have a log.
+    /// The stream's definition as last written; `None` for a log written before
+    /// definitions were kept, or whose definition file is unreadable.
+    pub fn definition(&self, id: StreamId) -> Option<Vec<u8>> {
+        if let Some(log) = self.streams.lock().expect("lock").get(&id) {
+            return log.definition.lock().expect("lock").clone();
+        }
+        self.failed.lock().expect("lock").get(&id).and_then(|(_, definition)| definition.clone())
+    }
+
+    /// Deletes a stream's log and everything in it (also of a stream whose log
+    /// failed recovery).
+    pub fn delete_stream(&self, id: StreamId) -> Result<()> {
+        let path = match self.streams.lock().expect("lock").remove(&id) {
+            Some(log) => {
+                log.requests.lock().expect("lock").take();
+                log.forget();
+                log.dir.clone()
+            }
+            None => {
+                self.failed.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
+                self.dir.join(stream_dir_name(id))
+            }
+        };
+        fs::remove_dir_all(&path).at(&path)?;
+        durable::sync_dir(&self.dir)
+    }
+
+    /// Moves a stream's log, whole, out of the way (to `set-aside/` in the log's
+    /// directory, named by the stream id and the time) and forgets it: for a log
+    /// that nothing can be delivered from, which must not be deleted either.
+    /// Returns where it went.
+    pub fn set_aside(&self, id: StreamId) -> Result<PathBuf> {
+        let path = match self.streams.lock().expect("lock").remove(&id) {
+            Some(log) => {
+                log.requests.lock().expect("lock").take();
+                log.forget();
+                log.dir.clone()
+            }
+            None => {
+                self.failed.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
+                self.dir.join(stream_dir_name(id))
+            }
+        };
+        let aside = self.dir.join(SET_ASIDE_DIR);
+        fs::create_dir_all(&aside).at(&aside)?;
+        let target = aside.join(format!("{}-{}", stream_dir_name(id), now_ms()));
+        fs::rename(&path, &target).at(&target)?;
+        durable::sync_dir(&aside)?;
+        durable::sync_dir(&self.dir)?;
+        Ok(target)
+    }
+
+    /// The streams that have a usable log.
     pub fn streams(&self) -> Vec<StreamId> {
         self.streams.lock().expect("lock").keys().copied().collect()
+    }
+
+    /// The streams whose logs failed recovery, and why.
+    pub fn failed_streams(&self) -> Vec<FailedStream> {
+        let failed = self.failed.lock().expect("lock");
+        failed.iter().map(|(id, (reason, _))| FailedStream { stream: *id, reason: reason.clone() }).collect()
     }
 
     /// Appends records; resolves once they are durable.
@@ -267,15 +400,23 @@ impl Wal {
         Ok(self.stream(id)?.durable_next())
     }
 
-    /// Bytes of segment files held for a stream (records not yet acknowledged, plus
-    /// the rest of the segments they share), for back-pressure.
-    pub fn retained_bytes(&self, id: StreamId) -> Result<u64> {
-        Ok(self.stream(id)?.retained_bytes.load(std::sync::atomic::Ordering::Relaxed))
+    /// Records appended and not yet acknowledged.
+    pub fn undelivered_records(&self, id: StreamId) -> Result<u64> {
+        let log = self.stream(id)?;
+        let acked = log.shared.lock().expect("lock").acked;
+        Ok(log.durable_next().saturating_sub(1).saturating_sub(acked))
     }
 
-    /// [`Wal::retained_bytes`] summed over every stream.
-    pub fn retained_bytes_total(&self) -> u64 {
-        self.total_retained_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    /// Bytes the log holds for records not yet acknowledged (their frames), for
+    /// back-pressure. Delivered records never count, even while their segment is
+    /// still on disk.
+    pub fn undelivered_bytes(&self, id: StreamId) -> Result<u64> {
+        Ok(self.stream(id)?.undelivered_bytes.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// [`Wal::undelivered_bytes`] summed over every stream.
+    pub fn undelivered_bytes_total(&self) -> u64 {
+        self.total_undelivered_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops accepting appends and waits for every queued append to be answered.
@@ -290,10 +431,24 @@ impl Wal {
     }
 
     fn stream(&self, id: StreamId) -> Result<Arc<StreamLog>> {
-        self.streams.lock().expect("lock").get(&id).cloned().ok_or(Error::UnknownStream(id))
+        if let Some(log) = self.streams.lock().expect("lock").get(&id) {
+            return Ok(log.clone());
+        }
+        match self.failed.lock().expect("lock").get(&id) {
+            Some((reason, _)) => Err(Error::StreamUnavailable { stream: id, reason: reason.clone() }),
+            None => Err(Error::UnknownStream(id)),
+        }
     }
 
-    fn start_stream(&self, id: StreamId, dir: PathBuf, shared: Shared, next_seq: u64) -> Arc<StreamLog> {
+    fn start_stream(
+        &self,
+        id: StreamId,
+        dir: PathBuf,
+        shared: Shared,
+        next_seq: u64,
+        slots: checkpoint::Slots,
+        definition: Option<Vec<u8>>,
+    ) -> Arc<StreamLog> {
         let (sender, receiver) = mpsc::channel(self.options.queue_depth_max);
         let log = Arc::new(StreamLog {
             id,
@@ -304,11 +459,12 @@ impl Wal {
             durable: watch::channel(next_seq).0,
             requests: Mutex::new(Some(sender)),
             poison: self.poison.clone(),
-            retained_bytes: std::sync::atomic::AtomicU64::new(0),
-            total_retained_bytes: self.total_retained_bytes.clone(),
+            checkpoint_slots: Mutex::new(slots),
+            definition: Mutex::new(definition),
+            undelivered_bytes: std::sync::atomic::AtomicU64::new(0),
+            total_undelivered_bytes: self.total_undelivered_bytes.clone(),
         });
-        let retained: u64 = log.shared.lock().expect("lock").segments.iter().map(|s| s.end).sum();
-        log.retain(retained as i64);
+        log.account(&log.shared.lock().expect("lock"));
         let state = WriterState { next_seq, active: None };
         let writer = self.runtime.spawn(stream_log::run_writer(log.clone(), state, receiver));
         self.writers.lock().expect("lock").push(writer);
@@ -316,7 +472,8 @@ impl Wal {
     }
 
     fn recover_stream(&self, id: StreamId, dir: &Path, report: &mut RecoveryReport) -> Result<Arc<StreamLog>> {
-        let checkpoint::Checkpoint { acked, state } = checkpoint::read(dir)?;
+        let definition = meta::read(dir)?;
+        let (checkpoint::Checkpoint { acked, state }, slots) = checkpoint::read(dir)?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).at(dir)? {
             let path = entry.at(dir)?.path();
@@ -332,9 +489,21 @@ impl Wal {
         let payload_max = self.options.record_bytes_max + crate::crypto::TAG_BYTES;
         let mut segments = Vec::new();
         let mut last_seq = acked;
+        // The next sequence number a record must have; a higher one means records
+        // between were lost.
+        let mut expected = acked + 1;
+        let mut removed_any = false;
         for (i, base) in bases.iter().enumerate() {
             let path = dir.join(segment::segment_file_name(*base));
             let is_last = i + 1 == bases.len();
+            // Every record of a segment whose successor starts at or below the
+            // acknowledged position is delivered: it is deleted without being read
+            // (a commit interrupted before deleting it, say).
+            if bases.get(i + 1).is_some_and(|next| *next <= acked + 1) {
+                fs::remove_file(&path).at(&path)?;
+                removed_any = true;
+                continue;
+            }
             let data = fs::read(&path).at(&path)?;
             let scan = match segment::scan(&data, &path, last_seq.min(base.saturating_sub(1)), payload_max) {
                 Ok(scan) => scan,
@@ -343,6 +512,7 @@ impl Wal {
                     self.quarantine(id, &path, *base, &data, &whole, report)?;
                     tracing::error!(segment = %path.display(), %reason, "Segment header is corrupt; the whole segment was quarantined.");
                     fs::remove_file(&path).at(&path)?;
+                    removed_any = true;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -361,6 +531,40 @@ impl Wal {
                     self.quarantine(id, &path, *base, &data, tail, report)?;
                 }
             }
+            let mut missing: Vec<(u64, u64)> = Vec::new();
+            if let Some(first) = scan.first_seq {
+                if first > expected {
+                    missing.push((expected, first - 1));
+                }
+            }
+            for (before, after) in &scan.jumps {
+                let from = (before + 1).max(acked + 1);
+                if from < *after {
+                    missing.push((from, after - 1));
+                }
+            }
+            for (first_seq, last_seq) in missing {
+                let gap = Gap { stream: id, first_seq, last_seq };
+                tracing::error!(
+                    stream = id,
+                    first_seq,
+                    last_seq,
+                    n_records = last_seq - first_seq + 1,
+                    before_segment = %path.display(),
+                    "Records missing from the write-ahead log (a segment file deleted, or lost in a damaged region); they cannot be delivered."
+                );
+                report.gaps.push(gap);
+            }
+            let segment_last = scan.last_seq.unwrap_or(base.saturating_sub(1));
+            last_seq = last_seq.max(segment_last);
+            expected = expected.max(last_seq + 1);
+            if segment_last <= acked {
+                // Everything in it is delivered (the last segment of a fully
+                // delivered stream): the next append starts a new segment anyway.
+                fs::remove_file(&path).at(&path)?;
+                removed_any = true;
+                continue;
+            }
             if is_last && (data.len() as u64) > end {
                 // Cut the tail (torn bytes or unused preallocation) so the segment is sealed as-is.
                 let file = fs::OpenOptions::new().write(true).open(&path).at(&path)?;
@@ -378,8 +582,6 @@ impl Wal {
                 }
                 None => None,
             };
-            let segment_last = scan.last_seq.unwrap_or(base.saturating_sub(1));
-            last_seq = last_seq.max(segment_last);
             let mut skips = scan.bad_ranges.clone();
             skips.extend(scan.garbage_tail.filter(|_| !is_last));
             segments.push(SegmentMeta {
@@ -392,9 +594,12 @@ impl Wal {
                 skips: Arc::from(skips),
             });
         }
-        let next_seq =
-            segments.last().map(|s| s.last_seq.max(s.base_seq.saturating_sub(1))).unwrap_or(0).max(acked) + 1;
-        Ok(self.start_stream(id, dir.to_path_buf(), Shared { segments, acked, state }, next_seq))
+        if removed_any {
+            durable::sync_dir(dir)?;
+        }
+        let next_seq = last_seq.max(acked) + 1;
+        let shared = Shared { segments, acked, state };
+        Ok(self.start_stream(id, dir.to_path_buf(), shared, next_seq, slots, definition))
     }
 
     fn quarantine(

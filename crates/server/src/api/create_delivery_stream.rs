@@ -8,7 +8,7 @@ use sluice_protocol::limits::STREAMS_PER_REGION_MAX;
 use sluice_protocol::{ApiError, ErrorCode};
 
 use super::{kms_error, log_failure, ok, AppState, Reply, RequestContext};
-use crate::catalog::{count_in_region, EncryptionState, StreamRecord};
+use crate::catalog::{count_in_region, EncryptionState, Lifecycle, StreamDefinition, StreamRecord};
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgumentException, message)
@@ -71,7 +71,11 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
     let account = state.config.account_id.clone();
     let key = (ctx.region.clone(), input.name.clone());
     let arn = state.arn(&ctx.region, &input.name);
-    state.update_catalog(|catalog| {
+    // The log is made (with the definition marked `Creating`) before the catalog
+    // names the stream; a crash in between leaves an empty log that start-up
+    // recognises and removes. A failed catalog write removes it here.
+    let made_log = std::cell::Cell::new(None);
+    let created = state.update_catalog(|catalog| {
         if catalog.streams.contains_key(&key) {
             let message = format!("Firehose {} under account {account} already exists.", input.name);
             return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
@@ -82,11 +86,6 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
         }
         let id = catalog.next_stream_id;
         catalog.next_stream_id += 1;
-        // The log exists before the catalog names the stream; an orphan log left by a
-        // crash in between is removed at startup, and one left by a failed catalog
-        // write (which also rolled `next_stream_id` back) is replaced here.
-        let _ = state.log.delete_stream(id);
-        state.log.create_stream(id).map_err(log_failure)?;
         let record = StreamRecord {
             id,
             region: ctx.region.clone(),
@@ -101,9 +100,27 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
             throughput_hint_mbs: input.throughput_hint_mbs,
             tags: input.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
             encryption,
+            revision: 1,
         };
-        catalog.streams.insert(key.clone(), Arc::new(record));
-        Ok(())
-    })?;
+        state.log.create_stream(id, StreamDefinition::encode(&record, Lifecycle::Creating)).map_err(log_failure)?;
+        made_log.set(Some(id));
+        let record = Arc::new(record);
+        catalog.streams.insert(key.clone(), record.clone());
+        Ok(record)
+    });
+    let record = match created {
+        Ok(record) => record,
+        Err(error) => {
+            if let Some(id) = made_log.get() {
+                let _ = state.log.delete_stream(id);
+            }
+            return Err(error);
+        }
+    };
+    if let Err(error) = state.keep_definition(&record, Lifecycle::Active) {
+        // Start-up sees the catalog names the stream; the copy is fixed then.
+        tracing::warn!(stream = %record.name, %error, "Could not mark the stream's definition as created.");
+    }
+    state.metrics.register_stream(&record);
     ok(&CreateDeliveryStreamOutput { arn })
 }

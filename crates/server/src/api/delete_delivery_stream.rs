@@ -5,7 +5,8 @@
 use sluice_protocol::dto::{DeleteDeliveryStreamInput, Empty};
 use sluice_protocol::{ApiError, ErrorCode};
 
-use super::{ok, AppState, Reply, RequestContext};
+use super::{log_failure, ok, AppState, Reply, RequestContext};
+use crate::catalog::Lifecycle;
 
 pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DeleteDeliveryStreamInput) -> Reply {
     let stream = state.stream(ctx, &input.name)?;
@@ -16,12 +17,21 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DeleteDelive
         );
         return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
     }
-    state.update_catalog(|catalog| {
+    // The intent is recorded beside the log first: a crash after it finishes the
+    // delete at start-up, instead of taking the log for one whose catalog was lost.
+    state.keep_definition(&stream, Lifecycle::Deleting).map_err(log_failure)?;
+    let removed = state.update_catalog(|catalog| {
         catalog.streams.remove(&(ctx.region.clone(), input.name.clone()));
         Ok(())
-    })?;
+    });
+    if let Err(error) = removed {
+        if let Err(undo) = state.keep_definition(&stream, Lifecycle::Active) {
+            tracing::warn!(stream = %input.name, error = %undo, "Could not undo the delete mark of a stream whose delete failed.");
+        }
+        return Err(error);
+    }
     if let Err(error) = state.log.delete_stream(stream.id) {
-        // The catalog no longer names the log; startup removes it if this failed.
+        // The definition says the delete began; startup finishes it if this failed.
         tracing::warn!(stream = %input.name, %error, "Could not delete a stream's log; it will be removed at restart.");
     }
     ok(&Empty {})

@@ -99,8 +99,8 @@ fn check_source(state: &AppState, ctx: &RequestContext, stream: &StreamRecord) -
 /// undelivered bytes past the configured limit. Acknowledged data is never evicted
 /// to make room; the producer retries (SDKs retry 503) once delivery catches up.
 fn check_buffer_room(state: &AppState, stream: &StreamRecord, n_bytes: usize) -> Result<(), ApiError> {
-    let held = state.log.retained_bytes(stream.id).unwrap_or(0);
-    let held_total = state.log.retained_bytes_total();
+    let held = state.log.undelivered_bytes(stream.id).unwrap_or(0);
+    let held_total = state.log.undelivered_bytes_total();
     let config = &state.config;
     if held + n_bytes as u64 > config.buffer_bytes_per_stream_max
         || held_total + n_bytes as u64 > config.buffer_bytes_max

@@ -30,7 +30,7 @@ use serde::Serialize;
 use sluice_protocol::limits::request_body_limit;
 use sluice_protocol::{ApiError, ErrorCode, Operation, ParseOptions};
 
-use crate::catalog::{Catalog, CatalogError, StreamRecord};
+use crate::catalog::{Catalog, CatalogError, Lifecycle, StreamDefinition, StreamRecord};
 use crate::config::Config;
 use crate::keys::KeyRegistry;
 use crate::log::{LogError, RecordLog};
@@ -102,21 +102,36 @@ impl AppState {
 
     /// Changes one stream: `change` edits a copy, which replaces the stream only if
     /// it returns `Ok` and the catalog is saved. `ResourceNotFoundException` if absent.
+    /// The changed definition is then also kept beside the stream's log.
     pub(crate) fn update_stream(
         &self,
         ctx: &RequestContext,
         name: &str,
         change: impl FnOnce(&mut StreamRecord) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
-        self.update_catalog(|catalog| {
+        let updated = self.update_catalog(|catalog| {
             let key = (ctx.region.clone(), name.to_string());
             let current =
                 catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(name, &self.config.account_id))?;
             let mut stream = (**current).clone();
             change(&mut stream)?;
-            catalog.streams.insert(key, Arc::new(stream));
-            Ok(())
-        })
+            stream.revision += 1;
+            let stream = Arc::new(stream);
+            catalog.streams.insert(key, stream.clone());
+            Ok(stream)
+        })?;
+        if let Err(error) = self.keep_definition(&updated, Lifecycle::Active) {
+            // The catalog is the authority while it names the stream; the copy is
+            // brought up to date at the next start.
+            tracing::warn!(stream = %updated.name, %error, "Could not update the definition kept beside the stream's log.");
+        }
+        Ok(())
+    }
+
+    /// Writes a stream's definition beside its log (blocking: it fsyncs).
+    pub(crate) fn keep_definition(&self, stream: &StreamRecord, lifecycle: Lifecycle) -> Result<(), LogError> {
+        let blob = StreamDefinition::encode(stream, lifecycle);
+        tokio::task::block_in_place(|| self.log.define_stream(stream.id, blob))
     }
 
     /// Applies a catalog change; the file write and fsync run off the async workers.
@@ -135,10 +150,25 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+/// What a put refused for lack of disk space is told.
+pub(crate) const DISK_FULL_MESSAGE: &str =
+    "Records could not be stored durably: the disk holding Sluice's data is full (disk full); try again later.";
+
 /// Maps a log failure to what the client sees. Internal details are logged, not sent.
 pub(crate) fn log_failure(error: LogError) -> ApiError {
     match error {
         LogError::Key { key_ref, reason } => crate::api::kms_error(&key_ref, &reason),
+        LogError::NoSpace(detail) => {
+            tracing::warn!(%detail, "Refused a write: the disk is full.");
+            ApiError::new(ErrorCode::ServiceUnavailableException, DISK_FULL_MESSAGE)
+        }
+        LogError::StreamUnavailable(reason) => {
+            tracing::warn!(%reason, "Refused a write to a stream whose log could not be recovered.");
+            ApiError::new(
+                ErrorCode::ServiceUnavailableException,
+                "The stream's stored records could not be recovered when Sluice started; it takes no records until an operator fixes it (see the server's log).",
+            )
+        }
         other => {
             tracing::error!(error = %other, "Record log refused a write.");
             ApiError::new(

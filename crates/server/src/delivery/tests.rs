@@ -84,12 +84,13 @@ impl Harness {
                     throughput_hint_mbs: None,
                     tags: Default::default(),
                     encryption: Default::default(),
+                    revision: 1,
                 };
                 catalog.streams.insert(("us-east-1".into(), name.into()), Arc::new(record));
                 Ok::<_, CatalogError>(id)
             })
             .unwrap();
-        self.state.log.create_stream(id).unwrap();
+        self.state.log.create_stream(id, Vec::new()).unwrap();
         id
     }
 

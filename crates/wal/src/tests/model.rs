@@ -57,7 +57,7 @@ proptest! {
         let mut model: BTreeMap<u64, ModelStream> = BTreeMap::new();
         let mut readers = BTreeMap::new();
         for id in 0..3u64 {
-            wal.create_stream(id).unwrap();
+            wal.create_stream(id, b"").unwrap();
             model.insert(id, ModelStream { next_seq: 1, cursor: 1, ..ModelStream::default() });
         }
         for action in actions {
@@ -103,6 +103,8 @@ proptest! {
                     drop(wal);
                     let (reopened, report) = open(dir.path(), small_options());
                     prop_assert!(report.quarantined.is_empty());
+                    prop_assert!(report.gaps.is_empty(), "{:?}", report.gaps);
+                    prop_assert!(report.failed.is_empty());
                     prop_assert_eq!(report.torn_tail_bytes, 0);
                     wal = reopened;
                     for (id, m) in model.iter_mut() {
@@ -113,6 +115,14 @@ proptest! {
                     }
                 }
             }
+            // Back-pressure counts only what is not yet delivered.
+            let mut total = 0;
+            for (id, m) in &model {
+                let undelivered = wal.undelivered_bytes(*id).unwrap();
+                prop_assert_eq!(undelivered == 0, m.acked + 1 == m.next_seq, "stream {} holds {} bytes", id, undelivered);
+                total += undelivered;
+            }
+            prop_assert_eq!(wal.undelivered_bytes_total(), total);
         }
         for (id, m) in &model {
             let all: Vec<(u64, Vec<u8>)> = read_all(&wal, *id, m.acked + 1).into_iter().map(|r| (r.seq, r.data)).collect();

@@ -18,7 +18,7 @@ fn write_log(dir: &Path, n: u64, encryption: Encryption, options: WalOptions) ->
     let rt = runtime();
     let _guard = rt.enter();
     let (wal, _) = open(dir, options);
-    wal.create_stream(STREAM).unwrap();
+    wal.create_stream(STREAM, b"").unwrap();
     for i in 1..=n {
         let appended = rt.block_on(wal.append(STREAM, vec![record(i)], encryption.clone())).unwrap();
         assert_eq!(appended.first_seq, i);
@@ -157,7 +157,7 @@ fn encrypted_records_leave_no_plaintext_on_disk_and_survive_key_changes() {
     let rt = runtime();
     let _guard = rt.enter();
     let (wal, _) = open(dir.path(), small_options());
-    wal.create_stream(STREAM).unwrap();
+    wal.create_stream(STREAM, b"").unwrap();
     let secret = |i: u32| format!("TOP-SECRET-PAYLOAD-{i:04}").into_bytes();
     for i in 0..30 {
         let key = if i < 15 { "k1" } else { "k2" };
@@ -206,7 +206,7 @@ fn concurrent_appends_share_syncs_and_get_disjoint_ranges() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let wal = std::sync::Arc::new(rt.block_on(async { open(dir.path(), WalOptions::default()).0 }));
-    wal.create_stream(STREAM).unwrap();
+    wal.create_stream(STREAM, b"").unwrap();
     let ranges = rt.block_on(async {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -259,7 +259,7 @@ fn a_failed_fsync_poisons_the_log_and_is_never_retried() {
     let _guard = rt.enter();
     let options = WalOptions { fail_syncs_after: Some(2), ..small_options() };
     let (wal, _) = open(dir.path(), options);
-    wal.create_stream(STREAM).unwrap();
+    wal.create_stream(STREAM, b"").unwrap();
     let mut fatal = wal.fatal();
     for i in 1..=2 {
         rt.block_on(wal.append(STREAM, vec![record(i)], Encryption::None)).unwrap();
@@ -313,8 +313,8 @@ fn after_one_stream_poisons_the_log_no_stream_acknowledges_anything() {
     let rt = runtime();
     let _guard = rt.enter();
     let (wal, _) = open(dir.path(), WalOptions { fail_syncs_after: Some(1), ..small_options() });
-    wal.create_stream(1).unwrap();
-    wal.create_stream(2).unwrap();
+    wal.create_stream(1, b"").unwrap();
+    wal.create_stream(2, b"").unwrap();
     rt.block_on(wal.append(1, vec![record(1)], Encryption::None)).unwrap();
     assert!(rt.block_on(wal.append(1, vec![record(2)], Encryption::None)).is_err());
     // The other stream's sync would "work" now (the hook only counts), but the log
@@ -325,32 +325,201 @@ fn after_one_stream_poisons_the_log_no_stream_acknowledges_anything() {
 }
 
 #[test]
-fn retained_bytes_follow_appends_acknowledgements_and_restarts() {
+fn undelivered_bytes_count_only_what_is_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 100, Encryption::None, small_options());
-    let on_disk = |dir: &Path| segments(dir).iter().map(|p| fs::metadata(p).unwrap().len()).sum::<u64>();
     let rt = runtime();
     let _guard = rt.enter();
     let (wal, _) = open(dir.path(), small_options());
-    // After recovery every segment is cut to its used length, so files and count agree.
-    let after_open = wal.retained_bytes(STREAM).unwrap();
-    assert_eq!(after_open, on_disk(dir.path()));
-    assert_eq!(wal.retained_bytes_total(), after_open);
+    let frames_on_disk: u64 = segments(dir.path())
+        .iter()
+        .map(|p| {
+            let data = fs::read(p).unwrap();
+            data.len() as u64 - crate::segment::decode_header(&data, p).unwrap().1 as u64
+        })
+        .sum();
+    let after_open = wal.undelivered_bytes(STREAM).unwrap();
+    assert_eq!(after_open, frames_on_disk, "nothing acknowledged: every frame counts");
+    assert_eq!(wal.undelivered_bytes_total(), after_open);
     rt.block_on(wal.append(STREAM, vec![record(101)], Encryption::None)).unwrap();
-    let after_append = wal.retained_bytes(STREAM).unwrap();
+    let after_append = wal.undelivered_bytes(STREAM).unwrap();
     assert!(after_append > after_open);
     wal.acknowledge(STREAM, 90).unwrap();
-    let after_ack = wal.retained_bytes(STREAM).unwrap();
-    assert!(after_ack < after_append, "deleted segments are no longer counted");
-    wal.create_stream(7).unwrap();
+    let after_ack = wal.undelivered_bytes(STREAM).unwrap();
+    assert!(after_ack < after_append / 4, "delivered records no longer count: {after_ack} of {after_append}");
+    assert!(after_ack > 0);
+    wal.create_stream(7, b"").unwrap();
     rt.block_on(wal.append(7, vec![record(1)], Encryption::None)).unwrap();
-    assert_eq!(wal.retained_bytes_total(), after_ack + wal.retained_bytes(7).unwrap());
+    assert_eq!(wal.undelivered_bytes_total(), after_ack + wal.undelivered_bytes(7).unwrap());
     wal.delete_stream(7).unwrap();
-    assert_eq!(wal.retained_bytes_total(), after_ack);
+    assert_eq!(wal.undelivered_bytes_total(), after_ack);
+    wal.acknowledge(STREAM, 101).unwrap();
+    assert_eq!(wal.undelivered_bytes(STREAM).unwrap(), 0, "everything delivered: nothing counts");
+    assert_eq!(wal.undelivered_bytes_total(), 0);
     rt.block_on(wal.shutdown());
     drop(wal);
     let (wal, _) = open(dir.path(), small_options());
-    assert_eq!(wal.retained_bytes(STREAM).unwrap(), on_disk(dir.path()));
+    assert_eq!(wal.undelivered_bytes(STREAM).unwrap(), 0, "also after a restart");
+    rt.block_on(wal.shutdown());
+}
+
+/// Waits (polling; no timing is asserted) until `done` holds, for at most 10 s.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    done()
+}
+
+#[test]
+fn a_fully_delivered_stream_keeps_no_segment_and_takes_appends_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), small_options());
+    wal.create_stream(STREAM, b"").unwrap();
+    for i in 1..=5 {
+        rt.block_on(wal.append(STREAM, vec![record(i)], Encryption::None)).unwrap();
+    }
+    assert_eq!(segments(dir.path()).len(), 1, "one segment, still being appended to");
+    wal.acknowledge(STREAM, 5).unwrap();
+    assert!(eventually(|| segments(dir.path()).is_empty()), "the delivered active segment was released");
+    let next = rt.block_on(wal.append(STREAM, vec![record(6)], Encryption::None)).unwrap();
+    assert_eq!(next.first_seq, 6);
+    assert_eq!(read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6]);
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, report) = open(dir.path(), small_options());
+    assert!(report.gaps.is_empty(), "{:?}", report.gaps);
+    assert_eq!(wal.durable_next(STREAM).unwrap(), 7);
+    wal.acknowledge(STREAM, 6).unwrap();
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    // A segment whose records are all acknowledged is deleted at recovery too.
+    let (wal, _) = open(dir.path(), small_options());
+    assert!(segments(dir.path()).is_empty());
+    assert_eq!(wal.durable_next(STREAM).unwrap(), 7, "sequence numbers are never reused");
+    rt.block_on(wal.shutdown());
+}
+
+#[test]
+fn a_deleted_segment_is_reported_as_a_gap_and_reading_goes_on_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_log(dir.path(), 100, Encryption::None, small_options());
+    assert!(files.len() >= 4, "{files:?}");
+    let base =
+        |p: &PathBuf| crate::segment::parse_segment_file_name(&p.file_name().unwrap().to_string_lossy()).unwrap();
+    let (lost_first, lost_last) = (base(&files[1]), base(&files[2]) - 1);
+    fs::remove_file(&files[1]).unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (wal, report) = open(dir.path(), small_options());
+    assert_eq!(report.gaps, vec![crate::Gap { stream: STREAM, first_seq: lost_first, last_seq: lost_last }]);
+    let seqs: Vec<u64> = read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect();
+    let expected: Vec<u64> = (1..lost_first).chain(lost_last + 1..=100).collect();
+    assert_eq!(seqs, expected);
+    rt.block_on(wal.shutdown());
+    drop(wal);
+
+    // The first segment above the checkpoint missing: also a gap, from the checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_log(dir.path(), 100, Encryption::None, small_options());
+    {
+        let (wal, _) = open(dir.path(), small_options());
+        wal.acknowledge(STREAM, base(&files[1]) + 1).unwrap();
+        rt.block_on(wal.shutdown());
+    }
+    fs::remove_file(&files[1]).unwrap();
+    let (wal, report) = open(dir.path(), small_options());
+    assert_eq!(
+        report.gaps,
+        vec![crate::Gap { stream: STREAM, first_seq: base(&files[1]) + 2, last_seq: base(&files[2]) - 1 }]
+    );
+    rt.block_on(wal.shutdown());
+}
+
+#[test]
+fn an_unreadable_checkpoint_fails_only_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    {
+        let (wal, _) = open(dir.path(), small_options());
+        for id in [1, 2] {
+            wal.create_stream(id, format!("stream {id}").as_bytes()).unwrap();
+            rt.block_on(wal.append(id, vec![record(1), record(2)], Encryption::None)).unwrap();
+            wal.acknowledge(id, 1).unwrap();
+        }
+        rt.block_on(wal.shutdown());
+    }
+    let checkpoint = dir.path().join(format!("{:016x}", 2)).join("checkpoint");
+    let before = walk(dir.path());
+    fs::write(&checkpoint, b"garbage, not a checkpoint").unwrap();
+    let (wal, report) = open(dir.path(), small_options());
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].stream, 2);
+    assert!(report.failed[0].reason.contains("checkpoint"), "{}", report.failed[0].reason);
+    assert_eq!(wal.streams(), vec![1], "the other stream is served");
+    assert_eq!(read_all(&wal, 1, 1).len(), 1);
+    let refused = rt.block_on(wal.append(2, vec![record(3)], Encryption::None));
+    assert!(matches!(refused, Err(crate::Error::StreamUnavailable { stream: 2, .. })), "{refused:?}");
+    assert!(wal.reader(2, 1).is_err());
+    assert!(matches!(wal.create_stream(2, b""), Err(crate::Error::StreamExists(2))), "its id is never reused");
+    assert_eq!(wal.definition(2).as_deref(), Some(&b"stream 2"[..]), "its definition is still known");
+    assert_eq!(walk(dir.path()), before, "its files are left as they are");
+    rt.block_on(wal.shutdown());
+}
+
+#[test]
+fn definitions_are_kept_beside_the_log_and_a_log_can_be_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    {
+        let (wal, _) = open(dir.path(), small_options());
+        wal.create_stream(5, b"v1").unwrap();
+        wal.define_stream(5, b"v2").unwrap();
+        assert!(matches!(wal.create_stream(5, b"again"), Err(crate::Error::StreamExists(5))));
+        rt.block_on(wal.append(5, vec![record(1)], Encryption::None)).unwrap();
+        rt.block_on(wal.shutdown());
+    }
+    let (wal, _) = open(dir.path(), small_options());
+    assert_eq!(wal.definition(5).as_deref(), Some(&b"v2"[..]));
+    let moved = wal.set_aside(5).unwrap();
+    assert!(moved.starts_with(dir.path().join("set-aside")), "{moved:?}");
+    assert!(moved.join("meta").is_file() && !dir.path().join(format!("{:016x}", 5)).exists());
+    assert!(wal.streams().is_empty());
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, report) = open(dir.path(), small_options());
+    assert_eq!(report.n_streams, 0, "a set-aside log is not recovered");
+    rt.block_on(wal.shutdown());
+}
+
+#[test]
+fn an_idle_stream_holds_no_file_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let (wal, _) = open(dir.path(), small_options());
+    let open_in_log = || {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+            .filter(|target| target.starts_with(dir.path()))
+            .count()
+    };
+    for id in 0..50 {
+        wal.create_stream(id, b"").unwrap();
+        rt.block_on(wal.append(id, vec![record(id)], Encryption::None)).unwrap();
+        let mut reader = wal.reader(id, 1).unwrap();
+        assert_eq!(reader.read(10, 1 << 20).unwrap().len(), 1);
+    }
+    assert!(eventually(|| open_in_log() == 0), "{} descriptors still open into the log", open_in_log());
     rt.block_on(wal.shutdown());
 }
 
@@ -361,12 +530,12 @@ fn a_failed_write_fails_its_group_leaves_nothing_behind_and_is_not_fatal() {
     let _guard = rt.enter();
     // Writes 0 and 1 succeed, write 2 (the third append) hits ENOSPC.
     let (wal, _) = open(dir.path(), WalOptions { fail_write_number: Some(2), ..small_options() });
-    wal.create_stream(STREAM).unwrap();
+    wal.create_stream(STREAM, b"").unwrap();
     for i in 1..=2 {
         rt.block_on(wal.append(STREAM, vec![record(i)], Encryption::None)).unwrap();
     }
     let failed = rt.block_on(wal.append(STREAM, vec![record(3)], Encryption::None));
-    assert!(matches!(failed, Err(crate::Error::Io { .. })), "{failed:?}");
+    assert!(matches!(failed, Err(crate::Error::NoSpace { .. })), "ENOSPC is told apart: {failed:?}");
     assert!(wal.fatal().borrow().is_none(), "a failed write is not fatal");
     let after = rt.block_on(wal.append(STREAM, vec![record(4)], Encryption::None)).unwrap();
     assert_eq!(after.first_seq, 3, "the failed append's sequence number is reused");
