@@ -282,6 +282,12 @@ impl Destination {
         match self.kind {
             DestinationKind::ExtendedS3 | DestinationKind::S3 => {
                 let mut extended = self.config.clone();
+                if let Some(Value::Object(partitioning)) = extended.get_mut("DynamicPartitioningConfiguration") {
+                    // Firehose describes the retry duration it uses when none was given.
+                    if partitioning.get("Enabled") == Some(&json!(true)) {
+                        with_default(partitioning, "RetryOptions", json!({"DurationInSeconds": 300}));
+                    }
+                }
                 if let Some(backup) = extended.remove("S3BackupConfiguration") {
                     let backup = backup.as_object().map(describe_s3).unwrap_or_default();
                     extended.insert("S3BackupDescription".into(), Value::Object(backup));
@@ -373,8 +379,18 @@ impl Destination {
 
     /// Firehose's creation-time rules that the model cannot express: the `Prefix` /
     /// `ErrorOutputPrefix` expression rules of every S3 configuration in the
-    /// destination, and a known `CustomTimeZone`.
+    /// destination, and a known `CustomTimeZone`. Then what Sluice cannot do: a
+    /// setting that would change what is delivered is refused, never accepted and
+    /// ignored (see [`unsupported`]).
     pub fn validate(&self) -> Result<(), ApiError> {
+        self.validate_firehose_rules()?;
+        match unsupported(self.kind, &self.config) {
+            Some(message) => Err(ApiError::new(ErrorCode::InvalidArgumentException, message)),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_firehose_rules(&self) -> Result<(), ApiError> {
         let invalid = |message: String| ApiError::new(ErrorCode::InvalidArgumentException, message);
         let check_s3 = |config: &Map<String, Value>, dynamic_partitioning: bool| -> Result<(), ApiError> {
             let prefix = config.get("Prefix").and_then(Value::as_str).unwrap_or("");
@@ -411,6 +427,26 @@ impl Destination {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The first member of a destination that Sluice accepts in the API but cannot act
+/// on in a way that changes what is delivered, as the message to refuse it with.
+/// Members that have no effect on the delivered data in Sluice (`RoleARN`,
+/// `CloudWatchLoggingOptions`, ...) are accepted; README.md lists them.
+fn unsupported(kind: DestinationKind, config: &Map<String, Value>) -> Option<String> {
+    // An absent `Enabled` is true, as on Firehose.
+    let enabled = |member: &str| {
+        config.get(member).and_then(Value::as_object).map(|m| m.get("Enabled").and_then(Value::as_bool) != Some(false))
+    };
+    match kind {
+        DestinationKind::ExtendedS3 if enabled("DataFormatConversionConfiguration") == Some(true) => Some(
+            "Sluice does not convert record formats yet: with DataFormatConversionConfiguration enabled, records would be delivered as they came instead of as Parquet or ORC. Leave DataFormatConversionConfiguration out, or set its Enabled to false.".to_string(),
+        ),
+        DestinationKind::HttpEndpoint if enabled("SecretsManagerConfiguration") == Some(true) => Some(
+            "Sluice does not read secrets from AWS Secrets Manager: with SecretsManagerConfiguration enabled, the endpoint would receive no access key. Give the key in EndpointConfiguration.AccessKey, or set SecretsManagerConfiguration's Enabled to false.".to_string(),
+        ),
+        _ => None,
     }
 }
 
@@ -505,6 +541,55 @@ mod tests {
         assert_eq!(updated.config["BufferingHints"], json!({"SizeInMBs": 1, "IntervalInSeconds": 0}));
         assert_eq!(updated.config["Prefix"], "p/");
         assert_eq!(updated.config["BucketARN"], "arn:aws:s3:::b");
+    }
+
+    #[test]
+    fn settings_sluice_cannot_act_on_are_refused_not_ignored() {
+        let with = |member: &str, value: Value| {
+            let mut config = s3().config;
+            config.insert(member.into(), value);
+            Destination { kind: DestinationKind::ExtendedS3, config }
+        };
+        for conversion in [json!({"Enabled": true}), json!({"SchemaConfiguration": {"TableName": "t"}})] {
+            let refused = with("DataFormatConversionConfiguration", conversion).validate().unwrap_err();
+            assert_eq!(refused.code, ErrorCode::InvalidArgumentException);
+            assert!(refused.message.contains("DataFormatConversionConfiguration"), "{}", refused.message);
+        }
+        with("DataFormatConversionConfiguration", json!({"Enabled": false})).validate().unwrap();
+        let update = DestinationUpdate {
+            kind: DestinationKind::ExtendedS3,
+            update: json!({"DataFormatConversionConfiguration": {"Enabled": true}}).as_object().unwrap().clone(),
+        };
+        assert_eq!(s3().apply(&update).unwrap_err().code, ErrorCode::InvalidArgumentException, "by an update too");
+        let config = json!({
+            "EndpointConfiguration": {"Url": "https://example.com"},
+            "S3Configuration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"},
+            "SecretsManagerConfiguration": {"Enabled": true, "SecretARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:s"},
+        });
+        let http = Destination { kind: DestinationKind::HttpEndpoint, config: config.as_object().unwrap().clone() };
+        assert!(http.validate().unwrap_err().message.contains("SecretsManagerConfiguration"));
+    }
+
+    #[test]
+    fn dynamic_partitioning_is_described_with_its_default_retry_duration() {
+        let mut config = s3().config;
+        config.insert("DynamicPartitioningConfiguration".into(), json!({"Enabled": true}));
+        let d = Destination { kind: DestinationKind::ExtendedS3, config: config.clone() }.describe("d");
+        let d = serde_json::to_value(d).unwrap();
+        assert_eq!(
+            d["ExtendedS3DestinationDescription"]["DynamicPartitioningConfiguration"],
+            json!({"Enabled": true, "RetryOptions": {"DurationInSeconds": 300}})
+        );
+        config.insert(
+            "DynamicPartitioningConfiguration".into(),
+            json!({"Enabled": true, "RetryOptions": {"DurationInSeconds": 60}}),
+        );
+        let d = serde_json::to_value(Destination { kind: DestinationKind::ExtendedS3, config }.describe("d")).unwrap();
+        assert_eq!(
+            d["ExtendedS3DestinationDescription"]["DynamicPartitioningConfiguration"]["RetryOptions"]
+                ["DurationInSeconds"],
+            60
+        );
     }
 
     #[test]

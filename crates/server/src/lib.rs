@@ -17,10 +17,12 @@ pub use sluice_auth as auth;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
+pub mod installation;
 pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod reconcile;
+pub mod resources;
 mod serve;
 pub mod throttle;
 pub mod tls;
@@ -65,6 +67,14 @@ pub enum ServerError {
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    /// The installation id could not be read or created.
+    #[error("installation id {path}: {reason}")]
+    Installation {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -99,6 +109,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .mode(0o700)
         .create(&data_dir)
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    resources::raise_fd_limit(config.connections.connections_max);
+    let installation_id = installation::load_or_create(&data_dir)?;
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
     let options = WalOptions { segment_bytes_max: config.segment_bytes_max, ..WalOptions::default() };
     #[cfg(feature = "failpoints")]
@@ -137,6 +149,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     ::metrics::gauge!("sluice_wal_unavailable_streams").set(wal.failed_streams().len() as f64);
     for stream in catalog.snapshot().streams.values() {
         metrics.register_stream(stream);
+        if let Err(error) = stream.destination.validate() {
+            // Accepted by an older version of Sluice; the data is delivered as it comes.
+            tracing::warn!(stream = %stream.name, error = %error.message, "The stream has a setting this version refuses for new streams.");
+        }
     }
     let state = Arc::new(AppState {
         config: config.clone(),
@@ -146,12 +162,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         metrics,
         body_kib_in_flight: tokio::sync::Semaphore::new(api::BODY_BYTES_IN_FLIGHT_MAX / 1024),
         throttle: throttle::Throttle::new(config.throttle.clone()),
+        disk: resources::DiskState::new(data_dir.join("wal")),
+        installation_id,
     });
     let upkeep_state = state.clone();
     let upkeep = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep_state.metrics.upkeep();
+        for tick in 0u64.. {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            upkeep_state.disk.probe();
+            if tick % 5 == 4 {
+                upkeep_state.metrics.upkeep();
+            }
         }
     });
 

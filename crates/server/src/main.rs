@@ -37,8 +37,8 @@ struct Cli {
 enum Command {
     /// Serve the Firehose API (the default).
     Serve(ServeArgs),
-    /// Print a stream's records still held in the log, as JSON lines. Run it while
-    /// the server is stopped: opening the log runs recovery.
+    /// Print a stream's records still held in the log (not yet delivered), as JSON
+    /// lines. Run it while the server is stopped: opening the log runs recovery.
     Dump(DumpArgs),
 }
 
@@ -75,8 +75,13 @@ struct DumpArgs {
     /// Region of the stream [default: the configured region].
     #[arg(long)]
     region: Option<String>,
+    /// Read this log directory instead of a stream's (one start-up set aside, under
+    /// `<data-dir>/wal/set-aside/`).
+    #[arg(long, conflicts_with = "stream")]
+    log: Option<PathBuf>,
     /// The delivery stream's name.
-    stream: String,
+    #[arg(required_unless_present = "log")]
+    stream: Option<String>,
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config> {
@@ -131,13 +136,29 @@ async fn shutdown_signal() {
 
 async fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let config = load_config(&args.serve)?;
-    let region = args.region.unwrap_or(config.region.clone());
-    let catalog = Catalog::open(&config.data_dir)?;
-    let stream =
-        catalog.get(&region, &args.stream).with_context(|| format!("no stream {} in region {region}", args.stream))?;
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
-    let (wal, _) = sluice_wal::Wal::open(&config.data_dir.join("wal"), sluice_wal::WalOptions::default(), keys)?;
-    let mut reader = wal.reader(stream.id, 1)?;
+    // A log directory given by path is opened through a scratch directory that
+    // links to it under its stream id, the layout the log expects.
+    let (wal_dir, id, _scratch) = match (&args.log, &args.stream) {
+        (Some(log), _) => {
+            let name = log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let id = u64::from_str_radix(name.get(..16).unwrap_or(""), 16).with_context(|| {
+                format!("{} is not a stream log directory (its name starts with 16 hex digits)", log.display())
+            })?;
+            let scratch = Scratch::new()?;
+            std::os::unix::fs::symlink(std::fs::canonicalize(log)?, scratch.0.join(&name[..16]))?;
+            (scratch.0.clone(), id, Some(scratch))
+        }
+        (None, Some(name)) => {
+            let region = args.region.clone().unwrap_or(config.region.clone());
+            let catalog = Catalog::open(&config.data_dir)?;
+            let stream = catalog.get(&region, name).with_context(|| format!("no stream {name} in region {region}"))?;
+            (config.data_dir.join("wal"), stream.id, None)
+        }
+        (None, None) => anyhow::bail!("name a stream or give --log"),
+    };
+    let (wal, _) = sluice_wal::Wal::open(&wal_dir, sluice_wal::WalOptions::default(), keys)?;
+    let mut reader = wal.reader(id, 1)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
         let records = reader.read(10_000, 64 << 20)?;
@@ -157,4 +178,22 @@ async fn dump(args: DumpArgs) -> anyhow::Result<()> {
     std::io::Write::flush(&mut out)?;
     wal.shutdown().await;
     Ok(())
+}
+
+/// A directory in the system's temporary directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let dir = std::env::temp_dir().join(format!("sluice-dump-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

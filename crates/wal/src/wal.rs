@@ -163,14 +163,20 @@ pub struct Wal {
     options: Arc<WalOptions>,
     keys: Arc<dyn KeyWrapper>,
     streams: Mutex<HashMap<StreamId, Arc<StreamLog>>>,
-    /// Streams whose logs failed recovery: why, and their definition if readable.
-    failed: Mutex<HashMap<StreamId, (String, Option<Vec<u8>>)>>,
+    /// Streams whose logs failed recovery.
+    failed: Mutex<HashMap<StreamId, Unrecovered>>,
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     poison: Arc<Poison>,
     /// Where writer tasks run; captured at open so streams can be created from any thread.
     runtime: tokio::runtime::Handle,
     /// Undelivered bytes of all streams.
     total_undelivered_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A stream whose log failed recovery: why, and its definition if readable.
+struct Unrecovered {
+    reason: String,
+    definition: Option<Vec<u8>>,
 }
 
 /// Where logs moved out of the way by [`Wal::set_aside`] go.
@@ -243,7 +249,7 @@ impl Wal {
                     tracing::error!(stream = id, %reason, "The stream's log could not be recovered; its files are left as they are and it is unavailable until this is fixed.");
                     let definition = meta::read(&path).ok().flatten();
                     report.failed.push(FailedStream { stream: id, reason: reason.clone() });
-                    wal.failed.lock().expect("lock").insert(id, (reason, definition));
+                    wal.failed.lock().expect("lock").insert(id, Unrecovered { reason, definition });
                 }
             }
         }
@@ -285,9 +291,9 @@ impl Wal {
             return Ok(());
         }
         let mut failed = self.failed.lock().expect("lock");
-        let (_, stored) = failed.get_mut(&id).ok_or(Error::UnknownStream(id))?;
+        let unrecovered = failed.get_mut(&id).ok_or(Error::UnknownStream(id))?;
         meta::write(&path, definition)?;
-        *stored = Some(definition.to_vec());
+        unrecovered.definition = Some(definition.to_vec());
         Ok(())
     }
 
@@ -297,7 +303,7 @@ impl Wal {
         if let Some(log) = self.streams.lock().expect("lock").get(&id) {
             return log.definition.lock().expect("lock").clone();
         }
-        self.failed.lock().expect("lock").get(&id).and_then(|(_, definition)| definition.clone())
+        self.failed.lock().expect("lock").get(&id).and_then(|unrecovered| unrecovered.definition.clone())
     }
 
     /// Deletes a stream's log and everything in it (also of a stream whose log
@@ -351,7 +357,10 @@ impl Wal {
     /// The streams whose logs failed recovery, and why.
     pub fn failed_streams(&self) -> Vec<FailedStream> {
         let failed = self.failed.lock().expect("lock");
-        failed.iter().map(|(id, (reason, _))| FailedStream { stream: *id, reason: reason.clone() }).collect()
+        failed
+            .iter()
+            .map(|(id, unrecovered)| FailedStream { stream: *id, reason: unrecovered.reason.clone() })
+            .collect()
     }
 
     /// Appends records; resolves once they are durable.
@@ -435,7 +444,7 @@ impl Wal {
             return Ok(log.clone());
         }
         match self.failed.lock().expect("lock").get(&id) {
-            Some((reason, _)) => Err(Error::StreamUnavailable { stream: id, reason: reason.clone() }),
+            Some(unrecovered) => Err(Error::StreamUnavailable { stream: id, reason: unrecovered.reason.clone() }),
             None => Err(Error::UnknownStream(id)),
         }
     }

@@ -69,7 +69,14 @@ pub(super) async fn ingest(
         None => Encryption::None,
     };
     match state.log.append(stream.id, records, encryption).await {
-        Ok(appended) => Ok(Ingested { stream, appended: Some(appended), n_throttled, n_bytes: n_bytes as u64 }),
+        Ok(appended) => {
+            state.disk.written();
+            Ok(Ingested { stream, appended: Some(appended), n_throttled, n_bytes: n_bytes as u64 })
+        }
+        Err(e @ LogError::NoSpace(_)) => {
+            state.disk.full(ctx.now_ms);
+            Err(log_failure(e))
+        }
         // Deleted between the lookup and the append.
         Err(LogError::UnknownStream(_)) => Err(ApiError::stream_not_found(name, &state.config.account_id)),
         Err(e) => Err(log_failure(e)),

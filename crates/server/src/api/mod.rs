@@ -52,6 +52,11 @@ pub struct AppState {
     pub body_kib_in_flight: tokio::sync::Semaphore,
     /// Per-stream throughput limits.
     pub throttle: crate::throttle::Throttle,
+    /// Whether the log's disk is full.
+    pub disk: crate::resources::DiskState,
+    /// This data directory's installation id (see `installation`), mixed into
+    /// batch uuids so that two installations never name an object alike.
+    pub installation_id: uuid::Uuid,
 }
 
 /// Request bodies held in memory at once, across all connections. With the 8 MiB
@@ -354,13 +359,19 @@ fn respond(request_id: &str, status: StatusCode, error_type: Option<&str>, body:
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    match state.log.health() {
-        Ok(()) => respond(&request_id, StatusCode::OK, None, br#"{"status":"ok"}"#.to_vec()),
-        Err(reason) => {
-            let body = serde_json::to_vec(&serde_json::json!({"status": "failed", "reason": reason})).expect("json");
-            respond(&request_id, StatusCode::SERVICE_UNAVAILABLE, None, body)
-        }
+    let refused = |status: &str, reason: String| {
+        let body = serde_json::to_vec(&serde_json::json!({"status": status, "reason": reason})).expect("json");
+        respond(&request_id, StatusCode::SERVICE_UNAVAILABLE, None, body)
+    };
+    if let Err(reason) = state.log.health() {
+        return refused("failed", reason);
     }
+    if let Some(since_ms) = state.disk.full_since_ms() {
+        let seconds = now_ms().saturating_sub(since_ms) / 1000;
+        let reason = format!("disk full: puts are refused since {seconds} s ago until the data directory's filesystem has room (delivery frees what it delivers)");
+        return refused("disk full", reason);
+    }
+    respond(&request_id, StatusCode::OK, None, br#"{"status":"ok"}"#.to_vec())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -11,8 +11,15 @@ use uuid::Uuid;
 
 use super::encode::Compression;
 
-/// Namespace of Sluice's deterministic batch UUIDs (a fixed, random UUID).
-const BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x5c1d_7a4e_93b2_4f0e_8a61_2d9e_b7c3_f105);
+/// Namespace of Sluice's deterministic batch UUIDs (a fixed, random UUID). Batches
+/// recorded before installation ids existed keep using it directly.
+pub const LEGACY_NAMESPACE: Uuid = Uuid::from_u128(0x5c1d_7a4e_93b2_4f0e_8a61_2d9e_b7c3_f105);
+
+/// The namespace of an installation's batch UUIDs: derived from its installation
+/// id, so two installations never give a batch the same uuid.
+pub fn installation_namespace(installation_id: &Uuid) -> Uuid {
+    Uuid::new_v5(&LEGACY_NAMESPACE, installation_id.as_bytes())
+}
 
 /// The lane whose keys predate lanes (kept, so batches recorded by earlier versions
 /// are redone under the same key).
@@ -21,6 +28,9 @@ pub const DESTINATION_LANE: &str = "destination";
 /// What identifies a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchIdentity<'a> {
+    /// The installation's namespace ([`installation_namespace`]), as recorded when
+    /// the batch was decided.
+    pub namespace: Uuid,
     /// The stream's name (first part of the suffix).
     pub stream_name: &'a str,
     /// The stream's log id: names are reused after delete and create, ids are not.
@@ -38,8 +48,9 @@ pub struct BatchIdentity<'a> {
 }
 
 impl BatchIdentity<'_> {
-    /// The batch's UUID: a name-based (v5) UUID of stream id, version, first
-    /// sequence number and, except for the destination itself, the lane.
+    /// The batch's UUID: a name-based (v5) UUID, in the installation's namespace, of
+    /// stream id, version, first sequence number and, except for the destination
+    /// itself, the lane.
     pub fn uuid(&self) -> Uuid {
         let mut name = Vec::with_capacity(24 + self.lane.len());
         name.extend_from_slice(&self.stream_id.to_be_bytes());
@@ -48,7 +59,7 @@ impl BatchIdentity<'_> {
         if self.lane != DESTINATION_LANE {
             name.extend_from_slice(self.lane.as_bytes());
         }
-        Uuid::new_v5(&BATCH_NAMESPACE, &name)
+        Uuid::new_v5(&self.namespace, &name)
     }
 }
 
@@ -147,6 +158,7 @@ mod tests {
 
     fn batch(first_seq: u64) -> BatchIdentity<'static> {
         BatchIdentity {
+            namespace: LEGACY_NAMESPACE,
             stream_name: "orders",
             stream_id: 3,
             version: 2,
@@ -201,5 +213,12 @@ mod tests {
         assert!(object_key(&partitioned, &batch(7), None).is_err(), "a partitioned prefix needs keys");
         let backup = BatchIdentity { lane: "backup", ..batch(7) };
         assert_ne!(batch(7).uuid(), backup.uuid(), "a batch's backup is another object");
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let here = BatchIdentity { namespace: installation_namespace(&a), ..batch(7) };
+        let there = BatchIdentity { namespace: installation_namespace(&b), ..batch(7) };
+        assert_ne!(here.uuid(), there.uuid(), "two installations name the same batch differently");
+        assert_ne!(object_key(&s, &here, None).unwrap(), object_key(&s, &there, None).unwrap());
+        let again = BatchIdentity { namespace: installation_namespace(&a), ..batch(7) };
+        assert_eq!(here.uuid(), again.uuid(), "and one installation always the same way");
     }
 }

@@ -233,7 +233,8 @@ pub(super) async fn run(
         if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {
             if full || now_ms >= deadline_ms || stopping {
                 buffered = None;
-                let Some(intent) = decide(&progress, &stream, &target, kind, batch, &mut shutdown).await else {
+                let Some(intent) = decide(&delivery, &progress, &stream, &target, kind, batch, &mut shutdown).await
+                else {
                     return;
                 };
                 if !deliver(&delivery, &progress, kind, &intent, &mut shutdown).await {
@@ -257,6 +258,7 @@ pub(super) async fn run(
 /// Names the batch and commits it as the lane's batch in progress. `None` if
 /// shutdown came first.
 async fn decide(
+    delivery: &Delivery,
     progress: &StreamProgress,
     stream: &StreamRecord,
     target: &Target,
@@ -266,6 +268,7 @@ async fn decide(
 ) -> Option<Intent> {
     let settings = target.s3();
     let identity = BatchIdentity {
+        namespace: delivery.namespace,
         stream_name: &stream.name,
         stream_id: stream.id,
         version: stream.version_id,
@@ -312,6 +315,8 @@ async fn decide(
         partitioned,
         version: stream.version_id,
         oldest_arrival_ms: batch.oldest_arrival_ms,
+        namespace: Some(delivery.namespace.hyphenated().to_string()),
+        uploads: BTreeMap::new(),
     };
     loop {
         match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
@@ -354,8 +359,8 @@ async fn deliver(
     let stream_id = progress.stream_id;
     let metric = kind.metric(intent.http_request_id.is_some());
     let stored = match &intent.http_request_id {
-        Some(request_id) => deliver_http(delivery, stream_id, metric, intent, request_id, shutdown).await,
-        None => deliver_s3(delivery, stream_id, kind, metric, intent, shutdown).await,
+        Some(request_id) => deliver_http(delivery, progress, metric, intent, request_id, shutdown).await,
+        None => deliver_s3(delivery, progress, kind, metric, intent, shutdown).await,
     };
     if !stored {
         return false;
@@ -394,14 +399,63 @@ fn chain_of(stream: &StreamRecord, kind: LaneKind) -> Option<ProcessingChain> {
 /// Writes the error objects of a processed batch; the first failure stops.
 async fn put_errors(
     delivery: &Delivery,
+    progress: &StreamProgress,
+    kind: LaneKind,
     intent: &Intent,
     errors: BTreeMap<&'static str, Vec<u8>>,
 ) -> Result<(), String> {
     for (output_type, lines) in errors {
         let Some(key) = intent.error_key(output_type) else { continue };
-        delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await?;
+        store_object(delivery, progress, kind, &intent.bucket, key, bytes::Bytes::from(lines)).await?;
     }
     Ok(())
+}
+
+/// Stores one object of the lane's batch; a multipart upload it starts is recorded
+/// in the batch's progress first, so that [`abort_stale_uploads`] can abort it
+/// if the attempt is cut short, by a crash too.
+async fn store_object(
+    delivery: &Delivery,
+    progress: &StreamProgress,
+    kind: LaneKind,
+    bucket: &str,
+    key: &str,
+    body: bytes::Bytes,
+) -> Result<(), String> {
+    let record = |upload_id: String| async move {
+        let recorded = progress
+            .update(kind.name(), |lane| {
+                if let Some(batch) = lane.batch.as_mut() {
+                    batch.uploads.insert(key.to_string(), upload_id);
+                }
+            })
+            .await;
+        recorded.map_err(|e| format!("recording a multipart upload: {e}"))
+    };
+    delivery.store.put_recorded(bucket, key, body, record).await
+}
+
+/// Aborts the multipart uploads earlier attempts at the lane's batch recorded (an
+/// attempt that failed to abort its own, or one a crash interrupted), then forgets
+/// them. Run before each attempt; nothing to do in the usual case.
+async fn abort_stale_uploads(delivery: &Delivery, progress: &StreamProgress, kind: LaneKind) -> Result<(), String> {
+    let Some(batch) = progress.lane(kind.name()).await.batch else { return Ok(()) };
+    if batch.uploads.is_empty() {
+        return Ok(());
+    }
+    for (key, upload_id) in &batch.uploads {
+        delivery.store.abort_upload(&batch.bucket, key, upload_id).await?;
+        tracing::info!(stream_id = progress.stream_id, bucket = %batch.bucket, %key, %upload_id, "Aborted the multipart upload of an interrupted attempt.");
+    }
+    let aborted = batch.uploads;
+    let forgotten = progress
+        .update(kind.name(), |lane| {
+            if let Some(batch) = lane.batch.as_mut() {
+                batch.uploads.retain(|key, id| aborted.get(key) != Some(id));
+            }
+        })
+        .await;
+    forgotten.map_err(|e| format!("forgetting aborted uploads: {e}"))
 }
 
 /// Uploads the batch to S3 until it is stored (or, past the retention period,
@@ -410,12 +464,13 @@ async fn put_errors(
 /// stopped for shutdown or deletion first.
 async fn deliver_s3(
     delivery: &Delivery,
-    stream_id: u64,
+    progress: &StreamProgress,
     kind: LaneKind,
     metric: &'static str,
     intent: &Intent,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    let stream_id = progress.stream_id;
     let state = &delivery.state;
     let compression = Compression::from_api(&intent.compression).unwrap_or(Compression::Uncompressed);
     let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
@@ -431,7 +486,11 @@ async fn deliver_s3(
         // A bucket known to be missing fails the attempt before the batch is read,
         // unless the batch is old enough to expire (which needs its records).
         let age_ms = delivery.clock.now_ms().saturating_sub(intent.oldest_arrival_ms);
-        let batch = match delivery.store.check_bucket(&intent.bucket) {
+        let ready = match abort_stale_uploads(delivery, progress, kind).await {
+            Ok(()) => delivery.store.check_bucket(&intent.bucket),
+            Err(error) => Err(error),
+        };
+        let batch = match ready {
             Err(error) if intent.oldest_arrival_ms > 0 && age_ms < state.config.retention_ms => Err(error),
             _ => read_batch(delivery, stream_id, intent)
                 .await
@@ -459,7 +518,9 @@ async fn deliver_s3(
                     None => vec![(intent.key.clone(), processed.concatenated())],
                 };
                 let n_records = n_records - processed.n_failed_partitioning;
-                if let Err(error) = put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {
+                if let Err(error) =
+                    put_errors(delivery, progress, kind, intent, std::mem::take(&mut processed.errors)).await
+                {
                     result = Err(error);
                 }
                 if result.is_ok() {
@@ -471,7 +532,7 @@ async fn deliver_s3(
                             let body = tokio::task::spawn_blocking(move || compression.encode(body, &entry))
                                 .await
                                 .map_err(|e| e.to_string())?;
-                            delivery.store.put(&intent.bucket, &key, bytes::Bytes::from(body)).await
+                            store_object(delivery, progress, kind, &intent.bucket, &key, bytes::Bytes::from(body)).await
                         },
                     );
                     let mut puts = futures_util::stream::iter(puts).buffer_unordered(OBJECT_PUTS_IN_FLIGHT_MAX);
@@ -532,6 +593,7 @@ fn partition(
 ) -> Vec<(String, Vec<u8>)> {
     let Some(Target::S3(settings)) = kind.target(&stream.destination) else { return Vec::new() };
     let identity = BatchIdentity {
+        namespace: intent.namespace(),
         stream_name: &stream.name,
         stream_id: stream.id,
         version: intent.version,
@@ -602,12 +664,13 @@ fn permits(intent: &Intent) -> u32 {
 /// `false` if it stopped for shutdown or deletion first.
 async fn deliver_http(
     delivery: &Delivery,
-    stream_id: u64,
+    progress: &StreamProgress,
     metric: &'static str,
     intent: &Intent,
     request_id: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    let (stream_id, kind) = (progress.stream_id, LaneKind::Destination);
     let state = &delivery.state;
     let mut backoff = Backoff::new(HTTP_RETRY_DELAY_MIN, HTTP_RETRY_DELAY_MAX, HTTP_RETRY_JITTER);
     let mut attempt = 0u32;
@@ -621,7 +684,11 @@ async fn deliver_http(
         };
         attempt += 1;
         let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
-        let batch = match read_batch(delivery, stream_id, intent).await {
+        let batch = match abort_stale_uploads(delivery, progress, kind).await {
+            Ok(()) => read_batch(delivery, stream_id, intent).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error),
+        };
+        let batch = match batch {
             Ok(batch) if batch.is_empty() => {
                 tracing::error!(stream_id, request_id, "The batch's records are no longer in the log.");
                 return true;
@@ -642,7 +709,8 @@ async fn deliver_http(
         let mut processed = process(delivery, &stream, chain.as_ref(), &mut batch, attempt).await;
         let now_ms = delivery.clock.now_ms();
         let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
-        let mut result = match put_errors(delivery, intent, std::mem::take(&mut processed.errors)).await {
+        let mut result = match put_errors(delivery, progress, kind, intent, std::mem::take(&mut processed.errors)).await
+        {
             Ok(()) => Ok(()),
             Err(error) => Err(HttpFailure { code: "S3.DeliveryFailed", message: error, permanent: false }),
         };
@@ -689,7 +757,7 @@ async fn deliver_http(
             }
         }
     };
-    give_up_http(delivery, stream_id, intent, attempt, &failure, shutdown).await
+    give_up_http(delivery, progress, intent, attempt, &failure, shutdown).await
 }
 
 /// Writes a batch the endpoint did not take under the error prefix of the
@@ -697,19 +765,24 @@ async fn deliver_http(
 /// until the retention period ends, then counting and logging the records.
 async fn give_up_http(
     delivery: &Delivery,
-    stream_id: u64,
+    progress: &StreamProgress,
     intent: &Intent,
     attempt: u32,
     failure: &HttpFailure,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    let stream_id = progress.stream_id;
     let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
     loop {
         if delivery.state.catalog.get_by_id(stream_id).is_none() {
             return false;
         }
         let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
-        let result = match read_batch(delivery, stream_id, intent).await {
+        let batch = match abort_stale_uploads(delivery, progress, LaneKind::Destination).await {
+            Ok(()) => read_batch(delivery, stream_id, intent).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error),
+        };
+        let result = match batch {
             Ok(batch) if batch.is_empty() => return true,
             Ok(batch) => {
                 let now_ms = delivery.clock.now_ms();
@@ -719,7 +792,10 @@ async fn give_up_http(
                     error_line(&mut lines, &failed, attempt, now_ms, None);
                 }
                 let result = match intent.error_key(HTTP_ENDPOINT_FAILED) {
-                    Some(key) => delivery.store.put(&intent.bucket, key, bytes::Bytes::from(lines)).await,
+                    Some(key) => {
+                        let lines = bytes::Bytes::from(lines);
+                        store_object(delivery, progress, LaneKind::Destination, &intent.bucket, key, lines).await
+                    }
                     None => Err("no error key".to_string()),
                 };
                 if let Err(error) = &result {

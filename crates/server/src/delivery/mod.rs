@@ -76,6 +76,8 @@ pub struct Delivery {
     /// Bytes of batches being read, encoded and uploaded at once, in KiB permits:
     /// batches wait for room, so many streams flushing together stay within memory.
     batch_kib_in_flight: tokio::sync::Semaphore,
+    /// The namespace of this installation's batch uuids.
+    namespace: uuid::Uuid,
 }
 
 /// Batch bytes held in memory for delivery at once, across all streams (each
@@ -90,10 +92,16 @@ impl Delivery {
     /// if the HTTP client cannot be set up (an unreadable extra CA).
     pub fn new(state: Arc<AppState>, clock: Clock) -> Result<Delivery, String> {
         let store = Store::new(state.config.data_dir.join("buckets"), state.config.s3.clone());
+        match store.clean_temporary_files() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n_files = n, "Removed temporary files of object writes a crash interrupted."),
+            Err(error) => return Err(format!("cleaning the buckets' temporary directory: {error}")),
+        }
         let http = http::HttpSender::new(&state.config.http)?;
         let lambda = lambda::LambdaInvoker::new(&state.config.lambda, &state.config.http)?;
         let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);
-        Ok(Delivery { state, store, clock, http, lambda, batch_kib_in_flight })
+        let namespace = key::installation_namespace(&state.installation_id);
+        Ok(Delivery { state, store, clock, http, lambda, batch_kib_in_flight, namespace })
     }
 }
 

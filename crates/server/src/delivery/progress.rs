@@ -55,9 +55,22 @@ pub(super) struct Intent {
     /// Arrival of the batch's oldest record (0 in batches recorded before this field).
     #[serde(default)]
     pub(super) oldest_arrival_ms: u64,
+    /// The namespace of the batch's uuids (the installation's, see `key`); absent
+    /// in batches recorded before installation ids, which keep the legacy one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) namespace: Option<String>,
+    /// Multipart uploads this batch started, by object key: aborted before the
+    /// batch is tried again (after a failure or a crash), so no parts are left.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) uploads: BTreeMap<String, String>,
 }
 
 impl Intent {
+    /// The namespace the batch's uuids are in.
+    pub(super) fn namespace(&self) -> uuid::Uuid {
+        self.namespace.as_deref().and_then(|n| uuid::Uuid::parse_str(n).ok()).unwrap_or(super::key::LEGACY_NAMESPACE)
+    }
+
     /// The key of the batch's error object of `output_type`.
     pub(super) fn error_key(&self, output_type: &str) -> Option<&str> {
         match self.error_keys.get(output_type) {
@@ -144,6 +157,8 @@ mod tests {
             partitioned: false,
             version: 1,
             oldest_arrival_ms: 1,
+            namespace: None,
+            uploads: BTreeMap::new(),
         }
     }
 

@@ -3,6 +3,12 @@
 //! data can be read with `ls` and `cat`. Written durably (temp file, fsync, rename,
 //! fsync of the directories) before delivery acknowledges the records in the log:
 //! the log may then delete them, so the object must survive a power loss too.
+//!
+//! Temporary files are written to `<data-dir>/buckets/.sluice-tmp/`, outside every
+//! bucket (a name starting with a dot is never a bucket) and on the buckets'
+//! filesystem, so the rename is atomic. A reader listing a bucket never sees a
+//! half-written object; a failed write removes its temporary file, and start-up
+//! empties the directory of whatever a crash left.
 
 use std::collections::HashMap;
 use std::fs;
@@ -11,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
-use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
+use object_store::{ClientConfigKey, ObjectStoreExt, PutPayload};
 
 use crate::config::{S3Config, S3Target};
 
@@ -27,6 +34,15 @@ pub enum StoreError {
     /// The key has a segment that cannot be a file name (`.`, `..`, empty).
     #[error("key {0:?} cannot be stored as a file")]
     InvalidKey(String),
+    /// The bucket directory is on another filesystem than the temporary directory,
+    /// so an object cannot be put in place atomically.
+    #[error("bucket directory {bucket} is not on the filesystem of {tmp}; objects cannot be renamed into it atomically (put the bucket directory on the same filesystem as {tmp}'s parent)")]
+    OtherFilesystem {
+        /// The bucket directory.
+        bucket: PathBuf,
+        /// The temporary directory.
+        tmp: PathBuf,
+    },
     /// Writing failed.
     #[error("writing {path}: {source}")]
     Io {
@@ -41,24 +57,46 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct LocalBuckets {
     root: PathBuf,
+    /// Where objects are written before they are renamed into place.
+    tmp: PathBuf,
 }
+
+/// The temporary directory's name under the buckets' root.
+const TMP_DIR: &str = ".sluice-tmp";
 
 impl LocalBuckets {
     /// Buckets live under `root` (`<data-dir>/buckets`).
     pub fn new(root: PathBuf) -> LocalBuckets {
-        LocalBuckets { root }
+        let tmp = root.join(TMP_DIR);
+        LocalBuckets { root, tmp }
     }
 
-    /// Stores `body` at `key`, replacing any object there. Blocking.
+    /// Removes whatever temporary files a crash left (none of them was ever an
+    /// object). Run at start, before delivery.
+    pub fn clean_temporary_files(&self) -> std::io::Result<usize> {
+        let entries = match fs::read_dir(&self.tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            fs::remove_file(entry?.path())?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// The directory of `bucket`, if it exists.
     fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
         let bucket_dir = self.root.join(bucket);
-        if bucket.is_empty() || bucket.contains('/') || !bucket_dir.is_dir() {
+        if bucket.is_empty() || bucket.starts_with('.') || bucket.contains('/') || !bucket_dir.is_dir() {
             return Err(StoreError::NoSuchBucket(bucket.to_string()));
         }
         Ok(bucket_dir)
     }
 
+    /// Stores `body` at `key`, replacing any object there. Blocking.
     pub fn put(&self, bucket: &str, key: &str, body: &[u8]) -> Result<PathBuf, StoreError> {
         let bucket_dir = self.bucket_dir(bucket)?;
         let segments: Vec<&str> = key.split('/').collect();
@@ -72,11 +110,17 @@ impl LocalBuckets {
             move |source| StoreError::Io { path, source }
         };
         fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let tmp = parent.join(format!(".{}.sluice-tmp", uuid::Uuid::new_v4().simple()));
-        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(body).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::create_dir_all(&self.tmp).map_err(io(&self.tmp))?;
+        let tmp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
+        let written = write_synced(&tmp, body).and_then(|()| fs::rename(&tmp, &path));
+        if let Err(source) = written {
+            // Nothing half-written is left behind, in the bucket or beside it.
+            let _ = fs::remove_file(&tmp);
+            if source.raw_os_error() == Some(EXDEV) {
+                return Err(StoreError::OtherFilesystem { bucket: bucket_dir, tmp: self.tmp.clone() });
+            }
+            return Err(StoreError::Io { path: path.clone(), source });
+        }
         // The rename, and any directory created for the key, are durable only once
         // every directory from the object's up to the bucket is synced.
         let mut dir = parent.as_path();
@@ -91,19 +135,70 @@ impl LocalBuckets {
     }
 }
 
+/// `rename` across filesystems.
+const EXDEV: i32 = 18;
+
+/// Writes a new file and fsyncs it.
+fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    #[cfg(feature = "failpoints")]
+    failpoints::object_write(&mut file, body)?;
+    file.write_all(body)?;
+    file.sync_all()
+}
+
+/// Fault injection for the end-to-end tests (`failpoints` builds only).
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+
+    /// With `SLUICE_CRASH_AFTER_UPLOAD_PARTS=N`, the process aborts (as a crash
+    /// would end it) once N parts of multipart uploads were sent.
+    pub(super) fn after_part() {
+        static PARTS: AtomicU64 = AtomicU64::new(0);
+        let limit: Option<u64> = std::env::var("SLUICE_CRASH_AFTER_UPLOAD_PARTS").ok().and_then(|v| v.parse().ok());
+        if limit.is_some_and(|n| PARTS.fetch_add(1, Ordering::SeqCst) + 1 >= n) {
+            eprintln!("failpoint: crashing after {} uploaded parts", limit.unwrap_or(0));
+            std::process::abort();
+        }
+    }
+
+    /// With `SLUICE_FAIL_OBJECT_WRITES_EVERY=N`, every N-th local object write
+    /// fails with EIO after writing half of the object.
+    pub(super) fn object_write(file: &mut std::fs::File, body: &[u8]) -> std::io::Result<()> {
+        let every: u64 = match std::env::var("SLUICE_FAIL_OBJECT_WRITES_EVERY").ok().and_then(|v| v.parse().ok()) {
+            Some(n) if n > 0 => n,
+            _ => return Ok(()),
+        };
+        if (WRITES.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(every) {
+            file.write_all(&body[..body.len() / 2])?;
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
+}
+
 /// Where delivered objects go: each bucket to the place `[s3]` (or its
 /// `[s3.buckets.NAME]` override) names, by default a local directory. Clients for
 /// S3-compatible services are built once per bucket and reused.
 pub struct Store {
     local: LocalBuckets,
     s3: S3Config,
-    clients: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    clients: Mutex<HashMap<String, Arc<AmazonS3>>>,
 }
 
 impl Store {
     /// Local buckets live under `local_root`; the others where `s3` says.
     pub fn new(local_root: PathBuf, s3: S3Config) -> Store {
         Store { local: LocalBuckets::new(local_root), s3, clients: Mutex::default() }
+    }
+
+    /// Removes the temporary files of local writes a crash interrupted.
+    pub fn clean_temporary_files(&self) -> std::io::Result<usize> {
+        self.local.clean_temporary_files()
     }
 
     /// Fails at once, without a request, when `bucket` is a local directory that does
@@ -115,11 +210,23 @@ impl Store {
         self.local.bucket_dir(bucket).map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// Stores one object, replacing any object at the same key (see
+    /// [`Store::put_recorded`]; multipart uploads are not recorded).
+    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
+        self.put_recorded(bucket, key, body, |_| async { Ok(()) }).await
+    }
+
     /// Stores one object, replacing any object at the same key. On an S3-compatible
     /// service, a body larger than one part is uploaded in parts (multipart upload,
     /// aborted if a part fails), with `Content-Type: application/octet-stream` as
-    /// Firehose writes it.
-    pub async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), String> {
+    /// Firehose writes it. `record` is given the upload id before the first part
+    /// is sent and must make it durable: after a crash mid-upload, the caller
+    /// aborts it ([`Store::abort_upload`]) so that no parts are left in the bucket.
+    pub async fn put_recorded<F, Fut>(&self, bucket: &str, key: &str, body: Bytes, record: F) -> Result<(), String>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let target = self.s3.target(bucket);
         let Some(endpoint) = &target.endpoint else {
             let (local, bucket, key) = (self.local.clone(), bucket.to_string(), key.to_string());
@@ -129,42 +236,56 @@ impl Store {
                 .map_err(|e| e.to_string());
         };
         let client = self.client(bucket, endpoint, target)?;
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::ContentType, "application/octet-stream".into());
         let path = ObjectPath::from(key);
         let part_bytes = self.s3.multipart_part_bytes as usize;
         if body.len() <= part_bytes {
-            let options = PutOptions { attributes, ..PutOptions::default() };
-            return client
-                .put_opts(&path, PutPayload::from(body), options)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            return client.put(&path, PutPayload::from(body)).await.map(|_| ()).map_err(|e| e.to_string());
         }
-        let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-        let mut upload = client.put_multipart_opts(&path, options).await.map_err(|e| e.to_string())?;
+        let upload_id = client.create_multipart(&path).await.map_err(|e| e.to_string())?;
+        if let Err(error) = record(upload_id.clone()).await {
+            let _ = client.abort_multipart(&path, &upload_id).await;
+            return Err(error);
+        }
         // Parts are slices of `body` (no copies), sent one after the other; any
         // failure aborts the upload so that no orphaned parts stay in the bucket.
+        let mut parts = Vec::new();
         let mut result = Ok(());
-        for offset in (0..body.len()).step_by(part_bytes) {
+        for (index, offset) in (0..body.len()).step_by(part_bytes).enumerate() {
             let part = body.slice(offset..(offset + part_bytes).min(body.len()));
-            result = upload.put_part(PutPayload::from(part)).await;
-            if result.is_err() {
-                break;
+            match client.put_part(&path, &upload_id, index, PutPayload::from(part)).await {
+                Ok(part) => parts.push(part),
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
             }
+            #[cfg(feature = "failpoints")]
+            failpoints::after_part();
         }
         let result = match result {
-            Ok(()) => upload.complete().await.map(|_| ()),
+            Ok(()) => client.complete_multipart(&path, &upload_id, parts).await.map(|_| ()),
             Err(error) => Err(error),
         };
         if let Err(error) = result {
-            let _ = upload.abort().await;
+            let _ = client.abort_multipart(&path, &upload_id).await;
             return Err(error.to_string());
         }
         Ok(())
     }
 
-    fn client(&self, bucket: &str, endpoint: &str, target: &S3Target) -> Result<Arc<dyn ObjectStore>, String> {
+    /// Aborts a multipart upload an earlier attempt recorded. An upload that no
+    /// longer exists (completed, or already aborted) is not an error.
+    pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), String> {
+        let target = self.s3.target(bucket);
+        let Some(endpoint) = &target.endpoint else { return Ok(()) };
+        let client = self.client(bucket, endpoint, target)?;
+        match client.abort_multipart(&ObjectPath::from(key), &upload_id.to_string()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    fn client(&self, bucket: &str, endpoint: &str, target: &S3Target) -> Result<Arc<AmazonS3>, String> {
         let mut clients = self.clients.lock().expect("lock");
         if let Some(client) = clients.get(bucket) {
             return Ok(client.clone());
@@ -174,11 +295,13 @@ impl Store {
             .with_region(&target.region)
             .with_bucket_name(bucket)
             .with_virtual_hosted_style_request(!target.path_style)
-            .with_allow_http(endpoint.starts_with("http://"));
+            .with_allow_http(endpoint.starts_with("http://"))
+            // Every object, multipart ones included, as Firehose writes them.
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::DefaultContentType), "application/octet-stream");
         if let Some((id, secret)) = &target.credentials {
             builder = builder.with_access_key_id(id).with_secret_access_key(secret);
         }
-        let client: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| e.to_string())?);
+        let client = Arc::new(builder.build().map_err(|e| e.to_string())?);
         clients.insert(bucket.to_string(), client.clone());
         Ok(client)
     }
@@ -203,5 +326,36 @@ mod tests {
         }
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+        assert!(matches!(store.put(".sluice-tmp", "x", b"x"), Err(StoreError::NoSuchBucket(_))), "never a bucket");
+    }
+
+    #[test]
+    fn temporary_files_are_outside_buckets_and_removed_on_failure_and_at_start() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalBuckets::new(root.path().to_path_buf());
+        fs::create_dir(root.path().join("logs")).unwrap();
+        store.put("logs", "dir/object", b"x").unwrap();
+        // Renaming over a non-empty directory fails after the temporary file is written.
+        assert!(matches!(store.put("logs", "dir", b"y"), Err(StoreError::Io { .. })));
+        let tmp = root.path().join(TMP_DIR);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "the failed write's temporary file is gone");
+        fs::write(tmp.join("left-by-a-crash"), b"half").unwrap();
+        assert_eq!(store.clean_temporary_files().unwrap(), 1);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        let in_bucket: Vec<_> = walk(&root.path().join("logs"));
+        assert_eq!(in_bucket, vec![root.path().join("logs/dir/object")], "only the object is in the bucket");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
     }
 }

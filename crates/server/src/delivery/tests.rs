@@ -45,6 +45,8 @@ impl Harness {
             metrics: Metrics::install(),
             body_kib_in_flight: tokio::sync::Semaphore::new(1),
             throttle: crate::throttle::Throttle::new(Default::default()),
+            disk: crate::resources::DiskState::new(dir.path().join("wal")),
+            installation_id: uuid::Uuid::new_v4(),
         });
         Harness { dir, state }
     }
