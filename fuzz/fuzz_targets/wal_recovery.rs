@@ -1,11 +1,12 @@
 //! Fuzz target: write-ahead-log recovery from damaged files (issue 5). A template
 //! log is written once by the real `Wal` (two stream logs: one in the clear over
-//! two segments, one encrypted; both with checkpoints). The input is a script of
-//! edits to the template's files: truncations, flipped bytes, overwritten ranges,
-//! deleted files. Recovery must then either refuse with an error or open a log
-//! that reads back strictly increasing records, takes a new append, and recovers
-//! to exactly the same records plus that append, with no newly damaged region and
-//! no torn tail, when opened again. Never a panic.
+//! two segments, one encrypted; both with checkpoints and definitions). The input
+//! is a script of edits to the template's files: truncations, flipped bytes,
+//! overwritten ranges, deleted files. Recovery must then either refuse with an
+//! error or open a log whose streams either failed recovery (and fail it again on
+//! the next open) or read back strictly increasing records, take a new append, and
+//! recover to exactly the same records plus that append, with no newly damaged
+//! region, no new gap and no torn tail, when opened again. Never a panic.
 
 #![no_main]
 
@@ -62,7 +63,7 @@ fn template() -> &'static Vec<(PathBuf, Vec<u8>)> {
         runtime().block_on(async {
             let (wal, _) = Wal::open(dir.path(), options(), Arc::new(XorKeys)).expect("open");
             for (id, encryption) in [(1, Encryption::None), (2, Encryption::Key(KEY_REF.into()))] {
-                wal.create_stream(id).expect("create");
+                wal.create_stream(id, b"definition").expect("create");
                 for batch in 0..6u8 {
                     let records = (0..5u8).map(|i| vec![b'a' + i; 100 + 37 * usize::from(batch)]).collect();
                     wal.append(id, records, encryption.clone()).await.expect("append");
@@ -179,6 +180,13 @@ fuzz_target!(|script: &[u8]| {
         let (again, before) = (regions(&report), regions(&first));
         assert!(again.iter().all(|r| before.contains(r)), "a second recovery cut out more: {again:?} after {before:?}");
         assert_eq!(report.torn_tail_bytes, 0, "the first recovery left no torn tail");
+        let failed = |report: &sluice_wal::RecoveryReport| {
+            let mut ids: Vec<u64> = report.failed.iter().map(|f| f.stream).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(failed(&report), failed(&first), "a stream fails recovery again, and only then");
+        assert!(report.gaps.iter().all(|g| first.gaps.contains(g)), "no new gap: {:?} after {:?}", report.gaps, first.gaps);
         assert_eq!(summary(&contents(&wal)), expected, "the second recovery reads what the first did, plus the append");
         wal.shutdown().await;
     });

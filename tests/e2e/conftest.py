@@ -39,7 +39,8 @@ class Server:
     """One sluice process; can be killed and restarted on the same data dir."""
 
     def __init__(self, data_dir: Path, extra_config: str = "", binary: Path = None, env: dict = None,
-                 transition_ms: int = TRANSITION_MS, throttle: bool = False, listen_host: str = "127.0.0.1"):
+                 transition_ms: int = TRANSITION_MS, throttle: bool = False, listen_host: str = "127.0.0.1",
+                 segment_mib: int = 4, fd_limit: tuple = None):
         self.binary = binary or sluice_binary()
         self.env = dict(os.environ, **(env or {}))
         self.data_dir = data_dir
@@ -49,7 +50,7 @@ class Server:
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self.config.write_text(
             f"transition_ms = {transition_ms}\n"
-            "[wal]\nsegment_mib_max = 4\n"
+            f"[wal]\nsegment_mib_max = {segment_mib}\n"
             "[[encryption.keys]]\n"
             f'arn = "{CMK_ENABLED}"\nkey_hex = "{"ab" * 32}"\n'
             "[[encryption.keys]]\n"
@@ -61,12 +62,21 @@ class Server:
         )
         self.proc = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
+        # (soft, hard) open-file limits the process starts with.
+        self.fd_limit = fd_limit
 
     def start(self):
+        limit = self.fd_limit
+
+        def limit_fds():
+            if limit:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+
         self.proc = subprocess.Popen(
             [str(self.binary), "serve", "--listen", f"{self.listen_host}:{self.port}",
              "--data-dir", str(self.data_dir), "--config", str(self.config)],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env,
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env, preexec_fn=limit_fds,
         )
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -95,10 +105,10 @@ class Server:
             config=Config(parameter_validation=validate, retries={"total_max_attempts": 1, "mode": "standard"}),
         )
 
-    def dump(self, stream, region="us-east-1"):
+    def dump(self, stream=None, region="us-east-1", log=None):
+        which = ["--log", str(log)] if log else ["--region", region, stream]
         out = subprocess.run(
-            [str(sluice_binary()), "dump", "--data-dir", str(self.data_dir), "--config", str(self.config),
-             "--region", region, stream],
+            [str(sluice_binary()), "dump", "--data-dir", str(self.data_dir), "--config", str(self.config), *which],
             check=True, capture_output=True, text=True, env=self.env,
         ).stdout
         import json

@@ -94,6 +94,15 @@ def test_http_endpoint_and_s3_destinations_are_stored(fh):
     ({"ExtendedS3DestinationConfiguration": S3_CONFIG, "HttpEndpointDestinationConfiguration": {
         "EndpointConfiguration": {"Url": "https://x.example.com"}, "S3Configuration": S3_CONFIG}},
      "Exactly one destination configuration is supported for a Firehose"),
+    # Accepted and ignored, these would change what is delivered: refused instead.
+    ({"ExtendedS3DestinationConfiguration": dict(S3_CONFIG, DataFormatConversionConfiguration={"Enabled": True})},
+     "DataFormatConversionConfiguration"),
+    ({"ExtendedS3DestinationConfiguration": dict(S3_CONFIG, DataFormatConversionConfiguration={
+        "SchemaConfiguration": {"DatabaseName": "db", "TableName": "t"}})}, "DataFormatConversionConfiguration"),
+    ({"HttpEndpointDestinationConfiguration": {
+        "EndpointConfiguration": {"Url": "https://x.example.com"}, "S3Configuration": S3_CONFIG,
+        "SecretsManagerConfiguration": {"Enabled": True, "SecretARN": "arn:aws:secretsmanager:us-east-1:000000000000:secret:s"}}},
+     "SecretsManagerConfiguration"),
 ])
 def test_create_refuses_what_it_cannot_deliver(fh, kwargs, needle):
     with pytest.raises(ClientError) as e:
@@ -306,3 +315,30 @@ def test_prefix_rules_are_enforced_at_create_and_update(fh, config, needle):
     ok = {"Prefix": "y=!{timestamp:yyyy}/", "ErrorOutputPrefix": "!{firehose:error-output-type}/", "CustomTimeZone": "Asia/Tokyo"}
     fh.update_destination(DeliveryStreamName="prefixed", CurrentDeliveryStreamVersionId="1",
                           DestinationId="destinationId-000000000001", ExtendedS3DestinationUpdate=ok)
+
+
+def test_format_conversion_is_refused_by_update_too_and_accepted_disabled(fh):
+    disabled = {"Enabled": False, "SchemaConfiguration": {"DatabaseName": "db", "TableName": "t"}}
+    make_stream(fh, "plain", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, DataFormatConversionConfiguration=disabled))
+    d = fh.describe_delivery_stream(DeliveryStreamName="plain")["DeliveryStreamDescription"]
+    assert d["Destinations"][0]["ExtendedS3DestinationDescription"]["DataFormatConversionConfiguration"] == disabled
+    with pytest.raises(ClientError) as e:
+        fh.update_destination(DeliveryStreamName="plain", CurrentDeliveryStreamVersionId="1",
+                              DestinationId="destinationId-000000000001",
+                              ExtendedS3DestinationUpdate={"DataFormatConversionConfiguration": {"Enabled": True}})
+    code, message, status = error_of(e)
+    assert (code, status) == ("InvalidArgumentException", 400) and "DataFormatConversionConfiguration" in message
+    assert fh.describe_delivery_stream(DeliveryStreamName="plain")["DeliveryStreamDescription"]["VersionId"] == "1"
+
+
+def test_dynamic_partitioning_without_retry_options_is_described_with_300_seconds(fh):
+    processors = [{"Type": "MetadataExtraction", "Parameters": [
+        {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{c: .c}"},
+        {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]
+    make_stream(fh, "parts", ExtendedS3DestinationConfiguration=dict(
+        S3_CONFIG, Prefix="c=!{partitionKeyFromQuery:c}/", ErrorOutputPrefix="errors/!{firehose:error-output-type}/",
+        DynamicPartitioningConfiguration={"Enabled": True},
+        ProcessingConfiguration={"Enabled": True, "Processors": processors}))
+    d = fh.describe_delivery_stream(DeliveryStreamName="parts")["DeliveryStreamDescription"]
+    described = d["Destinations"][0]["ExtendedS3DestinationDescription"]["DynamicPartitioningConfiguration"]
+    assert described == {"Enabled": True, "RetryOptions": {"DurationInSeconds": 300}}

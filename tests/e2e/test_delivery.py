@@ -26,11 +26,12 @@ def bucket(server, name="bucket"):
 
 
 def objects(bucket_dir):
+    """Every file in the bucket: temporary files are written outside buckets, so
+    anything here is an object a reader would take for data."""
     found = []
     for root, _, files in os.walk(bucket_dir):
         for name in files:
-            if not name.endswith(".sluice-tmp"):
-                found.append(os.path.relpath(os.path.join(root, name), bucket_dir))
+            found.append(os.path.relpath(os.path.join(root, name), bucket_dir))
     return sorted(found)
 
 

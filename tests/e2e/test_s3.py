@@ -8,13 +8,16 @@ import gzip
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
 
 import boto3
+import pytest
 
 from conftest import S3_CONFIG, Server, free_port, make_stream
+from test_fatal import FAILPOINTS_BIN
 from test_delivery import KEY, bucket, hints, objects
 
 
@@ -147,3 +150,34 @@ def test_config_credentials_bucket_overrides_multipart_and_backup(tmp_path):
         assert KEY.match(backup_key)["uuid"] != KEY.match(remote_key)["uuid"]
         assert server.dump("big") == [], "delivered by both lanes: nothing left in the log"
         assert "SignatureDoesNotMatch" not in server.log.read_text() and "InvalidAccessKeyId" not in server.log.read_text()
+
+
+@pytest.mark.skipif(not FAILPOINTS_BIN.exists() and not os.environ.get("CI"), reason="needs the failpoints build")
+def test_a_multipart_upload_cut_by_a_crash_is_aborted_when_the_batch_is_redone(tmp_path):
+    with moto_server() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        retry_until_up(lambda: s3.create_bucket(Bucket="parts"))
+        config = f'[s3]\nendpoint = "{endpoint}"\nmultipart_part_mib = 5\n'
+        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+        crashing = Server(tmp_path / "data", extra_config=config, binary=FAILPOINTS_BIN,
+                          env=dict(env, SLUICE_CRASH_AFTER_UPLOAD_PARTS="1")).start()
+        fh = crashing.client()
+        make_stream(fh, "large", ExtendedS3DestinationConfiguration=dict(
+            S3_CONFIG, BucketARN="arn:aws:s3:::parts", BufferingHints=hints(16, 900)))
+        sent = [os.urandom(6_000) for _ in range(2000)]
+        for start in range(0, len(sent), 500):
+            fh.put_record_batch(DeliveryStreamName="large", Records=[{"Data": r} for r in sent[start:start + 500]])
+        # SIGTERM flushes the batch: its multipart upload crashes after one part.
+        crashing.proc.send_signal(signal.SIGTERM)
+        assert crashing.proc.wait(60) != 0
+        stale = s3.list_multipart_uploads(Bucket="parts").get("Uploads", [])
+        assert len(stale) == 1, "the crash left an upload with a part in it"
+        server = Server(tmp_path / "data", extra_config=config, env=env).start()
+        assert server.stop() == 0
+        assert s3.list_multipart_uploads(Bucket="parts").get("Uploads", []) == [], "the stale upload was aborted"
+        assert "Aborted the multipart upload of an interrupted attempt" in server.log.read_text()
+        [key] = keys(s3, "parts")
+        assert key == stale[0]["Key"], "the batch was redone under the same key"
+        body = s3.get_object(Bucket="parts", Key=key)["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(b"".join(sent)).digest()

@@ -211,3 +211,194 @@ fn summarise(done: &Reconciled, catalog_found: bool) {
         tracing::error!(n_logs = done.set_aside.len(), paths = ?done.set_aside, "Logs were set aside; nothing in them is delivered until an operator acts (see above).");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sluice_protocol::destination::{Destination, DestinationKind};
+    use sluice_wal::{Encryption, NoKeys, Wal, WalOptions};
+
+    use super::*;
+    use crate::catalog::CatalogError;
+
+    fn record(id: u64, name: &str, revision: u64) -> StreamRecord {
+        let config = serde_json::json!({"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"});
+        StreamRecord {
+            id,
+            region: "us-east-1".into(),
+            name: name.into(),
+            stream_type: "DirectPut".into(),
+            created_ms: 0,
+            active_at_ms: 0,
+            last_update_ms: None,
+            version_id: 1,
+            destination_id: "destinationId-000000000001".into(),
+            destination: Destination { kind: DestinationKind::ExtendedS3, config: config.as_object().unwrap().clone() },
+            throughput_hint_mbs: None,
+            tags: Default::default(),
+            encryption: Default::default(),
+            revision,
+        }
+    }
+
+    struct Dir {
+        dir: tempfile::TempDir,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl Dir {
+        fn new() -> Dir {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            Dir { dir: tempfile::tempdir().unwrap(), rt }
+        }
+
+        fn wal(&self) -> Wal {
+            let _guard = self.rt.enter();
+            Wal::open(&self.dir.path().join("wal"), WalOptions::default(), Arc::new(NoKeys)).unwrap().0
+        }
+
+        /// A log for `stream` with `n` undelivered records, its definition at `lifecycle`.
+        fn log(&self, wal: &Wal, stream: &StreamRecord, lifecycle: Lifecycle, n: usize) {
+            wal.create_stream(stream.id, &StreamDefinition::encode(stream, lifecycle)).unwrap();
+            if n > 0 {
+                let records = (0..n).map(|i| format!("r{i}").into_bytes()).collect();
+                self.rt.block_on(wal.append(stream.id, records, Encryption::None)).unwrap();
+            }
+        }
+
+        fn catalog(&self, streams: &[&StreamRecord], next_stream_id: u64) -> Catalog {
+            let catalog = Catalog::open(self.dir.path()).unwrap();
+            catalog
+                .update(|state| {
+                    state.next_stream_id = next_stream_id;
+                    for s in streams {
+                        state.streams.insert((s.region.clone(), s.name.clone()), Arc::new((*s).clone()));
+                    }
+                    Ok::<_, CatalogError>(())
+                })
+                .unwrap();
+            catalog
+        }
+    }
+
+    fn names(catalog: &Catalog) -> Vec<String> {
+        catalog.snapshot().streams.values().map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_lost_catalog_is_rebuilt_from_the_logs_with_every_record() {
+        let d = Dir::new();
+        let wal = d.wal();
+        let (a, b) = (record(1, "a", 1), record(2, "b", 3));
+        d.log(&wal, &a, Lifecycle::Active, 5);
+        d.log(&wal, &b, Lifecycle::Active, 0);
+        let catalog = Catalog::open(d.dir.path()).unwrap();
+        let done = reconcile(&catalog, &wal, false).unwrap();
+        assert_eq!(done.restored.len(), 2);
+        assert_eq!(names(&catalog), ["a", "b"]);
+        assert_eq!(catalog.get("us-east-1", "b").unwrap().revision, 3);
+        assert_eq!(wal.undelivered_records(1).unwrap(), 5, "nothing deleted");
+        assert_eq!(catalog.snapshot().next_stream_id, 3, "ids are never reused");
+        let reopened = Catalog::open(d.dir.path()).unwrap();
+        assert_eq!(names(&reopened), ["a", "b"], "the rebuilt catalog was saved");
+    }
+
+    #[test]
+    fn an_older_catalog_takes_the_newer_definitions_and_gets_the_streams_it_missed() {
+        let d = Dir::new();
+        let wal = d.wal();
+        let (old_a, new_a, b) = (record(1, "a", 1), record(1, "a", 4), record(2, "b", 1));
+        d.log(&wal, &new_a, Lifecycle::Active, 3);
+        d.log(&wal, &b, Lifecycle::Active, 3);
+        let catalog = d.catalog(&[&old_a], 2);
+        let done = reconcile(&catalog, &wal, true).unwrap();
+        assert_eq!((done.updated.len(), done.restored.len()), (1, 1));
+        assert_eq!(catalog.get("us-east-1", "a").unwrap().revision, 4);
+        assert!(catalog.get("us-east-1", "b").is_some());
+        assert_eq!(catalog.snapshot().next_stream_id, 3);
+    }
+
+    #[test]
+    fn interrupted_creates_and_deletes_are_finished() {
+        let d = Dir::new();
+        let wal = d.wal();
+        let (creating, deleting, deleting_named) = (record(1, "c", 1), record(2, "d", 1), record(3, "e", 1));
+        d.log(&wal, &creating, Lifecycle::Creating, 0);
+        d.log(&wal, &deleting, Lifecycle::Deleting, 4);
+        d.log(&wal, &deleting_named, Lifecycle::Deleting, 4);
+        // The catalog still names "e": the delete began but the catalog was not saved.
+        let catalog = d.catalog(&[&deleting_named], 4);
+        let done = reconcile(&catalog, &wal, true).unwrap();
+        assert_eq!((done.interrupted_creates, done.interrupted_deletes), (1, 2));
+        assert!(names(&catalog).is_empty());
+        assert!(wal.streams().is_empty());
+        assert_eq!(catalog.snapshot().next_stream_id, 4);
+    }
+
+    #[test]
+    fn a_creating_log_holding_records_is_restored_not_removed() {
+        let d = Dir::new();
+        let wal = d.wal();
+        d.log(&wal, &record(1, "c", 1), Lifecycle::Creating, 2);
+        let catalog = Catalog::open(d.dir.path()).unwrap();
+        let done = reconcile(&catalog, &wal, false).unwrap();
+        assert_eq!(done.restored, ["c"]);
+        assert_eq!(wal.undelivered_records(1).unwrap(), 2);
+    }
+
+    #[test]
+    fn logs_without_a_definition_are_removed_only_when_empty_and_otherwise_set_aside() {
+        let d = Dir::new();
+        let wal = d.wal();
+        wal.create_stream(7, b"").unwrap();
+        wal.create_stream(8, b"").unwrap();
+        d.rt.block_on(wal.append(8, vec![b"held".to_vec()], Encryption::None)).unwrap();
+        let catalog = Catalog::open(d.dir.path()).unwrap();
+        let done = reconcile(&catalog, &wal, false).unwrap();
+        assert_eq!(done.empty_orphans, 1);
+        assert_eq!(done.set_aside.len(), 1);
+        assert!(done.set_aside[0].join("00000000000000000001.seg").is_file(), "the records are kept");
+        assert!(wal.streams().is_empty());
+        assert_eq!(catalog.snapshot().next_stream_id, 9, "the set-aside log's id is not reused");
+    }
+
+    #[test]
+    fn a_name_the_catalog_gives_to_another_live_stream_sets_the_log_aside() {
+        let d = Dir::new();
+        let wal = d.wal();
+        let (current, stale) = (record(5, "x", 1), record(2, "x", 1));
+        d.log(&wal, &current, Lifecycle::Active, 1);
+        d.log(&wal, &stale, Lifecycle::Active, 1);
+        let catalog = d.catalog(&[&current], 6);
+        let done = reconcile(&catalog, &wal, true).unwrap();
+        assert_eq!(done.set_aside.len(), 1);
+        assert_eq!(catalog.get("us-east-1", "x").unwrap().id, 5);
+
+        // But when the catalog's stream of that name has no log, the log is the stream's.
+        let d = Dir::new();
+        let wal = d.wal();
+        let (lost, live) = (record(2, "x", 1), record(5, "x", 2));
+        d.log(&wal, &live, Lifecycle::Active, 1);
+        let catalog = d.catalog(&[&lost], 3);
+        let done = reconcile(&catalog, &wal, true).unwrap();
+        assert_eq!(done.restored, ["x"]);
+        assert_eq!(catalog.get("us-east-1", "x").unwrap().id, 5);
+        assert!(done.logs_created.is_empty());
+        assert_eq!(catalog.snapshot().next_stream_id, 6);
+    }
+
+    #[test]
+    fn a_catalog_stream_without_a_log_gets_one_and_logs_without_definitions_get_the_catalogs() {
+        let d = Dir::new();
+        let wal = d.wal();
+        wal.create_stream(1, b"").unwrap();
+        let (with_log, without) = (record(1, "a", 2), record(2, "b", 1));
+        let catalog = d.catalog(&[&with_log, &without], 3);
+        let done = reconcile(&catalog, &wal, true).unwrap();
+        assert_eq!(done.logs_created, ["b"]);
+        let kept = StreamDefinition::decode(&wal.definition(1).unwrap()).unwrap();
+        assert_eq!((kept.lifecycle, kept.stream.revision), (Lifecycle::Active, 2));
+        assert!(wal.definition(2).is_some());
+    }
+}

@@ -20,15 +20,21 @@
 //!   blob in which the delivery engine describes the batches it is about to upload,
 //!   so that after a crash it rebuilds the same batches.
 //!
+//! Each stream log also keeps its stream's *definition*, an opaque blob the
+//! application writes at creation and on every change ([`Wal::define_stream`]), so a
+//! log can be attributed to its stream without the application's catalog.
+//!
 //! # On-disk format (version 1)
 //!
 //! ```text
 //! <wal dir>/
 //!   <stream id as 16 hex digits>/
+//!     meta                       the stream's definition (see `meta.rs`)
 //!     checkpoint                 acknowledged sequence number (see below)
 //!     00000000000000000001.seg   segment whose first record has sequence 1
 //!     00000000000000052001.seg   ...
 //!   quarantine/                  byte ranges cut out of the log by recovery
+//!   set-aside/                   whole stream logs moved out of the way (`Wal::set_aside`)
 //! ```
 //!
 //! All integers are little-endian. Every file starts with an 8-byte magic and a
@@ -76,11 +82,27 @@
 //! associated data is the frame's `seq`, `arrival_ms` and `flags`, so frames cannot
 //! be swapped undetected.
 //!
-//! **Checkpoint file.** `magic "SLUICECP" | version u32 = 2 | acked_seq u64 |
-//! state_len u32 | state [u8; state_len] | crc u32` (CRC32C of the preceding
-//! bytes; version 1, without the state, is still read). Replaced atomically:
-//! written to `checkpoint.tmp`, fsynced, renamed over `checkpoint`, then the
-//! directory is fsynced.
+//! **Checkpoint file** (version 3). Two slots of `slot_bytes` (a multiple of 4096),
+//! each `magic "SLUICECP" | version u32 = 3 | slot_bytes u32 | generation u64 |
+//! acked_seq u64 | state_len u32 | state [u8; state_len] | crc u32` (CRC32C of the
+//! slot's preceding bytes). A commit overwrites the older slot in place and
+//! `fdatasync`s: it allocates nothing, so it works on a full disk, and a torn write
+//! leaves the other slot's checkpoint. The newest valid slot is read. Versions 1
+//! and 2 (one checkpoint per file, replaced by rename) are still read.
+//!
+//! **Definition file** `meta`: `magic "SLUICEMD" | version u32 = 1 | len u32 |
+//! blob [u8; len] | crc u32`, replaced atomically (temporary file, fsync, rename,
+//! directory fsync).
+//!
+//! **Accounting.** Back-pressure counts the frames of records above the
+//! acknowledged position only ([`Wal::undelivered_bytes`]). Segments whose records
+//! are all acknowledged are deleted by the commit that acknowledges them; the
+//! segment being appended to is deleted by its writer (a *release*) once everything
+//! in it is acknowledged, so a fully delivered stream holds nothing on disk.
+//!
+//! **Descriptors.** A writer holds its segment open only while appends are queued;
+//! a reader opens its segment for the duration of one read. An idle stream holds no
+//! file descriptor.
 //!
 //! # Recovery
 //!
@@ -94,15 +116,26 @@
 //!   corruption: its bytes are copied to `quarantine/`, it is reported in the
 //!   [`RecoveryReport`] and logged, and the frames after it are kept. Nothing after
 //!   a damaged frame is ever dropped with it.
+//! * Sequence numbers are dense, so a jump above the acknowledged position (a
+//!   segment file deleted, the first one above the checkpoint missing, frames lost
+//!   in a damaged region) is reported as a [`Gap`] and logged at ERROR.
+//! * Segments whose records are all acknowledged are deleted without being read.
+//! * A stream whose log cannot be recovered (an unreadable checkpoint or definition,
+//!   a file that cannot be read, an unknown format version) is left as it is on
+//!   disk and reported in [`RecoveryReport::failed`]; it takes no appends or reads
+//!   ([`Error::StreamUnavailable`]), and the other streams are served. A data key
+//!   that cannot be unwrapped fails the whole open instead: the key is missing or
+//!   wrong, which only the operator can fix.
 //!
 //! # Failure policy
 //!
 //! An `fdatasync` error is fatal: the log is poisoned, every later append fails
 //! with [`Error::Poisoned`], and [`Wal::fatal`] fires so the process can exit. The
 //! sync is never retried, because after a failed fsync the page cache may already
-//! have dropped the dirty pages (the "fsyncgate" lesson). A failed write (ENOSPC,
-//! say) is not fatal: the segment is cut back to its last synced byte and sealed,
-//! and the append fails with [`Error::Io`].
+//! have dropped the dirty pages (the "fsyncgate" lesson). A failed write is not
+//! fatal: the segment is cut back to its last synced byte and sealed, and the
+//! append fails with [`Error::NoSpace`] (ENOSPC, EDQUOT) or [`Error::Io`]. On a
+//! nearly full disk preallocation shrinks to what a write needs.
 
 mod checkpoint;
 mod crypto;
