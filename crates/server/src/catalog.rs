@@ -97,6 +97,27 @@ pub struct StreamRecord {
 }
 
 impl StreamRecord {
+    /// A stream for tests: ACTIVE since 0, delivering to `destination`.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64, name: &str, destination: Destination) -> StreamRecord {
+        StreamRecord {
+            id,
+            region: "us-east-1".into(),
+            name: name.into(),
+            stream_type: "DirectPut".into(),
+            created_ms: 0,
+            active_at_ms: 0,
+            last_update_ms: None,
+            version_id: 1,
+            destination_id: "destinationId-000000000001".into(),
+            destination,
+            throughput_hint_mbs: None,
+            tags: Default::default(),
+            encryption: Default::default(),
+            revision: 1,
+        }
+    }
+
     /// `CREATING` or `ACTIVE` at `now_ms`.
     pub fn status(&self, now_ms: u64) -> &'static str {
         if now_ms < self.active_at_ms {

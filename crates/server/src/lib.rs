@@ -109,10 +109,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .mode(0o700)
         .create(&data_dir)
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
-    resources::raise_fd_limit(config.connections.connections_max);
+    let fd_limit = resources::raise_fd_limit(config.connections.connections_max);
     let installation_id = installation::load_or_create(&data_dir)?;
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
-    let options = WalOptions { segment_bytes_max: config.segment_bytes_max, ..WalOptions::default() };
+    let options = WalOptions {
+        segment_bytes_max: config.segment_bytes_max,
+        files_open_max: resources::log_files_open_max(fd_limit, config.connections.connections_max),
+        ..WalOptions::default()
+    };
     #[cfg(feature = "failpoints")]
     let options = WalOptions {
         fail_syncs_after: std::env::var("SLUICE_FAIL_SYNCS_AFTER").ok().and_then(|v| v.parse().ok()),

@@ -224,22 +224,9 @@ mod tests {
 
     fn record(id: u64, name: &str, revision: u64) -> StreamRecord {
         let config = serde_json::json!({"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"});
-        StreamRecord {
-            id,
-            region: "us-east-1".into(),
-            name: name.into(),
-            stream_type: "DirectPut".into(),
-            created_ms: 0,
-            active_at_ms: 0,
-            last_update_ms: None,
-            version_id: 1,
-            destination_id: "destinationId-000000000001".into(),
-            destination: Destination { kind: DestinationKind::ExtendedS3, config: config.as_object().unwrap().clone() },
-            throughput_hint_mbs: None,
-            tags: Default::default(),
-            encryption: Default::default(),
-            revision,
-        }
+        let destination =
+            Destination { kind: DestinationKind::ExtendedS3, config: config.as_object().unwrap().clone() };
+        StreamRecord { revision, ..StreamRecord::for_test(id, name, destination) }
     }
 
     struct Dir {

@@ -44,6 +44,15 @@ pub fn raise_fd_limit(connections_max: usize) -> Option<u64> {
     raised
 }
 
+/// How many segment files the log may keep open between uses (see
+/// `sluice_wal::WalOptions::files_open_max`): half of what the open-file limit leaves
+/// after client connections and the rest, within 16..=4096.
+pub fn log_files_open_max(fd_limit: Option<u64>, connections_max: usize) -> usize {
+    let spare = fd_limit
+        .map_or(u64::MAX, |limit| limit.saturating_sub(connections_max as u64).saturating_sub(FDS_BESIDES_CONNECTIONS));
+    (spare / 2).clamp(16, 4096) as usize
+}
+
 /// Free space on the data directory's filesystem for `/health` to report "ok"
 /// again after writes were refused for lack of it: a new segment's first
 /// preallocation step, twice. Puts are never refused for being under it (a put
@@ -115,6 +124,14 @@ mod tests {
         // The temporary directory's filesystem has far more than 8 MiB free.
         disk.probe();
         assert_eq!(disk.full_since_ms(), None, "room again clears it without a write");
+    }
+
+    #[test]
+    fn the_log_keeps_at_most_half_the_spare_descriptors_open() {
+        assert_eq!(log_files_open_max(Some(1024), 1024), 16);
+        assert_eq!(log_files_open_max(Some(4096), 1024), 1408);
+        assert_eq!(log_files_open_max(None, 1024), 4096);
+        assert_eq!(log_files_open_max(Some(1 << 20), 1024), 4096);
     }
 
     #[test]

@@ -100,9 +100,12 @@
 //! segment being appended to is deleted by its writer (a *release*) once everything
 //! in it is acknowledged, so a fully delivered stream holds nothing on disk.
 //!
-//! **Descriptors.** A writer holds its segment open only while appends are queued;
-//! a reader opens its segment for the duration of one read. An idle stream holds no
-//! file descriptor.
+//! **Descriptors.** A segment is open while it is written or read. Between uses a
+//! file stays open only with a permit from a log-wide budget
+//! ([`WalOptions::files_open_max`]): a busy writer keeps its segment open until it
+//! has been idle for a second, a reader while its reads keep finding records. An
+//! idle stream holds no file descriptor, and the log holds at most the budget plus
+//! the files in use at one moment, whatever the number of streams.
 //!
 //! # Recovery
 //!

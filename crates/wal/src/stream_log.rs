@@ -117,6 +117,8 @@ pub(crate) struct StreamLog {
     pub(crate) checkpoint_slots: Mutex<Slots>,
     /// The stream's definition as last written beside the log.
     pub(crate) definition: Mutex<Option<Vec<u8>>>,
+    /// The log's budget of descriptors kept open between uses.
+    pub(crate) files: Arc<FileBudget>,
     /// Bytes of frames holding records not yet acknowledged, for back-pressure.
     /// Changed only with `shared` locked, so it always matches `shared`.
     pub(crate) undelivered_bytes: AtomicU64,
@@ -220,6 +222,43 @@ impl StreamLog {
     }
 }
 
+/// Descriptors the log may keep open *between* uses: a busy writer keeps its
+/// segment open across commit groups, a reader that keeps finding records keeps its
+/// segment open across reads, each only while it holds a permit from this budget.
+/// Without one a file is opened for one group or one read and closed again. So the
+/// descriptors the log holds are bounded by the budget plus the files in use at one
+/// moment (one per blocking thread), whatever the number of streams.
+pub(crate) struct FileBudget {
+    free: AtomicU64,
+}
+
+impl FileBudget {
+    pub(crate) fn new(files_open_max: usize) -> Arc<FileBudget> {
+        Arc::new(FileBudget { free: AtomicU64::new(files_open_max as u64) })
+    }
+
+    /// A permit, if one is free.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<FilePermit> {
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| free.checked_sub(1))
+            .ok()
+            .map(|_| FilePermit(self.clone()))
+    }
+}
+
+/// Leave to keep one file open between uses; given back when dropped.
+pub(crate) struct FilePermit(Arc<FileBudget>);
+
+impl Drop for FilePermit {
+    fn drop(&mut self) {
+        self.0.free.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A writer that has had no append for this long closes its segment and gives its
+/// permit back.
+const WRITER_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The writer's private state: the segment being appended to.
 pub(crate) struct WriterState {
     pub(crate) next_seq: u64,
@@ -227,9 +266,11 @@ pub(crate) struct WriterState {
 }
 
 pub(crate) struct Active {
-    /// Open only while the writer has work queued: an idle stream holds no file
-    /// descriptor, so the number of streams is not bounded by the process's limit.
+    /// Open during a commit group, and between groups only with `permit` (see
+    /// [`FileBudget`]): an idle stream holds no file descriptor, so the number of
+    /// streams is not bounded by the process's limit.
     file: Option<File>,
+    permit: Option<FilePermit>,
     path: PathBuf,
     base_seq: u64,
     header_len: u64,
@@ -265,7 +306,24 @@ pub(crate) async fn run_writer(
     mut state: WriterState,
     mut requests: mpsc::Receiver<WriterRequest>,
 ) {
-    while let Some(request) = requests.recv().await {
+    loop {
+        let holds_file = state.active.as_ref().is_some_and(|a| a.file.is_some());
+        let request = if holds_file {
+            match tokio::time::timeout(WRITER_IDLE_CLOSE, requests.recv()).await {
+                Ok(request) => request,
+                Err(_) => {
+                    // Idle: the descriptor and its permit go back.
+                    if let Some(active) = state.active.as_mut() {
+                        active.file = None;
+                        active.permit = None;
+                    }
+                    requests.recv().await
+                }
+            }
+        } else {
+            requests.recv().await
+        };
+        let Some(request) = request else { break };
         let first = match request {
             WriterRequest::Append(append) => append,
             WriterRequest::Release => {
@@ -318,9 +376,13 @@ pub(crate) async fn run_writer(
         if release_after {
             state = release(&log, state).await;
         }
-        if requests.is_empty() {
-            if let Some(active) = state.active.as_mut() {
-                active.file = None;
+        if let Some(active) = state.active.as_mut() {
+            // Kept open for the next group only with a permit.
+            if active.file.is_some() && active.permit.is_none() {
+                active.permit = log.files.try_take();
+                if active.permit.is_none() {
+                    active.file = None;
+                }
             }
         }
     }
@@ -630,6 +692,7 @@ fn roll(log: &StreamLog, state: &mut WriterState, rolled: &mut Vec<Active>, key_
     let header_len = segment::encode_header(&header).len() as u64;
     state.active = Some(Active {
         file: Some(file),
+        permit: None,
         path,
         base_seq: state.next_seq,
         header_len,
@@ -656,8 +719,11 @@ pub struct Reader {
 
 pub(crate) struct OpenSegment {
     base_seq: u64,
-    /// Open only during a read: a reader waiting for records holds no descriptor.
+    /// Open during a read, and between reads only with `permit` while reads keep
+    /// finding records (see [`FileBudget`]): a reader waiting for records holds no
+    /// descriptor.
     file: Option<File>,
+    permit: Option<FilePermit>,
     /// Offset of the frame holding `next_seq`, when known.
     offset: u64,
 }
@@ -686,9 +752,17 @@ impl Reader {
     /// Blocking: call it from a blocking thread in async code.
     pub fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>> {
         let result = self.read_open(records_max, bytes_max);
-        // The position is kept, the descriptor is not.
         if let Some(open) = self.open.as_mut() {
-            open.file = None;
+            // The position is always kept; the descriptor only while reads find
+            // records and a permit is free.
+            let busy = result.as_ref().is_ok_and(|records| !records.is_empty());
+            if busy && open.file.is_some() && open.permit.is_none() {
+                open.permit = self.log.files.try_take();
+            }
+            if !busy || open.permit.is_none() {
+                open.file = None;
+                open.permit = None;
+            }
         }
         result
     }
@@ -709,7 +783,8 @@ impl Reader {
                 continue;
             }
             if self.open.as_ref().is_none_or(|o| o.base_seq != meta.base_seq) {
-                self.open = Some(OpenSegment { base_seq: meta.base_seq, file: None, offset: meta.header_len });
+                self.open =
+                    Some(OpenSegment { base_seq: meta.base_seq, file: None, permit: None, offset: meta.header_len });
             }
             if self.open.as_ref().is_some_and(|o| o.file.is_none()) {
                 match File::open(&meta.path) {

@@ -33,6 +33,9 @@ pub struct WalOptions {
     pub write_chunk_bytes: usize,
     /// Appends queued per stream before callers wait (back-pressure).
     pub queue_depth_max: usize,
+    /// Segment files kept open between uses, across all streams (busy writers and
+    /// readers); beyond it files are opened for each use. Idle streams hold none.
+    pub files_open_max: usize,
     /// Fault injection: after this many successful syncs, every sync fails with EIO.
     #[cfg(any(test, feature = "failpoints"))]
     pub fail_syncs_after: Option<u64>,
@@ -49,6 +52,7 @@ impl Default for WalOptions {
             group_bytes_max: 32 << 20,
             write_chunk_bytes: 256 << 10,
             queue_depth_max: 1024,
+            files_open_max: 256,
             #[cfg(any(test, feature = "failpoints"))]
             fail_syncs_after: None,
             #[cfg(any(test, feature = "failpoints"))]
@@ -171,6 +175,8 @@ pub struct Wal {
     runtime: tokio::runtime::Handle,
     /// Undelivered bytes of all streams.
     total_undelivered_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Descriptors kept open between uses.
+    files: Arc<stream_log::FileBudget>,
 }
 
 /// A stream whose log failed recovery: why, and its definition if readable.
@@ -208,7 +214,9 @@ impl Wal {
     /// missing or wrong, which the operator must fix, never a reason to go on.
     pub fn open(dir: &Path, options: WalOptions, keys: Arc<dyn KeyWrapper>) -> Result<(Wal, RecoveryReport)> {
         fs::create_dir_all(dir).at(dir)?;
+        let files = stream_log::FileBudget::new(options.files_open_max);
         let wal = Wal {
+            files,
             dir: dir.to_path_buf(),
             options: Arc::new(options),
             keys,
@@ -309,17 +317,7 @@ impl Wal {
     /// Deletes a stream's log and everything in it (also of a stream whose log
     /// failed recovery).
     pub fn delete_stream(&self, id: StreamId) -> Result<()> {
-        let path = match self.streams.lock().expect("lock").remove(&id) {
-            Some(log) => {
-                log.requests.lock().expect("lock").take();
-                log.forget();
-                log.dir.clone()
-            }
-            None => {
-                self.failed.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
-                self.dir.join(stream_dir_name(id))
-            }
-        };
+        let path = self.forget_stream(id)?;
         fs::remove_dir_all(&path).at(&path)?;
         durable::sync_dir(&self.dir)
     }
@@ -329,17 +327,7 @@ impl Wal {
     /// that nothing can be delivered from, which must not be deleted either.
     /// Returns where it went.
     pub fn set_aside(&self, id: StreamId) -> Result<PathBuf> {
-        let path = match self.streams.lock().expect("lock").remove(&id) {
-            Some(log) => {
-                log.requests.lock().expect("lock").take();
-                log.forget();
-                log.dir.clone()
-            }
-            None => {
-                self.failed.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
-                self.dir.join(stream_dir_name(id))
-            }
-        };
+        let path = self.forget_stream(id)?;
         let aside = self.dir.join(SET_ASIDE_DIR);
         fs::create_dir_all(&aside).at(&aside)?;
         let target = aside.join(format!("{}-{}", stream_dir_name(id), now_ms()));
@@ -347,6 +335,18 @@ impl Wal {
         durable::sync_dir(&aside)?;
         durable::sync_dir(&self.dir)?;
         Ok(target)
+    }
+
+    /// Stops a stream's writer (no more appends) and forgets the stream, also one
+    /// whose log failed recovery; returns its directory, left as it is.
+    fn forget_stream(&self, id: StreamId) -> Result<PathBuf> {
+        if let Some(log) = self.streams.lock().expect("lock").remove(&id) {
+            log.requests.lock().expect("lock").take();
+            log.forget();
+            return Ok(log.dir.clone());
+        }
+        self.failed.lock().expect("lock").remove(&id).ok_or(Error::UnknownStream(id))?;
+        Ok(self.dir.join(stream_dir_name(id)))
     }
 
     /// The streams that have a usable log.
@@ -470,6 +470,7 @@ impl Wal {
             poison: self.poison.clone(),
             checkpoint_slots: Mutex::new(slots),
             definition: Mutex::new(definition),
+            files: self.files.clone(),
             undelivered_bytes: std::sync::atomic::AtomicU64::new(0),
             total_undelivered_bytes: self.total_undelivered_bytes.clone(),
         });

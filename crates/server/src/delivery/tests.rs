@@ -72,22 +72,7 @@ impl Harness {
             .update(|catalog| {
                 let id = catalog.next_stream_id;
                 catalog.next_stream_id += 1;
-                let record = StreamRecord {
-                    id,
-                    region: "us-east-1".into(),
-                    name: name.into(),
-                    stream_type: "DirectPut".into(),
-                    created_ms: 0,
-                    active_at_ms: 0,
-                    last_update_ms: None,
-                    version_id: 1,
-                    destination_id: "destinationId-000000000001".into(),
-                    destination,
-                    throughput_hint_mbs: None,
-                    tags: Default::default(),
-                    encryption: Default::default(),
-                    revision: 1,
-                };
+                let record = StreamRecord::for_test(id, name, destination);
                 catalog.streams.insert(("us-east-1".into(), name.into()), Arc::new(record));
                 Ok::<_, CatalogError>(id)
             })
