@@ -43,7 +43,8 @@ fn options() -> WalOptions {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().expect("runtime")
+    // The log's writers close idle files on a timer.
+    tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime")
 }
 
 /// Where temporary logs go: memory when possible, fsyncs are cheap there.

@@ -168,6 +168,9 @@ def test_one_unreadable_checkpoint_makes_only_its_stream_unavailable(tmp_path):
     more, _ = put_numbered(fh, "good", 10, tag="more")
     wait_delivered(bucket(server, "later"), good_ids + more)
     assert wait_active(fh, "bad")["DeliveryStreamName"] == "bad", "still described"
+    log = server.log.read_text()
+    assert log.count("Nothing is delivered from this stream") == 1, "said once, not retried in a loop"
+    assert "Cannot read the stream's log" not in log
     assert server.stop() == 0
     assert checkpoint.read_bytes() == b"\x00garbage\xff" * 1000, "its files are left as they are"
 

@@ -200,7 +200,7 @@ fn summarise(done: &Reconciled, catalog_found: bool) {
         tracing::warn!(
             n_streams = done.restored.len(),
             streams = ?done.restored,
-            "catalog.json {cause}: {} streams were rebuilt from the definitions kept beside their logs, with every record they held. Check their settings with DescribeDeliveryStream.",
+            "catalog.json {cause}: {} stream(s) rebuilt from the definitions kept beside their logs, with every record they held. Check their settings with DescribeDeliveryStream.",
             done.restored.len()
         );
     }

@@ -205,7 +205,8 @@ fn check_definition(definition: &[u8]) -> Result<()> {
 
 impl Wal {
     /// Opens (creating if needed) the log in `dir` and recovers every stream in it.
-    /// Must be called inside a Tokio runtime: it starts one writer task per stream.
+    /// Must be called inside a Tokio runtime with its time driver enabled: it starts
+    /// one writer task per stream, and writers close idle files on a timer.
     ///
     /// A stream whose log cannot be recovered (its checkpoint unreadable, a file
     /// that cannot be read) is left as it is on disk and reported in
@@ -542,6 +543,12 @@ impl Wal {
                 }
             }
             let mut missing: Vec<(u64, u64)> = Vec::new();
+            // A segment's base (in its checksummed header) says every sequence number
+            // below it was written, even when the segment has no readable frame.
+            if *base > expected {
+                missing.push((expected, base - 1));
+                expected = *base;
+            }
             if let Some(first) = scan.first_seq {
                 if first > expected {
                     missing.push((expected, first - 1));

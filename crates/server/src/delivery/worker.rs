@@ -65,6 +65,17 @@ impl StreamProgress {
 pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: watch::Receiver<bool>) {
     let blob = match delivery.state.log.state(stream_id) {
         Ok(blob) => blob,
+        Err(LogError::StreamUnavailable(reason)) => {
+            // Start-up said why at ERROR. Parked until shutdown or deletion: a
+            // restarted worker would only fail again.
+            tracing::warn!(stream_id, %reason, "Nothing is delivered from this stream until its log is fixed and Sluice restarted.");
+            while delivery.state.catalog.get_by_id(stream_id).is_some() {
+                if lane::wait(&mut shutdown, IDLE_POLL).await {
+                    break;
+                }
+            }
+            return;
+        }
         Err(error) => {
             tracing::error!(stream_id, %error, "Cannot read the stream's log; its delivery stops.");
             return;

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Two builds of Sluice side by side: the same ingest loads against both, interleaved
+# (A, B, A, B...) so the VM's drift hits both alike, and the medians and ratios
+# written into BENCHMARKS.md (its "Two builds side by side" section). Not a test.
+#
+#   bash bench/ab.sh A_BINARY B_BINARY [rounds] [seconds-per-run]   (defaults 4 and 4)
+#
+# For example, the last commit against the working tree:
+#   git worktree add /tmp/base HEAD~1 && (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target cargo build --release -p sluice-server)
+#   bash bench/ab.sh /tmp/base-target/release/sluice target/release/sluice
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=$(realpath "$1"); B=$(realpath "$2")
+ROUNDS=${3:-4}
+SECS=${4:-4}
+OUT=bench/results/ab-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+cargo build --release -p sluice-loadgen
+LOADGEN=target/release/sluice-loadgen
+printf 'transition_ms = 0\n[throttle]\nenabled = false\n' > "$OUT/config.toml"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$OUT"/data-*; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; exit 1; }
+
+declare -A PID
+for side in A:4811 B:4812; do
+  name=${side%%:*}; port=${side##*:}; bin=${!name}
+  SLUICE_LOG=warn "$bin" serve --listen 127.0.0.1:"$port" --data-dir "$OUT/data-$name" --config "$OUT/config.toml" \
+    > "$OUT/$name.log" 2>&1 &
+  PID[$name]=$!; pids+=("$!"); wait_port "$port"
+  # 100 streams (bench-0 .. bench-99); one-stream loads use bench-0.
+  "$LOADGEN" run --endpoint http://127.0.0.1:"$port" --op put-record --streams 100 --create --seconds 1 > /dev/null
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+  for scenario in "put-record 1" "put-record 100" "put-record-batch 1"; do
+    set -- $scenario
+    for side in A:4811 B:4812; do
+      name=${side%%:*}; port=${side##*:}
+      sync
+      "$LOADGEN" run --endpoint http://127.0.0.1:"$port" --op "$1" --streams "$2" --records 500 --record-bytes \
+        "$([ "$1" = put-record ] && echo 100 || echo 1024)" --seconds "$SECS" --server-pid "${PID[$name]}" \
+        --label "$name|$1|$2" >> "$OUT/results.jsonl"
+    done
+  done
+done
+
+python3 - "$OUT/results.jsonl" "$A" "$B" "$ROUNDS" "$SECS" <<'EOF'
+import json, statistics, sys, datetime, os
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+a_bin, b_bin, rounds, secs = sys.argv[2:6]
+by = {}
+for r in rows:
+    side, op, streams = r["label"].split("|")
+    by.setdefault((op, streams), {}).setdefault(side, []).append(r)
+lines = ["<!-- ab -->", "## Two builds side by side", "",
+         f"`bash bench/ab.sh A B {rounds} {secs}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+         f"on the machine above. A = `{a_bin}`, B = `{b_bin}`. Each load ran {rounds} times against each build, "
+         "interleaved (A, B, A, B...); medians. Server CPU per request is its user + system time over the "
+         "window divided by requests answered, the figure least moved by the load generator sharing the cores.", "",
+         "| Load | A requests/s | B requests/s | B / A | A p99 ms | B p99 ms | A CPU µs/req | B CPU µs/req |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+for (op, streams), sides in by.items():
+    med = lambda side, key: statistics.median(r[key] for r in sides[side])
+    a, b = med("A", "requests_per_s"), med("B", "requests_per_s")
+    name = ("PutRecord" if op == "put-record" else "PutRecordBatch (500 × 1 KiB)") + (f", {streams} streams" if streams != "1" else "")
+    lines.append(f"| {name} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {med('A', 'p99_ms'):.2f} | {med('B', 'p99_ms'):.2f} "
+                 f"| {med('A', 'server_cpu_us_per_request'):.1f} | {med('B', 'server_cpu_us_per_request'):.1f} |")
+section = "\n".join(lines) + "\n"
+text = open("BENCHMARKS.md").read() if os.path.exists("BENCHMARKS.md") else ""
+text = text.split("<!-- ab -->")[0].rstrip("\n") + "\n\n" + section
+open("BENCHMARKS.md", "w").write(text)
+print(section)
+EOF
