@@ -256,3 +256,19 @@ def test_a_set_aside_log_can_be_dumped(tmp_path):
     dumped = [base64.b64decode(r["data"]).decode().split("|")[0] for r in server.dump(log=aside)]
     assert dumped == acked
     assert os.path.isdir(aside), "dumping keeps the log"
+
+
+def test_a_damaged_catalog_is_refused_with_the_way_out(tmp_path):
+    server = Server(tmp_path / "data").start()
+    make_stream(server.client(), "kept", ExtendedS3DestinationConfiguration=LATER)
+    acked, _ = put_numbered(server.client(), "kept", 100)
+    assert server.stop() == 0
+    catalog = server.data_dir / "catalog.json"
+    catalog.write_text(catalog.read_text()[:40])
+    with pytest.raises(RuntimeError):
+        server.start()
+    assert "move the damaged file aside and start again" in server.log.read_text()
+    catalog.rename(tmp_path / "catalog.json.damaged")
+    server.start()
+    wait_delivered(bucket(server, "later"), acked)
+    assert server.stop() == 0

@@ -233,7 +233,12 @@ impl Catalog {
         let path = dir.join(CATALOG_FILE);
         let file = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<CatalogFile>(&bytes)
-                .map_err(|e| CatalogError::Format { path: path.clone(), reason: e.to_string() })?,
+                .map_err(|e| CatalogError::Format {
+                    path: path.clone(),
+                    reason: format!(
+                        "{e}. Sluice keeps each stream's definition beside its log: move the damaged file aside and start again to rebuild the catalog from them"
+                    ),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 CatalogFile { next_stream_id: 1, ..Default::default() }
             }
