@@ -388,23 +388,31 @@ pub(crate) async fn run_writer(
     }
 }
 
-/// Deletes the active segment if every record in it is acknowledged (see
-/// [`WriterRequest::Release`]). Readers stop seeing it before the file goes. A
-/// failure is logged and left for recovery, which deletes acknowledged segments.
+/// Deletes the last segment if every record in it is acknowledged (see
+/// [`WriterRequest::Release`]): the one being appended to, or, before the first
+/// append after the log was opened, the last segment recovery found (appends never
+/// go to that one). Readers stop seeing it before the file goes. A failure is
+/// logged and left for recovery, which deletes acknowledged segments.
 async fn release(log: &Arc<StreamLog>, mut state: WriterState) -> WriterState {
-    let acked = log.shared.lock().expect("lock").acked;
-    let releasable = state.active.as_ref().is_some_and(|a| a.pending.is_empty() && a.last_seq <= acked);
-    if !releasable {
-        return state;
-    }
-    let active = state.active.take().expect("checked above");
-    {
+    let path = {
         let mut shared = log.shared.lock().expect("lock");
-        shared.segments.retain(|s| s.base_seq != active.base_seq);
-        log.account(&shared);
-    }
-    let (path, dir) = (active.path.clone(), log.dir.clone());
-    drop(active);
+        let acked = shared.acked;
+        match &state.active {
+            Some(active) if active.pending.is_empty() && active.last_seq <= acked => {
+                let base_seq = active.base_seq;
+                shared.segments.retain(|s| s.base_seq != base_seq);
+                state.active.take().map(|active| active.path.clone())
+            }
+            Some(_) => None,
+            None if shared.segments.last().is_some_and(|s| s.last_seq <= acked) => {
+                shared.segments.pop().map(|segment| segment.path)
+            }
+            None => None,
+        }
+        .inspect(|_| log.account(&shared))
+    };
+    let Some(path) = path else { return state };
+    let dir = log.dir.clone();
     let removed = tokio::task::spawn_blocking(move || {
         fs::remove_file(&path).at(&path)?;
         durable::sync_dir(&dir)

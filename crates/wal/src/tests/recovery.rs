@@ -396,13 +396,26 @@ fn a_fully_delivered_stream_keeps_no_segment_and_takes_appends_again() {
     let (wal, report) = open(dir.path(), small_options());
     assert!(report.gaps.is_empty(), "{:?}", report.gaps);
     assert_eq!(wal.durable_next(STREAM).unwrap(), 7);
+    // The last segment recovery found is released too once delivered, before any append.
+    assert_eq!(segments(dir.path()).len(), 1);
     wal.acknowledge(STREAM, 6).unwrap();
+    assert!(eventually(|| segments(dir.path()).is_empty()), "the recovered last segment was released");
+    rt.block_on(wal.append(STREAM, vec![record(7)], Encryption::None)).unwrap();
     rt.block_on(wal.shutdown());
     drop(wal);
+    {
+        let (wal, _) = open(dir.path(), small_options());
+        assert_eq!(read_all(&wal, STREAM, 1).iter().map(|r| r.seq).collect::<Vec<_>>(), vec![7]);
+        rt.block_on(wal.shutdown());
+    }
     // A segment whose records are all acknowledged is deleted at recovery too.
     let (wal, _) = open(dir.path(), small_options());
+    wal.acknowledge(STREAM, 7).unwrap();
+    rt.block_on(wal.shutdown());
+    drop(wal);
+    let (wal, _) = open(dir.path(), small_options());
     assert!(segments(dir.path()).is_empty());
-    assert_eq!(wal.durable_next(STREAM).unwrap(), 7, "sequence numbers are never reused");
+    assert_eq!(wal.durable_next(STREAM).unwrap(), 8, "sequence numbers are never reused");
     rt.block_on(wal.shutdown());
 }
 
