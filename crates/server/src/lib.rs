@@ -112,11 +112,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let fd_limit = resources::raise_fd_limit(config.connections.connections_max);
     let installation_id = installation::load_or_create(&data_dir)?;
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
-    let options = WalOptions {
-        segment_bytes_max: config.segment_bytes_max,
-        files_open_max: resources::log_files_open_max(fd_limit, config.connections.connections_max),
-        ..WalOptions::default()
-    };
+    let files_open_max = resources::log_files_open_max(fd_limit, config.connections.connections_max);
+    let options = WalOptions { segment_bytes_max: config.segment_bytes_max, files_open_max, ..WalOptions::default() };
     #[cfg(feature = "failpoints")]
     let options = WalOptions {
         fail_syncs_after: std::env::var("SLUICE_FAIL_SYNCS_AFTER").ok().and_then(|v| v.parse().ok()),
@@ -139,6 +136,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         n_failed = report.failed.len(),
         "Recovered the write-ahead log."
     );
+    if report.n_streams > files_open_max {
+        // Not a problem, but it explains the descriptors: see resources.rs.
+        tracing::info!(
+            n_streams = report.n_streams,
+            files_open_max,
+            "More streams than segment files kept open: beyond that many busy streams, files are opened for each commit and read."
+        );
+    }
     let wal = Arc::new(wal);
     let catalog_found = Catalog::exists(&data_dir);
     let catalog = Catalog::open(&data_dir)?;
