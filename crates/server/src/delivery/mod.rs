@@ -97,6 +97,14 @@ impl Delivery {
             Ok(n) => tracing::info!(n_files = n, "Removed temporary files of object writes a crash interrupted."),
             Err(error) => return Err(format!("cleaning the buckets' temporary directory: {error}")),
         }
+        let local = store.local().clone();
+        tokio::task::spawn_blocking(move || match local.sweep_legacy_temporary_files() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n_files = n, "Removed temporary files an earlier version left inside buckets."),
+            Err(error) => {
+                tracing::warn!(%error, "Could not sweep the buckets for temporary files of earlier versions.")
+            }
+        });
         let http = http::HttpSender::new(&state.config.http)?;
         let lambda = lambda::LambdaInvoker::new(&state.config.lambda, &state.config.http)?;
         let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);

@@ -87,6 +87,45 @@ impl LocalBuckets {
         Ok(removed)
     }
 
+    /// Removes the temporary files earlier versions of Sluice left *inside* buckets
+    /// (`.<32 hex digits>.sluice-tmp`, next to the objects): never objects, but a
+    /// reader listing the bucket would take them for data. Walks every local
+    /// bucket, so it runs in the background after start. Returns how many it removed.
+    pub fn sweep_legacy_temporary_files(&self) -> std::io::Result<usize> {
+        fn is_legacy_temporary(name: &str) -> bool {
+            name.strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".sluice-tmp"))
+                .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        }
+        fn sweep(dir: &Path) -> std::io::Result<usize> {
+            let mut removed = 0;
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    removed += sweep(&entry.path())?;
+                } else if kind.is_file() && is_legacy_temporary(&entry.file_name().to_string_lossy()) {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        }
+        let mut removed = 0;
+        let buckets = match fs::read_dir(&self.root) {
+            Ok(buckets) => buckets,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for bucket in buckets {
+            let bucket = bucket?;
+            if bucket.file_type()?.is_dir() && !bucket.file_name().to_string_lossy().starts_with('.') {
+                removed += sweep(&bucket.path())?;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The directory of `bucket`, if it exists.
     fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, StoreError> {
         let bucket_dir = self.root.join(bucket);
@@ -199,6 +238,11 @@ impl Store {
     /// Removes the temporary files of local writes a crash interrupted.
     pub fn clean_temporary_files(&self) -> std::io::Result<usize> {
         self.local.clean_temporary_files()
+    }
+
+    /// The local buckets, for maintenance.
+    pub fn local(&self) -> &LocalBuckets {
+        &self.local
     }
 
     /// Fails at once, without a request, when `bucket` is a local directory that does
@@ -344,6 +388,13 @@ mod tests {
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
         let in_bucket: Vec<_> = walk(&root.path().join("logs"));
         assert_eq!(in_bucket, vec![root.path().join("logs/dir/object")], "only the object is in the bucket");
+        // What earlier versions left beside objects is swept; objects, however named, are not.
+        let legacy = root.path().join("logs/dir").join(format!(".{}.sluice-tmp", "ab12".repeat(8)));
+        fs::write(&legacy, b"half").unwrap();
+        store.put("logs", "dir/.not-a-temporary.sluice-tmp", b"an object").unwrap();
+        assert_eq!(store.sweep_legacy_temporary_files().unwrap(), 1);
+        assert!(!legacy.exists());
+        assert_eq!(walk(&root.path().join("logs")).len(), 2);
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
