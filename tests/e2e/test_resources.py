@@ -216,11 +216,15 @@ def test_700_streams_under_a_soft_limit_of_1024(tmp_path):
     assert server.stop() == 0
 
     # With room under the hard limit, the soft limit is raised to it at start.
-    raised = Server(tmp_path / "raised", fd_limit=(1024, 4096)).start()
-    with open(f"/proc/{raised.proc.pid}/limits") as f:
-        line = next(line for line in f if line.startswith("Max open files"))
-    assert line.split()[3:5] == ["4096", "4096"], line
-    assert raised.stop() == 0
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if hard > 1024:
+        raised = Server(tmp_path / "raised", fd_limit=(1024, hard)).start()
+        with open(f"/proc/{raised.proc.pid}/limits") as f:
+            line = next(line for line in f if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+        assert raised.stop() == 0
 
 
 def test_kill_9_during_local_delivery_leaves_nothing_but_objects_in_the_bucket(tmp_path):
