@@ -1,0 +1,16 @@
+//! `sluice-jetstream`: cluster mode's storage on NATS JetStream, in place of the
+//! embedded write-ahead log when Sluice runs as several nodes (see ARCHITECTURE.md,
+//! "Cluster mode"). Records go from the put path into one JetStream stream per
+//! delivery stream, the catalog and delivery progress into key-value buckets, and
+//! delivery ownership is leased through another. Knows nothing of HTTP or AWS.
+//!
+//! What is here so far: the connection and the checks that refuse a NATS deployment
+//! that cannot keep Sluice's promise that a 200 means durable ([`connect`]).
+
+mod connect;
+mod error;
+mod options;
+
+pub use connect::{check_sync_always, connect, version_at_least, Connection, MIN_SERVER_VERSION};
+pub use error::Error;
+pub use options::{Credentials, JetStreamOptions, COMMIT_BYTES_MAX};

