@@ -17,4 +17,40 @@ pub enum Error {
     /// A request to the servers failed.
     #[error("NATS request failed: {0}")]
     Request(String),
+    /// A publish was sent but never acknowledged: it may or may not be stored.
+    #[error("the records could not be confirmed as stored: {0}")]
+    Unconfirmed(String),
+    /// The stream's log is at its size limit and refuses new messages.
+    #[error("the stream's log is full: {0}")]
+    Full(String),
+    /// The servers refused the publish.
+    #[error("the servers refused the records: {0}")]
+    Refused(String),
+    /// Another node committed the stream's progress since this one last read it:
+    /// this node no longer owns the stream's delivery.
+    #[error("stream {0:016x}: another node committed its progress (fenced)")]
+    Fenced(u64),
+    /// The stream has no log.
+    #[error("stream {0:016x} has no log")]
+    UnknownStream(u64),
+    /// The log is shutting down.
+    #[error("the log is shut down")]
+    Closed,
+}
+
+impl Error {
+    /// The same error for another caller of one failed commit group.
+    pub(crate) fn clone_of(&self) -> Error {
+        match self {
+            Error::Connect { servers, reason } => Error::Connect { servers: servers.clone(), reason: reason.clone() },
+            Error::Unfit(reason) => Error::Unfit(reason.clone()),
+            Error::Request(reason) => Error::Request(reason.clone()),
+            Error::Unconfirmed(reason) => Error::Unconfirmed(reason.clone()),
+            Error::Full(reason) => Error::Full(reason.clone()),
+            Error::Refused(reason) => Error::Refused(reason.clone()),
+            Error::Fenced(id) => Error::Fenced(*id),
+            Error::UnknownStream(id) => Error::UnknownStream(*id),
+            Error::Closed => Error::Closed,
+        }
+    }
 }

@@ -1,0 +1,526 @@
+//! The record log on JetStream: one stream per delivery stream, records published in
+//! commit groups, read back through ordered consumers, delivery progress in a
+//! key-value bucket. The same three operations as the embedded log (append, read from
+//! a cursor, commit the acknowledged position with the consumer's state), so the
+//! server adapts both to one interface.
+//!
+//! **Appends.** Each node runs one writer task per stream it takes puts for. The
+//! writer takes every queued append (up to [`COMMIT_BYTES_MAX`] and
+//! [`RECORDS_PER_MESSAGE`]` - 1` records), publishes them as one message with a
+//! `Nats-Msg-Id` unique to this process, and answers the appends only after the
+//! PubAck, which the servers send once a quorum has stored (and, with
+//! `sync_interval: always`, fsynced) the message. A publish whose acknowledgement does
+//! not arrive is retried with the same id, which the stream's duplicate window turns
+//! into the original's acknowledgement; if it still cannot be confirmed the appends
+//! fail as unknown ([`Error::Unconfirmed`]).
+//!
+//! **Progress.** `<prefix>_PROGRESS`, one entry per stream: the acknowledged record
+//! sequence and the consumer's opaque state, replaced with compare-and-set on the
+//! entry's revision, so two writers (a node that lost a stream's lease and the one
+//! that took it) cannot both commit. Messages below the one holding the acknowledged
+//! position are purged after each commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connect::Connection;
+use crate::error::Error;
+use crate::message::{self, RECORDS_PER_MESSAGE};
+use crate::options::{JetStreamOptions, COMMIT_BYTES_MAX};
+
+/// The sequence numbers an append was given, once a quorum has stored them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    /// Sequence number of the last record.
+    pub last_seq: u64,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its sequence number (see [`message::record_seq`]).
+    pub seq: u64,
+    /// When it was accepted, Unix ms.
+    pub arrival_ms: u64,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// A stream's delivery progress as kept in the progress bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ProgressEntry {
+    format_version: u32,
+    acked: u64,
+    /// The consumer's state, base64-free: JSON arrays of bytes would triple it, so it
+    /// is kept as a string when it is UTF-8 (the delivery engine's is JSON) and as
+    /// bytes otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_bytes: Option<Vec<u8>>,
+}
+
+impl ProgressEntry {
+    fn state(&self) -> Option<Vec<u8>> {
+        match (&self.state_text, &self.state_bytes) {
+            (Some(text), _) => Some(text.clone().into_bytes()),
+            (None, Some(bytes)) => Some(bytes.clone()),
+            (None, None) => None,
+        }
+    }
+
+    fn with_state(acked: u64, state: Option<Vec<u8>>) -> ProgressEntry {
+        let (state_text, state_bytes) = match state.filter(|s| !s.is_empty()) {
+            None => (None, None),
+            Some(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(e) => (None, Some(e.into_bytes())),
+            },
+        };
+        ProgressEntry { format_version: 1, acked, state_text, state_bytes }
+    }
+}
+
+/// Largest consumer state, as in the embedded log.
+pub const STATE_BYTES_MAX: usize = 64 << 10;
+
+struct AppendRequest {
+    records: Vec<Vec<u8>>,
+    arrival_ms: u64,
+    reply: oneshot::Sender<Result<Appended, Error>>,
+}
+
+/// Every stream's log in one JetStream domain, as seen from one node.
+pub struct StreamLogs {
+    jetstream: jetstream::Context,
+    options: Arc<JetStreamOptions>,
+    progress: kv::Store,
+    /// This process's part of every message id it publishes.
+    node_id: String,
+    writers: Mutex<HashMap<u64, mpsc::Sender<AppendRequest>>>,
+    /// Last revision of each stream's progress entry this node wrote or read.
+    revisions: Mutex<HashMap<u64, u64>>,
+    counter: Arc<AtomicU64>,
+}
+
+/// Appends queued per stream and node before callers wait.
+const QUEUE_DEPTH_MAX: usize = 1024;
+/// How long the stream's duplicate window is: publish retries within it are
+/// recognised as the message they repeat.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+impl StreamLogs {
+    /// Opens the logs, creating the progress bucket if needed. `node_id` must be
+    /// unique to this process (it makes message ids unique).
+    pub async fn open(
+        connection: &Connection,
+        options: JetStreamOptions,
+        node_id: String,
+    ) -> Result<StreamLogs, Error> {
+        let bucket = format!("{}_PROGRESS", options.prefix);
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            description: "Sluice: each stream's acknowledged position and delivery state".into(),
+            history: 1,
+            num_replicas: options.replicas,
+            storage: stream::StorageType::File,
+            ..kv::Config::default()
+        };
+        let progress = match connection.jetstream.create_key_value(config).await {
+            Ok(store) => store,
+            Err(_) => connection
+                .jetstream
+                .get_key_value(&bucket)
+                .await
+                .map_err(|e| Error::Request(format!("progress bucket {bucket}: {e}")))?,
+        };
+        Ok(StreamLogs {
+            jetstream: connection.jetstream.clone(),
+            options: Arc::new(options),
+            progress,
+            node_id,
+            writers: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(HashMap::new()),
+            counter: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn stream_name(&self, id: u64) -> String {
+        format!("{}_LOG_{id:016x}", self.options.prefix)
+    }
+
+    fn subject(&self, id: u64) -> String {
+        format!("{}.log.{id:016x}", self.options.prefix)
+    }
+
+    fn progress_key(id: u64) -> String {
+        format!("{id:016x}")
+    }
+
+    /// Creates the stream's log: a file-backed JetStream stream replicated as
+    /// configured, refusing new messages (never dropping old ones) past `bytes_max`.
+    pub async fn create_stream(&self, id: u64, bytes_max: u64) -> Result<(), Error> {
+        let config = stream::Config {
+            name: self.stream_name(id),
+            description: Some(format!("Sluice: records of delivery stream {id:016x}")),
+            subjects: vec![self.subject(id)],
+            storage: stream::StorageType::File,
+            num_replicas: self.options.replicas,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::New,
+            max_bytes: i64::try_from(bytes_max).unwrap_or(i64::MAX),
+            max_message_size: COMMIT_BYTES_MAX as i32,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            deny_delete: true,
+            persist_mode: Some(stream::PersistenceMode::Default),
+            ..stream::Config::default()
+        };
+        self.jetstream
+            .create_stream(config)
+            .await
+            .map_err(|e| Error::Request(format!("creating stream {id:016x}: {e}")))?;
+        Ok(())
+    }
+
+    /// Deletes the stream's log and progress.
+    pub async fn delete_stream(&self, id: u64) -> Result<(), Error> {
+        self.writers.lock().expect("lock").remove(&id);
+        self.revisions.lock().expect("lock").remove(&id);
+        match self.jetstream.delete_stream(self.stream_name(id)).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) => return Err(Error::Request(format!("deleting stream {id:016x}: {e}"))),
+        }
+        self.progress
+            .purge(Self::progress_key(id))
+            .await
+            .map_err(|e| Error::Request(format!("deleting the progress of {id:016x}: {e}")))
+    }
+
+    /// Appends records; resolves once a quorum has stored them.
+    pub async fn append(&self, id: u64, records: Vec<Vec<u8>>, arrival_ms: u64) -> Result<Appended, Error> {
+        let sender = self.writer(id);
+        let (reply, answer) = oneshot::channel();
+        sender.send(AppendRequest { records, arrival_ms, reply }).await.map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    fn writer(&self, id: u64) -> mpsc::Sender<AppendRequest> {
+        let mut writers = self.writers.lock().expect("lock");
+        if let Some(sender) = writers.get(&id).filter(|s| !s.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH_MAX);
+        let writer = Writer {
+            jetstream: self.jetstream.clone(),
+            subject: self.subject(id),
+            stream_name: self.stream_name(id),
+            node_id: self.node_id.clone(),
+            counter: self.counter.clone(),
+            timeout: self.options.timeout,
+        };
+        tokio::spawn(writer.run(receiver));
+        writers.insert(id, sender.clone());
+        sender
+    }
+
+    /// A cursor at the first record with a sequence number at or above `from`.
+    pub fn cursor(&self, id: u64, from: u64) -> Cursor {
+        Cursor {
+            jetstream: self.jetstream.clone(),
+            stream_name: self.stream_name(id),
+            next_seq: from,
+            messages: None,
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The acknowledged position and the consumer's state, as last committed.
+    pub async fn progress(&self, id: u64) -> Result<(u64, Option<Vec<u8>>), Error> {
+        let entry = self
+            .progress
+            .entry(Self::progress_key(id))
+            .await
+            .map_err(|e| Error::Request(format!("reading the progress of {id:016x}: {e}")))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            self.revisions.lock().expect("lock").insert(id, 0);
+            return Ok((0, None));
+        };
+        self.revisions.lock().expect("lock").insert(id, entry.revision);
+        let progress: ProgressEntry = serde_json::from_slice(&entry.value)
+            .map_err(|e| Error::Request(format!("the progress of {id:016x} is unreadable: {e}")))?;
+        Ok((progress.acked, progress.state()))
+    }
+
+    /// Acknowledges every record up to `seq` (never moving back) and, with `state`,
+    /// replaces the consumer's state, in one compare-and-set on the progress entry
+    /// against the revision this node last saw; then purges the messages below the
+    /// one holding the acknowledged position. [`Error::Fenced`] if another node
+    /// committed since.
+    pub async fn commit(&self, id: u64, seq: u64, state: Option<Vec<u8>>) -> Result<(), Error> {
+        if state.as_ref().is_some_and(|s| s.len() > STATE_BYTES_MAX) {
+            return Err(Error::Request(format!("consumer state over {STATE_BYTES_MAX} bytes")));
+        }
+        let key = Self::progress_key(id);
+        let known = self.revisions.lock().expect("lock").get(&id).copied();
+        let revision = match known {
+            Some(revision) => revision,
+            None => {
+                self.progress(id).await?;
+                self.revisions.lock().expect("lock").get(&id).copied().unwrap_or(0)
+            }
+        };
+        let current = match revision {
+            0 => ProgressEntry::default(),
+            _ => {
+                let entry = self.progress.entry(&key).await.map_err(|e| Error::Request(e.to_string()))?;
+                match entry {
+                    Some(entry) if entry.revision == revision => {
+                        serde_json::from_slice(&entry.value).map_err(|e| Error::Request(e.to_string()))?
+                    }
+                    _ => return Err(Error::Fenced(id)),
+                }
+            }
+        };
+        let acked = current.acked.max(seq);
+        let state = state.or_else(|| current.state());
+        let value = Bytes::from(serde_json::to_vec(&ProgressEntry::with_state(acked, state)).expect("serialises"));
+        let written = match revision {
+            0 => self.progress.create(&key, value).await.map_err(|e| e.to_string()),
+            _ => self.progress.update(&key, value, revision).await.map_err(|e| e.to_string()),
+        };
+        let new_revision = match written {
+            Ok(revision) => revision,
+            Err(reason) if reason.contains("wrong last sequence") || reason.contains("already exists") => {
+                return Err(Error::Fenced(id))
+            }
+            Err(reason) => return Err(Error::Request(format!("committing {id:016x}: {reason}"))),
+        };
+        self.revisions.lock().expect("lock").insert(id, new_revision);
+        let keep_from = message::message_seq(acked);
+        if keep_from > 1 {
+            let stream = self.stream(id).await?;
+            stream
+                .purge()
+                .sequence(keep_from)
+                .await
+                .map_err(|e| Error::Request(format!("purging {id:016x} below message {keep_from}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the progress revision this node saw, so that its next commit reads the
+    /// entry again (after taking a stream over).
+    pub fn forget_revision(&self, id: u64) {
+        self.revisions.lock().expect("lock").remove(&id);
+    }
+
+    /// Bytes the stream's log holds (its messages not yet purged).
+    pub async fn retained_bytes(&self, id: u64) -> Result<u64, Error> {
+        let info = self.stream(id).await?.get_info().await.map_err(|e| Error::Request(e.to_string()))?;
+        Ok(info.state.bytes)
+    }
+
+    async fn stream(&self, id: u64) -> Result<stream::Stream, Error> {
+        self.jetstream.get_stream(self.stream_name(id)).await.map_err(|e| match e.to_string() {
+            reason if reason.contains("not found") => Error::UnknownStream(id),
+            reason => Error::Request(reason),
+        })
+    }
+}
+
+/// One stream's publisher on this node: the group-commit loop.
+struct Writer {
+    jetstream: jetstream::Context,
+    subject: String,
+    stream_name: String,
+    node_id: String,
+    counter: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Writer {
+    async fn run(self, mut requests: mpsc::Receiver<AppendRequest>) {
+        let mut payload = Vec::new();
+        while let Some(first) = requests.recv().await {
+            let mut group = vec![first];
+            let mut n_bytes = message::RECORD_OVERHEAD_BYTES + group[0].records.iter().map(Vec::len).sum::<usize>();
+            let mut n_records = group[0].records.len();
+            while let Ok(request) = requests.try_recv() {
+                let bytes: usize = request.records.iter().map(|r| r.len() + message::RECORD_OVERHEAD_BYTES).sum();
+                if n_bytes + bytes > COMMIT_BYTES_MAX - 4096
+                    || (n_records + request.records.len()) as u64 >= RECORDS_PER_MESSAGE
+                {
+                    // Too much for this message: it opens the next group.
+                    self.commit(&mut payload, std::mem::take(&mut group)).await;
+                    n_bytes = 0;
+                    n_records = 0;
+                }
+                n_bytes += bytes;
+                n_records += request.records.len();
+                group.push(request);
+            }
+            self.commit(&mut payload, group).await;
+        }
+    }
+
+    /// Publishes one group as one message and answers its appends.
+    async fn commit(&self, payload: &mut Vec<u8>, group: Vec<AppendRequest>) {
+        if group.is_empty() {
+            return;
+        }
+        payload.clear();
+        message::encode(
+            group.iter().flat_map(|r| r.records.iter().map(move |d| (d.as_slice(), r.arrival_ms))),
+            payload,
+        );
+        let id = format!("{}-{}", self.node_id, self.counter.fetch_add(1, Ordering::Relaxed));
+        let result = self.publish(&id, Bytes::copy_from_slice(payload)).await;
+        if payload.capacity() > 1 << 20 {
+            *payload = Vec::new();
+        }
+        let mut index = 0usize;
+        for request in group {
+            let answer = result.as_ref().map_err(Error::clone_of).map(|message_seq| {
+                let first_seq = message::record_seq(*message_seq, index);
+                Appended { first_seq, last_seq: first_seq + request.records.len() as u64 - 1 }
+            });
+            index += request.records.len();
+            let _ = request.reply.send(answer);
+        }
+    }
+
+    /// Publishes with retries under one message id until acknowledged, or until
+    /// twice the timeout has passed: then the outcome is unknown.
+    async fn publish(&self, id: &str, payload: Bytes) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + self.timeout * 2;
+        let mut last_error = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id)
+                .expected_stream(&self.stream_name);
+            let sent = self.jetstream.send_publish(self.subject.clone(), publish).await;
+            let acked = match sent {
+                Ok(ack) => tokio::time::timeout(self.timeout, std::future::IntoFuture::into_future(ack)).await,
+                Err(e) => Ok(Err(e)),
+            };
+            match acked {
+                Ok(Ok(ack)) => return Ok(ack.sequence),
+                Ok(Err(e)) => {
+                    use jetstream::context::PublishErrorKind;
+                    match e.kind() {
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => last_error = e.to_string(),
+                        PublishErrorKind::StreamNotFound => return Err(Error::Refused("no such stream".into())),
+                        _ => {
+                            let reason = e.to_string();
+                            if reason.contains("maximum bytes") || reason.contains("resource limits") {
+                                return Err(Error::Full(reason));
+                            }
+                            return Err(Error::Refused(reason));
+                        }
+                    }
+                }
+                Err(_) => last_error = "no acknowledgement in time".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Unconfirmed(last_error))
+    }
+}
+
+/// Reads a stream's stored records in order from a position, through an ordered
+/// consumer started at the message holding that position.
+pub struct Cursor {
+    jetstream: jetstream::Context,
+    stream_name: String,
+    next_seq: u64,
+    messages: Option<consumer::pull::Ordered>,
+    ready: std::collections::VecDeque<StoredRecord>,
+}
+
+impl Cursor {
+    /// The position the next read starts at.
+    pub fn position(&self) -> u64 {
+        self.next_seq
+    }
+
+    async fn consumer(&mut self) -> Result<&mut consumer::pull::Ordered, Error> {
+        if self.messages.is_none() {
+            let stream =
+                self.jetstream.get_stream(&self.stream_name).await.map_err(|e| Error::Request(e.to_string()))?;
+            let start = message::message_seq(self.next_seq).max(1);
+            let config = consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..consumer::pull::OrderedConfig::default()
+            };
+            let consumer = stream.create_consumer(config).await.map_err(|e| Error::Request(format!("reading: {e}")))?;
+            self.messages = Some(consumer.messages().await.map_err(|e| Error::Request(format!("reading: {e}")))?);
+        }
+        Ok(self.messages.as_mut().expect("set above"))
+    }
+
+    /// Takes one message into `ready`, waiting at most `wait`. `false` if none came.
+    async fn receive(&mut self, wait: Duration) -> Result<bool, Error> {
+        let next_seq = self.next_seq;
+        let messages = self.consumer().await?;
+        let message = match tokio::time::timeout(wait, messages.next()).await {
+            Err(_) | Ok(None) => return Ok(false),
+            Ok(Some(Err(e))) => {
+                self.messages = None;
+                return Err(Error::Request(format!("reading: {e}")));
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let info = message.info().map_err(|e| Error::Request(e.to_string()))?;
+        let message_seq = info.stream_sequence;
+        let records = message::decode(&message.payload)
+            .map_err(|reason| Error::Request(format!("message {message_seq} of {}: {reason}", self.stream_name)))?;
+        for (index, record) in records.into_iter().enumerate() {
+            let seq = message::record_seq(message_seq, index);
+            if seq >= next_seq {
+                self.ready.push_back(StoredRecord { seq, arrival_ms: record.arrival_ms, data: record.data.to_vec() });
+            }
+        }
+        Ok(true)
+    }
+
+    /// Up to `records_max` records and about `bytes_max` bytes that are stored now,
+    /// possibly none; does not wait for more.
+    pub async fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>, Error> {
+        let mut out = Vec::new();
+        let mut n_bytes = 0usize;
+        loop {
+            while let Some(record) = self.ready.front() {
+                if out.len() >= records_max || (n_bytes >= bytes_max && !out.is_empty()) {
+                    return Ok(out);
+                }
+                n_bytes += record.data.len();
+                let record = self.ready.pop_front().expect("checked above");
+                self.next_seq = record.seq + 1;
+                out.push(record);
+            }
+            if out.len() >= records_max || n_bytes >= bytes_max || !self.receive(Duration::from_millis(1)).await? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Resolves when a record at or after the cursor is stored (or after `wait`).
+    pub async fn wait(&mut self, wait: Duration) {
+        if self.ready.is_empty() {
+            let _ = self.receive(wait).await;
+        }
+    }
+}

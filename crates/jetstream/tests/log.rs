@@ -1,0 +1,175 @@
+//! The record log on a real three-node JetStream cluster (`sync_interval: always`):
+//! appends and reads, group commit, progress with fencing between nodes, purging,
+//! the size limit, and the failures of NATS servers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cluster, Setup};
+use sluice_jetstream::{connect, Error, JetStreamOptions, StreamLogs};
+
+async fn logs(cluster: &Cluster, node: &str) -> StreamLogs {
+    let options = JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let connection = loop {
+        match connect(&options).await {
+            Ok(connection) => break connection,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match StreamLogs::open(&connection, options.clone(), node.to_string()).await {
+            Ok(logs) => return logs,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+async fn read_all(logs: &StreamLogs, id: u64, from: u64) -> Vec<sluice_jetstream::StoredRecord> {
+    let mut cursor = logs.cursor(id, from);
+    let mut out = Vec::new();
+    let mut idle = 0;
+    while idle < 20 {
+        let records = cursor.read(1000, 1 << 20).await.expect("read");
+        if records.is_empty() {
+            idle += 1;
+            cursor.wait(Duration::from_millis(50)).await;
+        } else {
+            idle = 0;
+            out.extend(records);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_come_back_in_order_and_concurrent_appends_share_messages() {
+    let cluster = Cluster::start(Setup::default());
+    let logs = Arc::new(logs(&cluster, "a").await);
+    logs.create_stream(1, 1 << 30).await.unwrap();
+    let tasks: Vec<_> = (0..200u32)
+        .map(|i| {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let records = vec![format!("r{i}-0").into_bytes(), format!("r{i}-1").into_bytes()];
+                (i, logs.append(1, records, 1_000 + u64::from(i)).await.unwrap())
+            })
+        })
+        .collect();
+    let mut appended = Vec::new();
+    for task in tasks {
+        appended.push(task.await.unwrap());
+    }
+    let records = read_all(&logs, 1, 0).await;
+    assert_eq!(records.len(), 400);
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+    for (i, a) in &appended {
+        assert_eq!(a.last_seq, a.first_seq + 1);
+        let first = records.iter().find(|r| r.seq == a.first_seq).expect("the append's first record");
+        assert_eq!(first.data, format!("r{i}-0").into_bytes());
+        assert_eq!(first.arrival_ms, 1_000 + u64::from(*i));
+    }
+    let messages: std::collections::BTreeSet<u64> =
+        records.iter().map(|r| sluice_jetstream::message::message_seq(r.seq)).collect();
+    assert!(messages.len() < 200, "{} messages for 200 concurrent appends: they share commit groups", messages.len());
+    // A cursor starts at a record inside a message.
+    let from = records[3].seq;
+    assert_eq!(read_all(&logs, 1, from).await.first().map(|r| r.seq), Some(from));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
+    let cluster = Cluster::start(Setup::default());
+    let a = logs(&cluster, "a").await;
+    let b = logs(&cluster, "b").await;
+    a.create_stream(2, 1 << 30).await.unwrap();
+    let mut last = 0;
+    for i in 0..20 {
+        last = a.append(2, vec![vec![b'x'; 10_000]], i).await.unwrap().last_seq;
+    }
+    assert_eq!(a.progress(2).await.unwrap(), (0, None));
+    let before = a.retained_bytes(2).await.unwrap();
+    a.commit(2, last - 1, Some(b"lane state".to_vec())).await.unwrap();
+    assert_eq!(b.progress(2).await.unwrap(), (last - 1, Some(b"lane state".to_vec())), "seen from the other node");
+    assert!(a.retained_bytes(2).await.unwrap() < before / 4, "messages below the acknowledged one are purged");
+    // b takes the stream over: its commit moves the revision, and a's next commit fails.
+    b.commit(2, last - 1, Some(b"b's state".to_vec())).await.unwrap();
+    assert!(matches!(a.commit(2, last, None).await, Err(Error::Fenced(2))));
+    assert_eq!(b.progress(2).await.unwrap(), (last - 1, Some(b"b's state".to_vec())));
+    // A commit never moves the position back, and keeps the state when given none.
+    b.commit(2, 3, None).await.unwrap();
+    assert_eq!(b.progress(2).await.unwrap(), (last - 1, Some(b"b's state".to_vec())));
+    let left = read_all(&b, 2, last).await;
+    assert_eq!(left.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![last], "the unacknowledged record is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_refuses_appends_and_loses_nothing() {
+    let cluster = Cluster::start(Setup::default());
+    let logs = logs(&cluster, "a").await;
+    logs.create_stream(3, 64 << 10).await.unwrap();
+    let mut stored = 0;
+    let refusal = loop {
+        match logs.append(3, vec![vec![b'f'; 4096]], 0).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 100, "the 64 KiB limit never refused");
+    };
+    assert!(matches!(refusal, Error::Full(_)), "{refusal}");
+    assert_eq!(read_all(&logs, 3, 0).await.len(), stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgement() {
+    let mut cluster = Cluster::start(Setup::default());
+    let logs = logs(&cluster, "a").await;
+    logs.create_stream(4, 1 << 30).await.unwrap();
+    logs.append(4, vec![b"before".to_vec()], 0).await.unwrap();
+    cluster.servers[2].kill();
+    let mut acked = vec![b"before".to_vec()];
+    for i in 0..20 {
+        let record = format!("one down {i}").into_bytes();
+        // The client may have been connected to the killed server: it reconnects.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match logs.append(4, vec![record.clone()], 0).await {
+                Ok(_) => break,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "no quorum with two of three: {e}"),
+            }
+        }
+        acked.push(record);
+    }
+    for server in &mut cluster.servers[..2] {
+        server.kill();
+    }
+    let refused = logs.append(4, vec![b"never".to_vec()], 0).await;
+    assert!(refused.is_err(), "no server: never acknowledged");
+    for server in &mut cluster.servers {
+        server.start();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match logs.append(4, vec![b"after".to_vec()], 0).await {
+            Ok(_) => break,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "did not recover: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    acked.push(b"after".to_vec());
+    let data: Vec<Vec<u8>> = read_all(&logs, 4, 0).await.into_iter().map(|r| r.data).collect();
+    for record in &acked {
+        assert!(data.contains(record), "{} lost", String::from_utf8_lossy(record));
+    }
+}
