@@ -195,6 +195,9 @@ pub struct CatalogState {
 /// The catalog and its file.
 pub struct Catalog {
     dir: PathBuf,
+    /// The next id [`Catalog::reserve_id`] may hand out (at least the state's
+    /// `next_stream_id`).
+    reserved: std::sync::atomic::AtomicU64,
     state: RwLock<CatalogState>,
     /// Streams by log id, rebuilt after every change: delivery workers look their
     /// stream up by id on every batch.
@@ -253,7 +256,28 @@ impl Catalog {
         let streams = file.streams.into_iter().map(|s| ((s.region.clone(), s.name.clone()), Arc::new(s))).collect();
         let state = CatalogState { next_stream_id: file.next_stream_id.max(1), streams };
         let by_id = RwLock::new(by_id(&state));
-        Ok(Catalog { dir: dir.to_path_buf(), state: RwLock::new(state), by_id })
+        let reserved = std::sync::atomic::AtomicU64::new(state.next_stream_id);
+        Ok(Catalog { dir: dir.to_path_buf(), reserved, state: RwLock::new(state), by_id })
+    }
+
+    /// An id for a stream about to be created: above every id the catalog has handed
+    /// out, and never the same twice in this process (two creates at once each get
+    /// their own, and make their logs before the catalog records either).
+    pub fn reserve_id(&self) -> u64 {
+        let floor = self.state.read().expect("lock").next_stream_id;
+        let mut current = self.reserved.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            let id = current.max(floor);
+            match self.reserved.compare_exchange(
+                current,
+                id + 1,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            ) {
+                Ok(_) => return id,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// The stream named `name` in `region`.

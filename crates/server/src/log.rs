@@ -49,20 +49,23 @@ pub enum LogError {
 pub trait LogCursor: Send {
     /// Up to `records_max` records that are durable, possibly none.
     fn read(&mut self, records_max: usize, bytes_max: usize) -> BoxFuture<'_, Result<Vec<StoredRecord>, LogError>>;
-    /// Resolves when a record at or after the cursor is durable.
-    fn wait(&self) -> BoxFuture<'_, ()>;
+    /// Resolves when a record at or after the cursor may be durable (a backend may
+    /// also resolve after a while without one; callers read again either way).
+    fn wait(&mut self) -> BoxFuture<'_, ()>;
 }
 
-/// A durable, per-stream record log.
+/// A durable, per-stream record log. Calls that a replicated backend serves over
+/// the network are asynchronous; the ones on the put path's hot loop
+/// (`undelivered_bytes`, `health`) answer from what the backend already knows.
 pub trait RecordLog: Send + Sync + 'static {
     /// Prepares an empty log for a new stream, with the stream's definition (an
     /// opaque blob kept with the log, so the log can be told apart without the
     /// catalog).
-    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError>;
+    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
     /// Replaces the stream's definition kept with its log.
-    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError>;
+    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
     /// Removes a stream's log and its records.
-    fn delete_stream(&self, stream: u64) -> Result<(), LogError>;
+    fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>>;
     /// Appends records; resolves only once they are durable.
     fn append(
         &self,
@@ -77,7 +80,7 @@ pub trait RecordLog: Send + Sync + 'static {
     /// delivery state, an opaque blob of at most 64 KiB (empty for none).
     fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
     /// The delivery state last committed, if any.
-    fn state(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError>;
+    fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>>;
     /// Bytes the log holds for a stream's records not yet acknowledged (for
     /// back-pressure; delivered records never count).
     fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError>;
@@ -119,7 +122,7 @@ impl LogCursor for WalCursor {
         })
     }
 
-    fn wait(&self) -> BoxFuture<'_, ()> {
+    fn wait(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(reader) = &self.0 {
                 reader.wait().await;
@@ -128,17 +131,27 @@ impl LogCursor for WalCursor {
     }
 }
 
+/// Runs a blocking call of the embedded log (it fsyncs) off the async workers.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, sluice_wal::Error> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(call).await.map_err(|e| LogError::Unavailable(e.to_string()))?.map_err(log_error)
+}
+
 impl RecordLog for WalLog {
-    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError> {
-        self.0.create_stream(stream, &definition).map_err(log_error)
+    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.create_stream(stream, &definition)))
     }
 
-    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> Result<(), LogError> {
-        self.0.define_stream(stream, &definition).map_err(log_error)
+    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.define_stream(stream, &definition)))
     }
 
-    fn delete_stream(&self, stream: u64) -> Result<(), LogError> {
-        self.0.delete_stream(stream).map_err(log_error)
+    fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.delete_stream(stream)))
     }
 
     fn append(
@@ -156,16 +169,11 @@ impl RecordLog for WalLog {
 
     fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
         let wal = self.0.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || wal.commit(stream, seq, state))
-                .await
-                .map_err(|e| LogError::Unavailable(e.to_string()))?
-                .map_err(log_error)
-        })
+        Box::pin(blocking(move || wal.commit(stream, seq, state)))
     }
 
-    fn state(&self, stream: u64) -> Result<Option<Vec<u8>>, LogError> {
-        self.0.state(stream).map_err(log_error)
+    fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>> {
+        Box::pin(std::future::ready(self.0.state(stream).map_err(log_error)))
     }
 
     fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError> {

@@ -33,7 +33,7 @@ pub(super) fn check_encryption(
     }
 }
 
-pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDeliveryStreamInput) -> Reply {
+pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: CreateDeliveryStreamInput) -> Reply {
     if input.stream_type != "DirectPut" {
         return Err(invalid(format!(
             "Sluice does not support the source type {}; only DirectPut delivery streams can be created.",
@@ -71,39 +71,56 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
     let account = state.config.account_id.clone();
     let key = (ctx.region.clone(), input.name.clone());
     let arn = state.arn(&ctx.region, &input.name);
+    let exists = || {
+        ApiError::new(
+            ErrorCode::ResourceInUseException,
+            format!("Firehose {} under account {account} already exists.", input.name),
+        )
+    };
+    let over_quota = || {
+        ApiError::new(
+            ErrorCode::LimitExceededException,
+            format!("You have already consumed your firehose quota of {STREAMS_PER_REGION_MAX} hoses."),
+        )
+    };
+    // Checked first against what this node knows, so that a create bound to fail
+    // makes no log; checked again, authoritatively, when the catalog takes it.
+    let snapshot = state.catalog.snapshot();
+    if snapshot.streams.contains_key(&key) {
+        return Err(exists());
+    }
+    if count_in_region(&snapshot, &ctx.region) >= STREAMS_PER_REGION_MAX {
+        return Err(over_quota());
+    }
+    let record = StreamRecord {
+        id: state.catalog.reserve_id(),
+        region: ctx.region.clone(),
+        name: input.name.clone(),
+        stream_type: input.stream_type.clone(),
+        created_ms: ctx.now_ms,
+        active_at_ms: ctx.now_ms + state.config.transition_ms,
+        last_update_ms: None,
+        version_id: 1,
+        destination_id: "destinationId-000000000001".into(),
+        destination: destination.clone(),
+        throughput_hint_mbs: input.throughput_hint_mbs,
+        tags: input.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
+        encryption,
+        revision: 1,
+    };
     // The log is made (with the definition marked `Creating`) before the catalog
     // names the stream; a crash in between leaves an empty log that start-up
-    // recognises and removes. A failed catalog write removes it here.
-    let made_log = std::cell::Cell::new(None);
+    // recognises and removes. A refused or failed catalog change removes it here.
+    let id = record.id;
+    state.log.create_stream(id, StreamDefinition::encode(&record, Lifecycle::Creating)).await.map_err(log_failure)?;
     let created = state.update_catalog(|catalog| {
         if catalog.streams.contains_key(&key) {
-            let message = format!("Firehose {} under account {account} already exists.", input.name);
-            return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
+            return Err(exists());
         }
         if count_in_region(catalog, &ctx.region) >= STREAMS_PER_REGION_MAX {
-            let message = format!("You have already consumed your firehose quota of {STREAMS_PER_REGION_MAX} hoses.");
-            return Err(ApiError::new(ErrorCode::LimitExceededException, message));
+            return Err(over_quota());
         }
-        let id = catalog.next_stream_id;
-        catalog.next_stream_id += 1;
-        let record = StreamRecord {
-            id,
-            region: ctx.region.clone(),
-            name: input.name.clone(),
-            stream_type: input.stream_type.clone(),
-            created_ms: ctx.now_ms,
-            active_at_ms: ctx.now_ms + state.config.transition_ms,
-            last_update_ms: None,
-            version_id: 1,
-            destination_id: "destinationId-000000000001".into(),
-            destination: destination.clone(),
-            throughput_hint_mbs: input.throughput_hint_mbs,
-            tags: input.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
-            encryption,
-            revision: 1,
-        };
-        state.log.create_stream(id, StreamDefinition::encode(&record, Lifecycle::Creating)).map_err(log_failure)?;
-        made_log.set(Some(id));
+        catalog.next_stream_id = catalog.next_stream_id.max(id + 1);
         let record = Arc::new(record);
         catalog.streams.insert(key.clone(), record.clone());
         Ok(record)
@@ -111,13 +128,13 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: CreateDelive
     let record = match created {
         Ok(record) => record,
         Err(error) => {
-            if let Some(id) = made_log.get() {
-                let _ = state.log.delete_stream(id);
+            if let Err(undo) = state.log.delete_stream(id).await {
+                tracing::warn!(log_id = id, error = %undo, "Could not remove the log of a refused create; start-up will.");
             }
             return Err(error);
         }
     };
-    if let Err(error) = state.keep_definition(&record, Lifecycle::Active) {
+    if let Err(error) = state.keep_definition(&record, Lifecycle::Active).await {
         // Start-up sees the catalog names the stream; the copy is fixed then.
         tracing::warn!(stream = %record.name, %error, "Could not mark the stream's definition as created.");
     }

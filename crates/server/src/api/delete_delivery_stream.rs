@@ -8,7 +8,7 @@ use sluice_protocol::{ApiError, ErrorCode};
 use super::{log_failure, ok, AppState, Reply, RequestContext};
 use crate::catalog::Lifecycle;
 
-pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DeleteDeliveryStreamInput) -> Reply {
+pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: DeleteDeliveryStreamInput) -> Reply {
     let stream = state.stream(ctx, &input.name)?;
     if stream.status(ctx.now_ms) == "CREATING" {
         let message = format!(
@@ -19,18 +19,18 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DeleteDelive
     }
     // The intent is recorded beside the log first: a crash after it finishes the
     // delete at start-up, instead of taking the log for one whose catalog was lost.
-    state.keep_definition(&stream, Lifecycle::Deleting).map_err(log_failure)?;
+    state.keep_definition(&stream, Lifecycle::Deleting).await.map_err(log_failure)?;
     let removed = state.update_catalog(|catalog| {
         catalog.streams.remove(&(ctx.region.clone(), input.name.clone()));
         Ok(())
     });
     if let Err(error) = removed {
-        if let Err(undo) = state.keep_definition(&stream, Lifecycle::Active) {
+        if let Err(undo) = state.keep_definition(&stream, Lifecycle::Active).await {
             tracing::warn!(stream = %input.name, error = %undo, "Could not undo the delete mark of a stream whose delete failed.");
         }
         return Err(error);
     }
-    if let Err(error) = state.log.delete_stream(stream.id) {
+    if let Err(error) = state.log.delete_stream(stream.id).await {
         // The definition says the delete began; startup finishes it if this failed.
         tracing::warn!(stream = %input.name, %error, "Could not delete a stream's log; it will be removed at restart.");
     }

@@ -108,7 +108,7 @@ impl AppState {
     /// Changes one stream: `change` edits a copy, which replaces the stream only if
     /// it returns `Ok` and the catalog is saved. `ResourceNotFoundException` if absent.
     /// The changed definition is then also kept beside the stream's log.
-    pub(crate) fn update_stream(
+    pub(crate) async fn update_stream(
         &self,
         ctx: &RequestContext,
         name: &str,
@@ -125,7 +125,7 @@ impl AppState {
             catalog.streams.insert(key, stream.clone());
             Ok(stream)
         })?;
-        if let Err(error) = self.keep_definition(&updated, Lifecycle::Active) {
+        if let Err(error) = self.keep_definition(&updated, Lifecycle::Active).await {
             // The catalog is the authority while it names the stream; the copy is
             // brought up to date at the next start.
             tracing::warn!(stream = %updated.name, %error, "Could not update the definition kept beside the stream's log.");
@@ -133,10 +133,9 @@ impl AppState {
         Ok(())
     }
 
-    /// Writes a stream's definition beside its log (blocking: it fsyncs).
-    pub(crate) fn keep_definition(&self, stream: &StreamRecord, lifecycle: Lifecycle) -> Result<(), LogError> {
-        let blob = StreamDefinition::encode(stream, lifecycle);
-        tokio::task::block_in_place(|| self.log.define_stream(stream.id, blob))
+    /// Writes a stream's definition beside its log.
+    pub(crate) async fn keep_definition(&self, stream: &StreamRecord, lifecycle: Lifecycle) -> Result<(), LogError> {
+        self.log.define_stream(stream.id, StreamDefinition::encode(stream, lifecycle)).await
     }
 
     /// Applies a catalog change; the file write and fsync run off the async workers.
@@ -331,16 +330,20 @@ async fn dispatch(state: &AppState, ctx: &RequestContext, operation: Operation, 
     let reply = match operation {
         Operation::PutRecord(input) => return put_record::handle(state, ctx, input, started).await,
         Operation::PutRecordBatch(input) => return put_record_batch::handle(state, ctx, input, started).await,
-        Operation::CreateDeliveryStream(input) => create_delivery_stream::handle(state, ctx, input),
-        Operation::DeleteDeliveryStream(input) => delete_delivery_stream::handle(state, ctx, input),
+        Operation::CreateDeliveryStream(input) => create_delivery_stream::handle(state, ctx, input).await,
+        Operation::DeleteDeliveryStream(input) => delete_delivery_stream::handle(state, ctx, input).await,
         Operation::DescribeDeliveryStream(input) => describe_delivery_stream::handle(state, ctx, input),
         Operation::ListDeliveryStreams(input) => list_delivery_streams::handle(state, ctx, input),
         Operation::ListTagsForDeliveryStream(input) => list_tags_for_delivery_stream::handle(state, ctx, input),
-        Operation::StartDeliveryStreamEncryption(input) => start_delivery_stream_encryption::handle(state, ctx, input),
-        Operation::StopDeliveryStreamEncryption(input) => stop_delivery_stream_encryption::handle(state, ctx, input),
-        Operation::TagDeliveryStream(input) => tag_delivery_stream::handle(state, ctx, input),
-        Operation::UntagDeliveryStream(input) => untag_delivery_stream::handle(state, ctx, input),
-        Operation::UpdateDestination(input) => update_destination::handle(state, ctx, input),
+        Operation::StartDeliveryStreamEncryption(input) => {
+            start_delivery_stream_encryption::handle(state, ctx, input).await
+        }
+        Operation::StopDeliveryStreamEncryption(input) => {
+            stop_delivery_stream_encryption::handle(state, ctx, input).await
+        }
+        Operation::TagDeliveryStream(input) => tag_delivery_stream::handle(state, ctx, input).await,
+        Operation::UntagDeliveryStream(input) => untag_delivery_stream::handle(state, ctx, input).await,
+        Operation::UpdateDestination(input) => update_destination::handle(state, ctx, input).await,
     };
     state.metrics.control_plane(name, stream_name.as_deref(), started.elapsed().as_secs_f64() * 1000.0);
     reply

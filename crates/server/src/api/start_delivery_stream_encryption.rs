@@ -40,18 +40,20 @@ pub(super) fn check_can_change(
     Ok(recent)
 }
 
-pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: StartDeliveryStreamEncryptionInput) -> Reply {
+pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: StartDeliveryStreamEncryptionInput) -> Reply {
     let requested = input.encryption.unwrap_or(EncryptionInput { key_type: "AWS_OWNED_CMK".into(), key_arn: None });
     let (key_type, key_arn) = check_encryption(state, &requested)?;
-    state.update_stream(ctx, &input.name, |stream| {
-        let mut recent = check_can_change(state, ctx, stream)?;
-        recent.push(ctx.now_ms);
-        stream.encryption.enabled = true;
-        stream.encryption.key_type = Some(key_type);
-        stream.encryption.key_arn = key_arn;
-        stream.encryption.changed_at_ms = ctx.now_ms;
-        stream.encryption.changes_ms = recent;
-        Ok(())
-    })?;
+    state
+        .update_stream(ctx, &input.name, |stream| {
+            let mut recent = check_can_change(state, ctx, stream)?;
+            recent.push(ctx.now_ms);
+            stream.encryption.enabled = true;
+            stream.encryption.key_type = Some(key_type);
+            stream.encryption.key_arn = key_arn;
+            stream.encryption.changed_at_ms = ctx.now_ms;
+            stream.encryption.changes_ms = recent;
+            Ok(())
+        })
+        .await?;
     ok(&Empty {})
 }

@@ -7,14 +7,16 @@ use sluice_protocol::dto::{Empty, StopDeliveryStreamEncryptionInput};
 use super::start_delivery_stream_encryption::check_can_change;
 use super::{ok, AppState, Reply, RequestContext};
 
-pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: StopDeliveryStreamEncryptionInput) -> Reply {
-    state.update_stream(ctx, &input.name, |stream| {
-        let mut recent = check_can_change(state, ctx, stream)?;
-        recent.push(ctx.now_ms);
-        stream.encryption.enabled = false;
-        stream.encryption.changed_at_ms = ctx.now_ms;
-        stream.encryption.changes_ms = recent;
-        Ok(())
-    })?;
+pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: StopDeliveryStreamEncryptionInput) -> Reply {
+    state
+        .update_stream(ctx, &input.name, |stream| {
+            let mut recent = check_can_change(state, ctx, stream)?;
+            recent.push(ctx.now_ms);
+            stream.encryption.enabled = false;
+            stream.encryption.changed_at_ms = ctx.now_ms;
+            stream.encryption.changes_ms = recent;
+            Ok(())
+        })
+        .await?;
     ok(&Empty {})
 }

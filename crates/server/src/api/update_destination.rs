@@ -10,7 +10,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgumentException, message)
 }
 
-pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: UpdateDestinationInput) -> Reply {
+pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: UpdateDestinationInput) -> Reply {
     let [update] = &input.updates[..] else {
         return Err(invalid("Exactly one destination update is supported for a Firehose"));
     };
@@ -20,28 +20,31 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: UpdateDestin
             update.kind.name()
         )));
     }
-    state.update_stream(ctx, &input.name, |stream| {
-        if stream.status(ctx.now_ms) != "ACTIVE" {
-            let message = format!("Firehose {} under account {} is not ACTIVE.", input.name, state.config.account_id);
-            return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
-        }
-        if input.current_version_id != stream.version_id.to_string() {
-            let message = format!(
+    state
+        .update_stream(ctx, &input.name, |stream| {
+            if stream.status(ctx.now_ms) != "ACTIVE" {
+                let message =
+                    format!("Firehose {} under account {} is not ACTIVE.", input.name, state.config.account_id);
+                return Err(ApiError::new(ErrorCode::ResourceInUseException, message));
+            }
+            if input.current_version_id != stream.version_id.to_string() {
+                let message = format!(
                 "Cannot update firehose: {} since the current version id: {} and specified version id: {} do not match",
                 input.name, stream.version_id, input.current_version_id
             );
-            return Err(ApiError::new(ErrorCode::ConcurrentModificationException, message));
-        }
-        if input.destination_id != stream.destination_id {
-            return Err(invalid(format!("Destination Id {} not found.", input.destination_id)));
-        }
-        let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
-        let updated = stream.destination.apply_with(update, &options)?;
-        super::check_queries(&updated)?;
-        stream.destination = updated;
-        stream.version_id += 1;
-        stream.last_update_ms = Some(ctx.now_ms);
-        Ok(())
-    })?;
+                return Err(ApiError::new(ErrorCode::ConcurrentModificationException, message));
+            }
+            if input.destination_id != stream.destination_id {
+                return Err(invalid(format!("Destination Id {} not found.", input.destination_id)));
+            }
+            let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
+            let updated = stream.destination.apply_with(update, &options)?;
+            super::check_queries(&updated)?;
+            stream.destination = updated;
+            stream.version_id += 1;
+            stream.last_update_ms = Some(ctx.now_ms);
+            Ok(())
+        })
+        .await?;
     ok(&Empty {})
 }

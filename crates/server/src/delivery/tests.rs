@@ -58,12 +58,12 @@ impl Harness {
     }
 
     /// An ACTIVE ExtendedS3 stream.
-    fn create(&self, name: &str, config: Value) -> u64 {
-        self.create_kind(name, DestinationKind::ExtendedS3, config)
+    async fn create(&self, name: &str, config: Value) -> u64 {
+        self.create_kind(name, DestinationKind::ExtendedS3, config).await
     }
 
     /// An ACTIVE stream of any destination kind.
-    fn create_kind(&self, name: &str, kind: DestinationKind, config: Value) -> u64 {
+    async fn create_kind(&self, name: &str, kind: DestinationKind, config: Value) -> u64 {
         let destination = Destination { kind, config: config.as_object().unwrap().clone() };
         destination.validate().unwrap();
         let id = self
@@ -77,7 +77,7 @@ impl Harness {
                 Ok::<_, CatalogError>(id)
             })
             .unwrap();
-        self.state.log.create_stream(id, Vec::new()).unwrap();
+        self.state.log.create_stream(id, Vec::new()).await.unwrap();
         id
     }
 
@@ -90,8 +90,8 @@ impl Harness {
         DeliveryEngine::start(Delivery::new(self.state.clone(), Clock::tokio()).unwrap())
     }
 
-    fn progress(&self, stream: u64) -> Progress {
-        Progress::decode(stream, self.state.log.state(stream).unwrap().as_deref())
+    async fn progress(&self, stream: u64) -> Progress {
+        Progress::decode(stream, self.state.log.state(stream).await.unwrap().as_deref())
     }
 }
 
@@ -121,17 +121,19 @@ fn bodies(dir: &Path) -> Vec<Vec<u8>> {
 async fn a_batch_waits_for_its_interval() {
     let h = Harness::new(86_400);
     let bucket = h.bucket("interval");
-    let id = h.create(
-        "interval",
-        json!({"BucketARN": "arn:aws:s3:::interval", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60}}),
-    );
+    let id = h
+        .create(
+            "interval",
+            json!({"BucketARN": "arn:aws:s3:::interval", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60}}),
+        )
+        .await;
     h.put(id, &[b"first,", b"second"]).await;
     let engine = h.start();
     sleep(Duration::from_secs(58)).await;
     assert!(objects(&bucket).is_empty(), "delivered before IntervalInSeconds");
     sleep(Duration::from_secs(4)).await;
     assert_eq!(bodies(&bucket), vec![b"first,second".to_vec()]);
-    assert_eq!(h.progress(id).acknowledged_seq(), 2);
+    assert_eq!(h.progress(id).await.acknowledged_seq(), 2);
     engine.stop(Duration::from_secs(5)).await;
 }
 
@@ -139,10 +141,12 @@ async fn a_batch_waits_for_its_interval() {
 async fn a_full_buffer_is_delivered_at_once_and_the_rest_at_its_interval() {
     let h = Harness::new(86_400);
     let bucket = h.bucket("size");
-    let id = h.create(
-        "size",
-        json!({"BucketARN": "arn:aws:s3:::size", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 900}}),
-    );
+    let id = h
+        .create(
+            "size",
+            json!({"BucketARN": "arn:aws:s3:::size", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 900}}),
+        )
+        .await;
     let record = vec![b'x'; 100 << 10];
     let records: Vec<&[u8]> = (0..15).map(|_| record.as_slice()).collect();
     h.put(id, &records).await;
@@ -163,10 +167,12 @@ async fn a_full_buffer_is_delivered_at_once_and_the_rest_at_its_interval() {
 #[tokio::test(start_paused = true)]
 async fn failed_uploads_back_off_exponentially() {
     let h = Harness::new(86_400);
-    let id = h.create(
-        "backoff",
-        json!({"BucketARN": "arn:aws:s3:::backoff", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 0}}),
-    );
+    let id = h
+        .create(
+            "backoff",
+            json!({"BucketARN": "arn:aws:s3:::backoff", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 0}}),
+        )
+        .await;
     h.put(id, &[b"r"]).await;
     let engine = h.start();
     // Attempts at 0 s, then after 1, 2, 4, 8 s (±20%): the fifth falls between 12
@@ -186,20 +192,22 @@ async fn records_past_retention_go_to_the_error_prefix_and_release_the_log() {
     let bucket = h.bucket("expiry");
     // A file where the data prefix's directory should be: every upload fails.
     fs::write(bucket.join("data"), b"in the way").unwrap();
-    let id = h.create(
-        "expiry",
-        json!({
-            "BucketARN": "arn:aws:s3:::expiry",
-            "Prefix": "data/",
-            "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/",
-            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 0},
-        }),
-    );
+    let id = h
+        .create(
+            "expiry",
+            json!({
+                "BucketARN": "arn:aws:s3:::expiry",
+                "Prefix": "data/",
+                "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/",
+                "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 0},
+            }),
+        )
+        .await;
     h.put(id, &[b"one", b"two"]).await;
     let engine = h.start();
     sleep(Duration::from_secs(24)).await;
     assert!(!bucket.join("errors").exists(), "given up before the retention period");
-    assert_eq!(h.progress(id).acknowledged_seq(), 0, "still held in the log");
+    assert_eq!(h.progress(id).await.acknowledged_seq(), 0, "still held in the log");
     sleep(Duration::from_secs(100)).await;
     let errors = objects(&bucket.join("errors"));
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -210,7 +218,7 @@ async fn records_past_retention_go_to_the_error_prefix_and_release_the_log() {
     assert_eq!(raw, ["b25l", "dHdv"], "base64 of each record, in order");
     assert_eq!(lines[0]["errorCode"], "S3.DeliveryFailed");
     assert!(lines[0]["attemptsMade"].as_u64().unwrap() >= 5);
-    assert_eq!(h.progress(id).acknowledged_seq(), 2, "expired records are released");
+    assert_eq!(h.progress(id).await.acknowledged_seq(), 2, "expired records are released");
     assert_eq!(fs::read(bucket.join("data")).unwrap(), b"in the way");
     engine.stop(Duration::from_secs(5)).await;
 }
@@ -219,33 +227,35 @@ async fn records_past_retention_go_to_the_error_prefix_and_release_the_log() {
 async fn the_backup_lane_buffers_on_its_own_and_holds_the_log() {
     let h = Harness::new(86_400);
     let main = h.bucket("main");
-    let id = h.create(
-        "backed-up",
-        json!({
-            "BucketARN": "arn:aws:s3:::main",
-            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 300},
-            "S3BackupMode": "Enabled",
-            "S3BackupConfiguration": {
-                "BucketARN": "arn:aws:s3:::backup",
-                "Prefix": "source/",
-                "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 10},
-            },
-        }),
-    );
+    let id = h
+        .create(
+            "backed-up",
+            json!({
+                "BucketARN": "arn:aws:s3:::main",
+                "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 300},
+                "S3BackupMode": "Enabled",
+                "S3BackupConfiguration": {
+                    "BucketARN": "arn:aws:s3:::backup",
+                    "Prefix": "source/",
+                    "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 10},
+                },
+            }),
+        )
+        .await;
     h.put(id, &[b"a", b"b"]).await;
     let engine = h.start();
     sleep(Duration::from_secs(20)).await;
     assert!(objects(&main).is_empty(), "the destination keeps its own interval");
     let backup = h.bucket("backup");
     // The backup bucket was missing: its lane retries, the log holds the records.
-    assert_eq!(h.progress(id).acknowledged_seq(), 0);
+    assert_eq!(h.progress(id).await.acknowledged_seq(), 0);
     sleep(Duration::from_secs(300)).await;
     assert_eq!(bodies(&main), vec![b"ab".to_vec()]);
     let backed_up = objects(&backup);
     assert_eq!(backed_up.len(), 1);
     assert!(backed_up[0].0.starts_with("source/"), "{}", backed_up[0].0);
     assert_eq!(backed_up[0].1, b"ab");
-    let progress = h.progress(id);
+    let progress = h.progress(id).await;
     assert_eq!(progress.lanes["destination"].delivered_seq, Some(2));
     assert_eq!(progress.lanes["backup"].delivered_seq, Some(2));
     assert_eq!(progress.acknowledged_seq(), 2);
@@ -267,7 +277,7 @@ async fn http_retries_back_off_until_the_retry_duration_then_go_to_s3() {
             "RetryOptions": {"DurationInSeconds": 300},
             "S3Configuration": {"BucketARN": "arn:aws:s3:::http-failed", "ErrorOutputPrefix": "failed/!{firehose:error-output-type}/"},
         }),
-    );
+    ).await;
     h.put(id, &[b"undeliverable"]).await;
     let engine = h.start();
     sleep(Duration::from_secs(280)).await;
@@ -282,6 +292,6 @@ async fn http_retries_back_off_until_the_retry_duration_then_go_to_s3() {
     // Waits of 1, 2, 4, ... 64 s, then 120 s (±15%) add up to at most 284 s; the
     // last wait ends at 300 s: ten attempts in all.
     assert_eq!(record["attemptsMade"], 10);
-    assert_eq!(h.progress(id).acknowledged_seq(), 1);
+    assert_eq!(h.progress(id).await.acknowledged_seq(), 1);
     engine.stop(Duration::from_secs(5)).await;
 }

@@ -63,7 +63,7 @@ impl StreamProgress {
 }
 
 pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: watch::Receiver<bool>) {
-    let blob = match delivery.state.log.state(stream_id) {
+    let blob = match delivery.state.log.state(stream_id).await {
         Ok(blob) => blob,
         Err(LogError::StreamUnavailable(reason)) => {
             // Start-up said why at ERROR. Parked until shutdown or deletion: a
