@@ -33,6 +33,10 @@ pub enum Error {
     /// The stream has no log.
     #[error("stream {0:016x} has no log")]
     UnknownStream(u64),
+    /// A conditional change lost: the key exists already, or changed since it was
+    /// read. Read again and decide again.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The log is shutting down.
     #[error("the log is shut down")]
     Closed,
@@ -50,6 +54,7 @@ impl Error {
             Error::Refused(reason) => Error::Refused(reason.clone()),
             Error::Fenced(id) => Error::Fenced(*id),
             Error::UnknownStream(id) => Error::UnknownStream(*id),
+            Error::Conflict(reason) => Error::Conflict(reason.clone()),
             Error::Closed => Error::Closed,
         }
     }
