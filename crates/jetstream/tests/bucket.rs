@@ -2,13 +2,11 @@
 //! race between two connections, a stale update or delete refused, changes seen by
 //! a watcher on another connection, and keys expiring in a bucket with a maximum age.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Cluster, Setup};
 use futures_util::StreamExt;
+use sluice_jetstream::testing::{Cluster, Setup};
 use sluice_jetstream::{connect, Bucket, Change, Connection, Error, JetStreamOptions};
 
 async fn connection(cluster: &Cluster) -> (Connection, JetStreamOptions) {

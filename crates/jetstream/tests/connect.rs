@@ -1,11 +1,9 @@
 //! Connecting to real NATS servers: a fit cluster is accepted, and each unfit
 //! setting is refused with a message that says what to change.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Setup};
+use sluice_jetstream::testing::{Cluster, Setup};
 use sluice_jetstream::{connect, Error, JetStreamOptions};
 
 fn options(cluster: &Cluster, monitoring: bool) -> JetStreamOptions {

@@ -2,12 +2,10 @@
 //! appends and reads, group commit, progress with fencing between nodes, purging,
 //! the size limit, and the failures of NATS servers.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cluster, Setup};
+use sluice_jetstream::testing::{Cluster, Setup};
 use sluice_jetstream::{connect, Error, JetStreamOptions, StreamLogs};
 
 async fn logs(cluster: &Cluster, node: &str) -> StreamLogs {

@@ -147,7 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let wal = Arc::new(wal);
     let catalog_found = Catalog::exists(&data_dir);
     let catalog = Catalog::open(&data_dir)?;
-    reconcile::reconcile(&catalog, &wal, catalog_found)?;
+    reconcile::reconcile(&catalog, &wal, catalog_found).await?;
     report_recovery(&catalog, &report);
     let metrics = metrics::Metrics::install();
     ::metrics::counter!("sluice_wal_quarantined_regions").absolute(report.quarantined.len() as u64);

@@ -46,7 +46,7 @@ pub struct Reconciled {
 
 /// Makes the catalog and the logs agree (see the module documentation). The
 /// catalog is saved if it changed.
-pub fn reconcile(catalog: &Catalog, wal: &Wal, catalog_found: bool) -> Result<Reconciled, ServerError> {
+pub async fn reconcile(catalog: &Catalog, wal: &Wal, catalog_found: bool) -> Result<Reconciled, ServerError> {
     let mut done = Reconciled::default();
     let failed: BTreeSet<u64> = wal.failed_streams().into_iter().map(|f| f.stream).collect();
     let logs: BTreeSet<u64> = wal.streams().into_iter().chain(failed.iter().copied()).collect();
@@ -180,10 +180,12 @@ pub fn reconcile(catalog: &Catalog, wal: &Wal, catalog_found: bool) -> Result<Re
         changed = true;
     }
     if changed {
-        catalog.update(|current| {
-            *current = state;
-            Ok::<(), ServerError>(())
-        })?;
+        catalog
+            .update(|current| {
+                *current = state.clone();
+                Ok::<(), ServerError>(())
+            })
+            .await?;
     }
     summarise(&done, catalog_found);
     Ok(done)
@@ -256,15 +258,14 @@ mod tests {
 
         fn catalog(&self, streams: &[&StreamRecord], next_stream_id: u64) -> Catalog {
             let catalog = Catalog::open(self.dir.path()).unwrap();
-            catalog
-                .update(|state| {
-                    state.next_stream_id = next_stream_id;
-                    for s in streams {
-                        state.streams.insert((s.region.clone(), s.name.clone()), Arc::new((*s).clone()));
-                    }
-                    Ok::<_, CatalogError>(())
-                })
-                .unwrap();
+            let update = catalog.update(|state| {
+                state.next_stream_id = next_stream_id;
+                for s in streams {
+                    state.streams.insert((s.region.clone(), s.name.clone()), Arc::new((*s).clone()));
+                }
+                Ok::<_, CatalogError>(())
+            });
+            self.rt.block_on(update).unwrap();
             catalog
         }
     }
@@ -281,7 +282,7 @@ mod tests {
         d.log(&wal, &a, Lifecycle::Active, 5);
         d.log(&wal, &b, Lifecycle::Active, 0);
         let catalog = Catalog::open(d.dir.path()).unwrap();
-        let done = reconcile(&catalog, &wal, false).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, false)).unwrap();
         assert_eq!(done.restored.len(), 2);
         assert_eq!(names(&catalog), ["a", "b"]);
         assert_eq!(catalog.get("us-east-1", "b").unwrap().revision, 3);
@@ -299,7 +300,7 @@ mod tests {
         d.log(&wal, &new_a, Lifecycle::Active, 3);
         d.log(&wal, &b, Lifecycle::Active, 3);
         let catalog = d.catalog(&[&old_a], 2);
-        let done = reconcile(&catalog, &wal, true).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, true)).unwrap();
         assert_eq!((done.updated.len(), done.restored.len()), (1, 1));
         assert_eq!(catalog.get("us-east-1", "a").unwrap().revision, 4);
         assert!(catalog.get("us-east-1", "b").is_some());
@@ -316,7 +317,7 @@ mod tests {
         d.log(&wal, &deleting_named, Lifecycle::Deleting, 4);
         // The catalog still names "e": the delete began but the catalog was not saved.
         let catalog = d.catalog(&[&deleting_named], 4);
-        let done = reconcile(&catalog, &wal, true).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, true)).unwrap();
         assert_eq!((done.interrupted_creates, done.interrupted_deletes), (1, 2));
         assert!(names(&catalog).is_empty());
         assert!(wal.streams().is_empty());
@@ -329,7 +330,7 @@ mod tests {
         let wal = d.wal();
         d.log(&wal, &record(1, "c", 1), Lifecycle::Creating, 2);
         let catalog = Catalog::open(d.dir.path()).unwrap();
-        let done = reconcile(&catalog, &wal, false).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, false)).unwrap();
         assert_eq!(done.restored, ["c"]);
         assert_eq!(wal.undelivered_records(1).unwrap(), 2);
     }
@@ -342,7 +343,7 @@ mod tests {
         wal.create_stream(8, b"").unwrap();
         d.rt.block_on(wal.append(8, vec![b"held".to_vec()], Encryption::None)).unwrap();
         let catalog = Catalog::open(d.dir.path()).unwrap();
-        let done = reconcile(&catalog, &wal, false).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, false)).unwrap();
         assert_eq!(done.empty_orphans, 1);
         assert_eq!(done.set_aside.len(), 1);
         assert!(done.set_aside[0].join("00000000000000000001.seg").is_file(), "the records are kept");
@@ -358,7 +359,7 @@ mod tests {
         d.log(&wal, &current, Lifecycle::Active, 1);
         d.log(&wal, &stale, Lifecycle::Active, 1);
         let catalog = d.catalog(&[&current], 6);
-        let done = reconcile(&catalog, &wal, true).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, true)).unwrap();
         assert_eq!(done.set_aside.len(), 1);
         assert_eq!(catalog.get("us-east-1", "x").unwrap().id, 5);
 
@@ -368,7 +369,7 @@ mod tests {
         let (lost, live) = (record(2, "x", 1), record(5, "x", 2));
         d.log(&wal, &live, Lifecycle::Active, 1);
         let catalog = d.catalog(&[&lost], 3);
-        let done = reconcile(&catalog, &wal, true).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, true)).unwrap();
         assert_eq!(done.restored, ["x"]);
         assert_eq!(catalog.get("us-east-1", "x").unwrap().id, 5);
         assert!(done.logs_created.is_empty());
@@ -382,7 +383,7 @@ mod tests {
         wal.create_stream(1, b"").unwrap();
         let (with_log, without) = (record(1, "a", 2), record(2, "b", 1));
         let catalog = d.catalog(&[&with_log, &without], 3);
-        let done = reconcile(&catalog, &wal, true).unwrap();
+        let done = d.rt.block_on(reconcile(&catalog, &wal, true)).unwrap();
         assert_eq!(done.logs_created, ["b"]);
         let kept = StreamDefinition::decode(&wal.definition(1).unwrap()).unwrap();
         assert_eq!((kept.lifecycle, kept.stream.revision), (Lifecycle::Active, 2));

@@ -93,7 +93,7 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Create
         return Err(over_quota());
     }
     let record = StreamRecord {
-        id: state.catalog.reserve_id(),
+        id: state.catalog.reserve_id().await?,
         region: ctx.region.clone(),
         name: input.name.clone(),
         stream_type: input.stream_type.clone(),
@@ -113,18 +113,20 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Create
     // recognises and removes. A refused or failed catalog change removes it here.
     let id = record.id;
     state.log.create_stream(id, StreamDefinition::encode(&record, Lifecycle::Creating)).await.map_err(log_failure)?;
-    let created = state.update_catalog(|catalog| {
-        if catalog.streams.contains_key(&key) {
-            return Err(exists());
-        }
-        if count_in_region(catalog, &ctx.region) >= STREAMS_PER_REGION_MAX {
-            return Err(over_quota());
-        }
-        catalog.next_stream_id = catalog.next_stream_id.max(id + 1);
-        let record = Arc::new(record);
-        catalog.streams.insert(key.clone(), record.clone());
-        Ok(record)
-    });
+    let record = Arc::new(record);
+    let created = state
+        .update_catalog(|catalog| {
+            if catalog.streams.contains_key(&key) {
+                return Err(exists());
+            }
+            if count_in_region(catalog, &ctx.region) >= STREAMS_PER_REGION_MAX {
+                return Err(over_quota());
+            }
+            catalog.next_stream_id = catalog.next_stream_id.max(id + 1);
+            catalog.streams.insert(key.clone(), record.clone());
+            Ok(record.clone())
+        })
+        .await;
     let record = match created {
         Ok(record) => record,
         Err(error) => {

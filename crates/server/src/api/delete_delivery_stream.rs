@@ -20,10 +20,12 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Delete
     // The intent is recorded beside the log first: a crash after it finishes the
     // delete at start-up, instead of taking the log for one whose catalog was lost.
     state.keep_definition(&stream, Lifecycle::Deleting).await.map_err(log_failure)?;
-    let removed = state.update_catalog(|catalog| {
-        catalog.streams.remove(&(ctx.region.clone(), input.name.clone()));
-        Ok(())
-    });
+    let removed = state
+        .update_catalog(|catalog| {
+            catalog.streams.remove(&(ctx.region.clone(), input.name.clone()));
+            Ok(())
+        })
+        .await;
     if let Err(error) = removed {
         if let Err(undo) = state.keep_definition(&stream, Lifecycle::Active).await {
             tracing::warn!(stream = %input.name, error = %undo, "Could not undo the delete mark of a stream whose delete failed.");

@@ -112,19 +112,23 @@ impl AppState {
         &self,
         ctx: &RequestContext,
         name: &str,
-        change: impl FnOnce(&mut StreamRecord) -> Result<(), ApiError>,
+        change: impl Fn(&mut StreamRecord) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
-        let updated = self.update_catalog(|catalog| {
-            let key = (ctx.region.clone(), name.to_string());
-            let current =
-                catalog.streams.get(&key).ok_or_else(|| ApiError::stream_not_found(name, &self.config.account_id))?;
-            let mut stream = (**current).clone();
-            change(&mut stream)?;
-            stream.revision += 1;
-            let stream = Arc::new(stream);
-            catalog.streams.insert(key, stream.clone());
-            Ok(stream)
-        })?;
+        let updated = self
+            .update_catalog(|catalog| {
+                let key = (ctx.region.clone(), name.to_string());
+                let current = catalog
+                    .streams
+                    .get(&key)
+                    .ok_or_else(|| ApiError::stream_not_found(name, &self.config.account_id))?;
+                let mut stream = (**current).clone();
+                change(&mut stream)?;
+                stream.revision += 1;
+                let stream = Arc::new(stream);
+                catalog.streams.insert(key, stream.clone());
+                Ok(stream)
+            })
+            .await?;
         if let Err(error) = self.keep_definition(&updated, Lifecycle::Active).await {
             // The catalog is the authority while it names the stream; the copy is
             // brought up to date at the next start.
@@ -138,12 +142,13 @@ impl AppState {
         self.log.define_stream(stream.id, StreamDefinition::encode(stream, lifecycle)).await
     }
 
-    /// Applies a catalog change; the file write and fsync run off the async workers.
-    pub(crate) fn update_catalog<R>(
+    /// Applies a catalog change (see [`Catalog::update`]: `change` may run more than
+    /// once when other nodes change the same stream meanwhile).
+    pub(crate) async fn update_catalog<R>(
         &self,
-        change: impl FnOnce(&mut crate::catalog::CatalogState) -> Result<R, ApiError>,
+        change: impl Fn(&mut crate::catalog::CatalogState) -> Result<R, ApiError>,
     ) -> Result<R, ApiError> {
-        tokio::task::block_in_place(|| self.catalog.update(change))
+        self.catalog.update(change).await
     }
 }
 

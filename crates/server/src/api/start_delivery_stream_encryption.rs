@@ -48,8 +48,8 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: StartD
             let mut recent = check_can_change(state, ctx, stream)?;
             recent.push(ctx.now_ms);
             stream.encryption.enabled = true;
-            stream.encryption.key_type = Some(key_type);
-            stream.encryption.key_arn = key_arn;
+            stream.encryption.key_type = Some(key_type.clone());
+            stream.encryption.key_arn = key_arn.clone();
             stream.encryption.changed_at_ms = ctx.now_ms;
             stream.encryption.changes_ms = recent;
             Ok(())

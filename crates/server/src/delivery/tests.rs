@@ -72,10 +72,11 @@ impl Harness {
             .update(|catalog| {
                 let id = catalog.next_stream_id;
                 catalog.next_stream_id += 1;
-                let record = StreamRecord::for_test(id, name, destination);
+                let record = StreamRecord::for_test(id, name, destination.clone());
                 catalog.streams.insert(("us-east-1".into(), name.into()), Arc::new(record));
                 Ok::<_, CatalogError>(id)
             })
+            .await
             .unwrap();
         self.state.log.create_stream(id, Vec::new()).await.unwrap();
         id

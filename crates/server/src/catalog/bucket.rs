@@ -1,0 +1,357 @@
+//! The catalog in a replicated key-value bucket (cluster mode): one entry per stream,
+//! `s.<region>.<name>` = the stream's JSON with a `format_version`, and the id counter
+//! `next-id`. Every write is conditional on the revision this node read (create for
+//! a new stream), so two nodes changing one stream at once produce exactly one
+//! winner; the loser reads again and decides again (see [`super::Catalog::update`]).
+//! Every node watches the bucket and applies the others' changes to its in-memory
+//! view, within a second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sluice_jetstream::{Bucket, Change, Error as JsError};
+
+use super::{Catalog, CatalogError, CatalogState, Conflict, StreamRecord};
+
+/// Version of a stream entry's format.
+const ENTRY_FORMAT_VERSION: u32 = 1;
+/// The key of the stream id counter.
+const NEXT_ID_KEY: &str = "next-id";
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    format_version: u32,
+    stream: StreamRecord,
+}
+
+fn key_of(region: &str, name: &str) -> String {
+    format!("s.{region}.{name}")
+}
+
+fn parse_key(key: &str) -> Option<(String, String)> {
+    let rest = key.strip_prefix("s.")?;
+    let (region, name) = rest.split_once('.')?;
+    Some((region.to_string(), name.to_string()))
+}
+
+fn bucket_error(error: JsError) -> CatalogError {
+    CatalogError::Bucket(error.to_string())
+}
+
+fn decode(key: &str, value: &[u8]) -> Result<StreamRecord, CatalogError> {
+    let entry: Entry =
+        serde_json::from_slice(value).map_err(|e| CatalogError::Bucket(format!("entry {key} is unreadable: {e}")))?;
+    if entry.format_version > ENTRY_FORMAT_VERSION {
+        return Err(CatalogError::Bucket(format!(
+            "entry {key} has format version {}, newer than this build",
+            entry.format_version
+        )));
+    }
+    Ok(entry.stream)
+}
+
+/// The bucket, and the revision of each entry as this node last saw it.
+pub struct BucketStore {
+    bucket: Bucket,
+    revisions: Mutex<HashMap<String, u64>>,
+}
+
+impl BucketStore {
+    /// The catalog in `bucket`.
+    pub fn new(bucket: Bucket) -> BucketStore {
+        BucketStore { bucket, revisions: Mutex::new(HashMap::new()) }
+    }
+
+    pub(super) async fn load(&self) -> Result<CatalogState, CatalogError> {
+        let mut state = CatalogState { next_stream_id: 1, streams: Default::default() };
+        for value in self.bucket.load().await.map_err(bucket_error)? {
+            let Some((region, name)) = parse_key(&value.key) else { continue };
+            let stream = decode(&value.key, &value.value)?;
+            state.next_stream_id = state.next_stream_id.max(stream.id + 1);
+            self.revisions.lock().expect("lock").insert(value.key.clone(), value.revision);
+            state.streams.insert((region, name), Arc::new(stream));
+        }
+        Ok(state)
+    }
+
+    /// The stream as the bucket holds it now (`None`: there is none).
+    pub(super) async fn fetch(&self, region: &str, name: &str) -> Result<Option<StreamRecord>, CatalogError> {
+        let key = key_of(region, name);
+        let current = self.bucket.get(&key).await.map_err(bucket_error)?;
+        let mut revisions = self.revisions.lock().expect("lock");
+        match current {
+            Some(value) => {
+                revisions.insert(key.clone(), value.revision);
+                Ok(Some(decode(&key, &value.value)?))
+            }
+            None => {
+                revisions.remove(&key);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes what changed between `before` and `after`, each stream conditionally.
+    pub(super) async fn persist(&self, before: &CatalogState, after: &CatalogState) -> Result<(), Conflict> {
+        let mut lost = Vec::new();
+        for (key, stream) in &after.streams {
+            let unchanged = before.streams.get(key).is_some_and(|old| Arc::ptr_eq(old, stream));
+            if unchanged {
+                continue;
+            }
+            let name = key_of(&key.0, &key.1);
+            let value = Bytes::from(
+                serde_json::to_vec(&Entry { format_version: ENTRY_FORMAT_VERSION, stream: (**stream).clone() })
+                    .expect("entries serialise"),
+            );
+            let known = self.revisions.lock().expect("lock").get(&name).copied();
+            let written = match (before.streams.contains_key(key), known) {
+                (false, _) | (true, None) => self.bucket.create(&name, value).await,
+                (true, Some(revision)) => self.bucket.update(&name, value, revision).await,
+            };
+            match written {
+                Ok(revision) => {
+                    self.revisions.lock().expect("lock").insert(name, revision);
+                }
+                Err(JsError::Conflict(_)) => lost.push(key.clone()),
+                Err(other) => return Err(Conflict::Failed(bucket_error(other))),
+            }
+        }
+        for key in before.streams.keys().filter(|k| !after.streams.contains_key(*k)) {
+            let name = key_of(&key.0, &key.1);
+            let Some(revision) = self.revisions.lock().expect("lock").get(&name).copied() else { continue };
+            match self.bucket.delete(&name, revision).await {
+                Ok(()) => {
+                    self.revisions.lock().expect("lock").remove(&name);
+                }
+                Err(JsError::Conflict(_)) => lost.push(key.clone()),
+                Err(other) => return Err(Conflict::Failed(bucket_error(other))),
+            }
+        }
+        match lost.is_empty() {
+            true => Ok(()),
+            false => Err(Conflict::Lost(lost)),
+        }
+    }
+
+    /// The next stream id, from the counter every node advances with
+    /// compare-and-set: no two nodes ever get the same id.
+    pub(super) async fn reserve_id(&self) -> Result<u64, CatalogError> {
+        loop {
+            let current = self.bucket.get(NEXT_ID_KEY).await.map_err(bucket_error)?;
+            let (id, written) = match current {
+                None => (1, self.bucket.create(NEXT_ID_KEY, Bytes::from("2")).await),
+                Some(value) => {
+                    let id: u64 = std::str::from_utf8(&value.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or_else(|| CatalogError::Bucket("the stream id counter is unreadable".into()))?;
+                    (id, self.bucket.update(NEXT_ID_KEY, Bytes::from((id + 1).to_string()), value.revision).await)
+                }
+            };
+            match written {
+                Ok(_) => return Ok(id),
+                Err(JsError::Conflict(_)) => continue,
+                Err(other) => return Err(bucket_error(other)),
+            }
+        }
+    }
+
+    /// Applies other nodes' changes to `catalog`'s view until `shutdown`. Changes
+    /// this node made itself arrive too, and are applied again harmlessly.
+    pub(super) async fn follow(&self, catalog: &Arc<Catalog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut from = self.revisions.lock().expect("lock").values().copied().max().unwrap_or(0);
+        loop {
+            let mut changes = match self.bucket.watch(from).await {
+                Ok(changes) => changes,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot watch the catalog; retrying.");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let change = tokio::select! {
+                    change = changes.next() => change,
+                    _ = shutdown.changed() => return,
+                };
+                match change {
+                    Some(Ok(Change::Put(value))) => {
+                        from = from.max(value.revision);
+                        let Some((region, name)) = parse_key(&value.key) else { continue };
+                        match decode(&value.key, &value.value) {
+                            Ok(stream) => {
+                                self.revisions.lock().expect("lock").insert(value.key, value.revision);
+                                catalog.apply_remote(&region, &name, Some(stream));
+                            }
+                            Err(error) => tracing::error!(%error, "Skipping a catalog entry this node cannot read."),
+                        }
+                    }
+                    Some(Ok(Change::Deleted { key, revision })) => {
+                        from = from.max(revision);
+                        let Some((region, name)) = parse_key(&key) else { continue };
+                        self.revisions.lock().expect("lock").remove(&key);
+                        catalog.apply_remote(&region, &name, None);
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "The catalog watch failed; watching again.");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two nodes' catalogs on one bucket of a real three-node NATS cluster.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sluice_jetstream::testing::{Cluster, Setup};
+    use sluice_jetstream::{connect, Bucket, JetStreamOptions};
+    use sluice_protocol::destination::{Destination, DestinationKind};
+
+    use super::BucketStore;
+    use crate::catalog::{Catalog, CatalogError, StreamRecord};
+
+    #[derive(Debug, PartialEq)]
+    enum Refusal {
+        Exists,
+        Stale,
+        Catalog(String),
+    }
+
+    impl From<CatalogError> for Refusal {
+        fn from(error: CatalogError) -> Refusal {
+            Refusal::Catalog(error.to_string())
+        }
+    }
+
+    fn record(id: u64, name: &str) -> StreamRecord {
+        let config = serde_json::json!({"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"});
+        let destination =
+            Destination { kind: DestinationKind::ExtendedS3, config: config.as_object().unwrap().clone() };
+        StreamRecord::for_test(id, name, destination)
+    }
+
+    async fn node(cluster: &Cluster) -> (Arc<Catalog>, tokio::sync::watch::Sender<bool>) {
+        let options =
+            JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let bucket = loop {
+            let opened = match connect(&options).await {
+                Ok(connection) => Bucket::open(&connection, &options, "CATALOG", None).await,
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(bucket) => break bucket,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let catalog = Arc::new(Catalog::open_bucket(BucketStore::new(bucket)).await.unwrap());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(catalog.clone().follow(shutdown));
+        (catalog, stop)
+    }
+
+    async fn create(catalog: &Catalog, name: &str) -> Result<u64, Refusal> {
+        let id = catalog.reserve_id().await?;
+        let stream = Arc::new(record(id, name));
+        catalog
+            .update(|state| {
+                let key = ("us-east-1".to_string(), name.to_string());
+                if state.streams.contains_key(&key) {
+                    return Err(Refusal::Exists);
+                }
+                state.streams.insert(key, stream.clone());
+                Ok(id)
+            })
+            .await
+    }
+
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_racing_get_one_winner_and_see_each_others_changes() {
+        let cluster = Cluster::start(Setup::default());
+        let (a, _stop_a) = node(&cluster).await;
+        let (b, _stop_b) = node(&cluster).await;
+        for round in 0..8 {
+            let name = format!("raced-{round}");
+            let (ra, rb) = tokio::join!(create(&a, &name), create(&b, &name));
+            assert!(ra.is_ok() != rb.is_ok(), "exactly one create wins: {ra:?} {rb:?}");
+            assert_eq!(ra.as_ref().err().or(rb.as_ref().err()), Some(&Refusal::Exists), "the other is told it exists");
+            let winner = ra.or(rb).unwrap();
+            assert!(eventually(|| a.get("us-east-1", &name).is_some_and(|s| s.id == winner)).await);
+            assert!(eventually(|| b.get("us-east-1", &name).is_some_and(|s| s.id == winner)).await);
+            // UpdateDestination's rule: only from the version read. Both read 1.
+            let bump = |catalog: Arc<Catalog>, name: String| async move {
+                catalog
+                    .update(|state| {
+                        let key = ("us-east-1".to_string(), name.clone());
+                        let mut stream = (**state.streams.get(&key).expect("created")).clone();
+                        if stream.version_id != 1 {
+                            return Err(Refusal::Stale);
+                        }
+                        stream.version_id = 2;
+                        state.streams.insert(key, Arc::new(stream));
+                        Ok(())
+                    })
+                    .await
+            };
+            let (ua, ub) = tokio::join!(bump(a.clone(), name.clone()), bump(b.clone(), name.clone()));
+            assert!(ua.is_ok() != ub.is_ok(), "exactly one update from version 1 wins: {ua:?} {ub:?}");
+            assert_eq!(ua.err().or(ub.err()), Some(Refusal::Stale), "the other sees version 2 and refuses");
+        }
+        // A delete through one node disappears from the other.
+        a.update(|state| {
+            state.streams.remove(&("us-east-1".to_string(), "raced-0".to_string()));
+            Ok::<(), Refusal>(())
+        })
+        .await
+        .unwrap();
+        assert!(eventually(|| b.get("us-east-1", "raced-0").is_none()).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_ids_are_unique_across_nodes_and_a_new_node_loads_everything() {
+        let cluster = Cluster::start(Setup::default());
+        let (a, _stop_a) = node(&cluster).await;
+        let (b, _stop_b) = node(&cluster).await;
+        let reserve = |catalog: Arc<Catalog>| async move {
+            let mut ids = Vec::new();
+            for _ in 0..25 {
+                ids.push(catalog.reserve_id().await.unwrap());
+            }
+            ids
+        };
+        let (ia, ib) = tokio::join!(reserve(a.clone()), reserve(b.clone()));
+        let all: std::collections::BTreeSet<u64> = ia.iter().chain(&ib).copied().collect();
+        assert_eq!(all.len(), 50, "no id handed out twice");
+        for i in 0..5 {
+            create(&a, &format!("s{i}")).await.unwrap();
+        }
+        let (c, _stop_c) = node(&cluster).await;
+        assert_eq!(c.snapshot().streams.len(), 5);
+        assert!(c.reserve_id().await.unwrap() > *all.iter().max().unwrap());
+    }
+}
