@@ -326,6 +326,16 @@ impl StreamLogs {
         self.revisions.lock().expect("lock").remove(&id);
     }
 
+    /// Whether the servers answer JetStream requests (a quorum of the meta group is
+    /// reachable).
+    pub async fn ping(&self) -> Result<(), Error> {
+        match tokio::time::timeout(self.options.timeout, self.jetstream.query_account()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Request(format!("JetStream does not answer: {e}"))),
+            Err(_) => Err(Error::Request(format!("JetStream did not answer within {:?}", self.options.timeout))),
+        }
+    }
+
     /// Bytes the stream's log holds (its messages not yet purged).
     pub async fn retained_bytes(&self, id: u64) -> Result<u64, Error> {
         let info = self.stream(id).await?.get_info().await.map_err(|e| Error::Request(e.to_string()))?;

@@ -224,7 +224,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Every answered put was already synced; this waits for the log's writers to
     // answer anything still queued, so no request is left hanging.
     wal.shutdown().await;
-    if let Err(reason) = state.log.health() {
+    if let Some(reason) = state.log.fatal() {
         return Err(ServerError::Fatal(reason));
     }
     tracing::info!("Stopped cleanly.");

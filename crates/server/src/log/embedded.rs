@@ -1,0 +1,112 @@
+//! The embedded write-ahead log (`sluice-wal`) as a [`RecordLog`]: one node, the
+//! default backend.
+
+use std::sync::Arc;
+
+use super::{Appended, BoxFuture, Encryption, LogCursor, LogError, RecordLog, StoredRecord};
+
+fn log_error(error: sluice_wal::Error) -> LogError {
+    match error {
+        sluice_wal::Error::Poisoned(reason) => LogError::Fatal(reason),
+        sluice_wal::Error::Key { key_ref, source } => LogError::Key { key_ref, reason: source },
+        sluice_wal::Error::UnknownStream(id) => LogError::UnknownStream(id),
+        sluice_wal::Error::StreamUnavailable { reason, .. } => LogError::StreamUnavailable(reason),
+        other @ sluice_wal::Error::NoSpace { .. } => LogError::NoSpace(other.to_string()),
+        other => LogError::Unavailable(other.to_string()),
+    }
+}
+
+/// The embedded write-ahead log as a [`RecordLog`].
+pub struct WalLog(pub Arc<sluice_wal::Wal>);
+
+struct WalCursor(Option<sluice_wal::Reader>);
+
+impl LogCursor for WalCursor {
+    fn read(&mut self, records_max: usize, bytes_max: usize) -> BoxFuture<'_, Result<Vec<StoredRecord>, LogError>> {
+        Box::pin(async move {
+            // Reads touch files, so they run on the blocking pool.
+            let mut reader = self.0.take().expect("cursor used after a failed read");
+            let (reader, result) = tokio::task::spawn_blocking(move || {
+                let result = reader.read(records_max, bytes_max);
+                (reader, result)
+            })
+            .await
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+            self.0 = Some(reader);
+            result.map_err(log_error)
+        })
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(reader) = &self.0 {
+                reader.wait().await;
+            }
+        })
+    }
+}
+
+/// Runs a blocking call of the embedded log (it fsyncs) off the async workers.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, sluice_wal::Error> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(call).await.map_err(|e| LogError::Unavailable(e.to_string()))?.map_err(log_error)
+}
+
+impl RecordLog for WalLog {
+    fn create_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.create_stream(stream, &definition)))
+    }
+
+    fn define_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.define_stream(stream, &definition)))
+    }
+
+    fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.delete_stream(stream)))
+    }
+
+    fn append(
+        &self,
+        stream: u64,
+        records: Vec<Vec<u8>>,
+        encryption: Encryption,
+    ) -> BoxFuture<'_, Result<Appended, LogError>> {
+        Box::pin(async move { self.0.append(stream, records, encryption).await.map_err(log_error) })
+    }
+
+    fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError> {
+        Ok(Box::new(WalCursor(Some(self.0.reader(stream, from).map_err(log_error)?))))
+    }
+
+    fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.0.clone();
+        Box::pin(blocking(move || wal.commit(stream, seq, state)))
+    }
+
+    fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>> {
+        Box::pin(std::future::ready(self.0.state(stream).map_err(log_error)))
+    }
+
+    fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError> {
+        self.0.undelivered_bytes(stream).map_err(log_error)
+    }
+
+    fn undelivered_bytes_total(&self) -> u64 {
+        self.0.undelivered_bytes_total()
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.0.fatal().borrow().clone()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &*self.0.fatal().borrow() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+}
