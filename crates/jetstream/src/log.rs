@@ -320,10 +320,14 @@ impl StreamLogs {
         Ok(())
     }
 
-    /// Forgets the progress revision this node saw, so that its next commit reads the
-    /// entry again (after taking a stream over).
-    pub fn forget_revision(&self, id: u64) {
+    /// Makes this node the only one that can commit the stream's progress: reads the
+    /// entry afresh and writes it back unchanged, which moves its revision, so a
+    /// node that committed before (and may not know yet that it lost the stream)
+    /// fails its next commit with [`Error::Fenced`].
+    pub async fn take_over(&self, id: u64) -> Result<(), Error> {
         self.revisions.lock().expect("lock").remove(&id);
+        let (acked, state) = self.progress(id).await?;
+        self.commit(id, acked, state).await
     }
 
     /// Whether the servers answer JetStream requests (a quorum of the meta group is

@@ -54,6 +54,148 @@ pub struct RawConfig {
     /// HTTPS for the API.
     #[serde(default)]
     pub tls: RawTlsConfig,
+    /// Where records are kept.
+    #[serde(default)]
+    pub log: RawLogConfig,
+    /// The NATS JetStream cluster, with `[log] backend = "jetstream"`.
+    #[serde(default)]
+    pub jetstream: RawJetStreamConfig,
+}
+
+/// `[log]`: where records are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogConfig {
+    /// `embedded` (default: the write-ahead log in the data directory, one node) or
+    /// `jetstream` (cluster mode, see `[jetstream]`).
+    pub backend: Option<String>,
+}
+
+/// `[jetstream]`: the NATS JetStream cluster Sluice's nodes share (cluster mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJetStreamConfig {
+    /// Server URLs. Default `["nats://127.0.0.1:4222"]`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// User name, with `password`.
+    pub user: Option<String>,
+    /// Password, with `user`.
+    pub password: Option<String>,
+    /// A token.
+    pub token: Option<String>,
+    /// An NKey seed, or `nkey_seed_file`.
+    pub nkey_seed: Option<String>,
+    /// A file holding an NKey seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file.
+    pub creds_file: Option<PathBuf>,
+    /// Require TLS. Default false (`tls://` URLs require it too).
+    pub tls_required: Option<bool>,
+    /// CA certificates (PEM) to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Replicas of every stream and bucket. Default 3.
+    pub replicas: Option<usize>,
+    /// Prefix of Sluice's streams, subjects and buckets. Default `SLUICE`.
+    pub prefix: Option<String>,
+    /// The servers' HTTP monitoring endpoints; when given, each must report
+    /// `sync_always` (`sync_interval: always`) or Sluice refuses to start.
+    #[serde(default)]
+    pub monitoring_urls: Vec<String>,
+    /// Seconds to wait for a connection or a reply. Default 5.
+    pub timeout_s: Option<u64>,
+    /// Seconds a node holds a stream's delivery without renewing it; a dead node's
+    /// streams move after about this long. Default 10.
+    pub lease_s: Option<u64>,
+    /// This node's name among the cluster's nodes (unique). Default: the host name
+    /// and a random suffix.
+    pub node_id: Option<String>,
+    /// A bucket directory every node mounts at the same path (shared storage): local
+    /// buckets are written there instead of `<data-dir>/buckets`. Without it, every
+    /// stream must deliver to an S3-compatible service.
+    pub shared_buckets_dir: Option<PathBuf>,
+}
+
+/// `[jetstream]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How to reach the cluster and lay Sluice out in it.
+    pub options: sluice_jetstream::JetStreamOptions,
+    /// How long a lease lasts.
+    pub lease: std::time::Duration,
+    /// This node's name.
+    pub node_id: String,
+    /// Shared local buckets, if any.
+    pub shared_buckets_dir: Option<PathBuf>,
+}
+
+impl RawJetStreamConfig {
+    fn validate(self, servers_from_flag: Option<Vec<String>>) -> Result<ClusterConfig, ConfigError> {
+        use sluice_jetstream::Credentials;
+        let invalid = |what: &str| ConfigError::Invalid(format!("jetstream: {what}"));
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_string())
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })
+        };
+        let credentials =
+            match (&self.user, &self.password, &self.token, &self.nkey_seed, &self.nkey_seed_file, &self.creds_file) {
+                (None, None, None, None, None, None) => Credentials::None,
+                (Some(user), Some(password), None, None, None, None) => {
+                    Credentials::UserPassword { user: user.clone(), password: password.clone() }
+                }
+                (None, None, Some(token), None, None, None) => Credentials::Token(token.clone()),
+                (None, None, None, Some(seed), None, None) => Credentials::NKeySeed(seed.clone()),
+                (None, None, None, None, Some(file), None) => Credentials::NKeySeed(read(file)?),
+                (None, None, None, None, None, Some(file)) => Credentials::CredsFile(file.clone()),
+                _ => {
+                    return Err(invalid(
+                        "give one way to authenticate: user and password, token, nkey_seed(_file) or creds_file",
+                    ))
+                }
+            };
+        let servers = servers_from_flag.unwrap_or(self.servers);
+        let servers = if servers.is_empty() { vec!["nats://127.0.0.1:4222".to_string()] } else { servers };
+        if let Some(bad) = servers.iter().find(|s| !s.contains("://")) {
+            return Err(invalid(&format!("server {bad:?} is not a URL (nats://HOST:PORT)")));
+        }
+        let replicas = self.replicas.unwrap_or(3);
+        if !(1..=5).contains(&replicas) {
+            return Err(invalid("replicas must be 1 to 5"));
+        }
+        let prefix = self.prefix.unwrap_or_else(|| "SLUICE".into());
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(invalid("prefix must be letters, digits, '-' or '_'"));
+        }
+        let lease_s = self.lease_s.unwrap_or(10);
+        if !(2..=600).contains(&lease_s) {
+            return Err(invalid("lease_s must be 2 to 600"));
+        }
+        let node_id = self.node_id.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+            let host = if host.is_empty() { "node".to_string() } else { host };
+            format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        });
+        if node_id.is_empty() || !node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+            return Err(invalid("node_id must be letters, digits, '-' or '_'"));
+        }
+        let options = sluice_jetstream::JetStreamOptions {
+            servers,
+            credentials,
+            tls_required: self.tls_required.unwrap_or(false),
+            ca_file: self.ca_file,
+            replicas,
+            prefix,
+            monitoring_urls: self.monitoring_urls,
+            timeout: std::time::Duration::from_secs(self.timeout_s.unwrap_or(5).max(1)),
+        };
+        Ok(ClusterConfig {
+            options,
+            lease: std::time::Duration::from_secs(lease_s),
+            node_id,
+            shared_buckets_dir: self.shared_buckets_dir,
+        })
+    }
 }
 
 /// `[tls]`: serve the API over HTTPS (both files, PEM).
@@ -438,6 +580,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Bounds on client connections.
     pub connections: ConnectionLimits,
+    /// Cluster mode on NATS JetStream; `None`: the embedded log (one node).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// What one client connection may hold, and for how long (`[limits]`).
@@ -624,6 +768,31 @@ impl RawConfig {
         data_dir: Option<PathBuf>,
         s3_endpoint: Option<String>,
     ) -> Result<Config, ConfigError> {
+        self.into_config_with(listen, data_dir, s3_endpoint, None)
+    }
+
+    /// [`RawConfig::into_config`], with `--jetstream` servers (which select the
+    /// JetStream backend).
+    pub fn into_config_with(
+        self,
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+        s3_endpoint: Option<String>,
+        jetstream_servers: Option<Vec<String>>,
+    ) -> Result<Config, ConfigError> {
+        let cluster = match (self.log.backend.as_deref(), jetstream_servers) {
+            (None | Some("embedded"), None) => None,
+            (None | Some("jetstream"), Some(servers)) => Some(self.jetstream.validate(Some(servers))?),
+            (Some("jetstream"), None) => Some(self.jetstream.validate(None)?),
+            (Some("embedded"), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "--jetstream selects the jetstream backend; the config says embedded".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(ConfigError::Invalid(format!("log.backend must be embedded or jetstream, got {other:?}")))
+            }
+        };
         let data_dir = data_dir.or(self.data_dir).unwrap_or_else(|| PathBuf::from("./sluice-data"));
         let account_id = self.account_id.unwrap_or_else(|| "000000000000".into());
         if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
@@ -744,6 +913,7 @@ impl RawConfig {
             ));
         }
         Ok(Config {
+            cluster,
             tls,
             connections,
             throttle,
@@ -817,6 +987,35 @@ mod tests {
             "[s3.buckets.b]\nendpoint = \"x\"",
             "[s3.buckets.b]\naccess_key_id = \"id\"\nsecret_access_key_file = \"/nonexistent/secret\"",
             "[s3]\nendpont = \"http://x\"",
+        ] {
+            assert!(config(bad).is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
+    fn the_jetstream_backend_is_chosen_by_config_or_flag_and_validated() {
+        assert!(config("").unwrap().cluster.is_none(), "embedded by default");
+        let c = config("[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [\"nats://a:4222\"]\nnode_id = \"n1\"\nreplicas = 1\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.options.servers.clone(), c.node_id.as_str(), c.options.replicas),
+            (vec!["nats://a:4222".to_string()], "n1", 1)
+        );
+        assert_eq!((c.lease.as_secs(), c.options.prefix.as_str()), (10, "SLUICE"));
+        let raw: RawConfig = toml::from_str("").unwrap();
+        let flag =
+            raw.into_config_with(None, Some("/tmp/unused".into()), None, Some(vec!["nats://b:4222".into()])).unwrap();
+        assert_eq!(flag.cluster.unwrap().options.servers, vec!["nats://b:4222".to_string()]);
+        for bad in [
+            "[log]\nbackend = \"kafka\"",
+            "[log]\nbackend = \"jetstream\"\n[jetstream]\nreplicas = 0",
+            "[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [\"host:4222\"]",
+            "[log]\nbackend = \"jetstream\"\n[jetstream]\nuser = \"u\"",
+            "[log]\nbackend = \"jetstream\"\n[jetstream]\ntoken = \"t\"\nuser = \"u\"\npassword = \"p\"",
+            "[log]\nbackend = \"jetstream\"\n[jetstream]\nprefix = \"a.b\"",
+            "[jetstream]\nreplica = 3",
         ] {
             assert!(config(bad).is_err(), "accepted: {bad}");
         }

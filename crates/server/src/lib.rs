@@ -92,6 +92,9 @@ pub enum ServerError {
     /// Delivery could not be set up.
     #[error("delivery: {0}")]
     Delivery(String),
+    /// The NATS JetStream cluster could not be used.
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     /// Storage failed while running; acknowledged data is safe, the process must stop.
     #[error("stopped after a fatal storage failure: {0}")]
     Fatal(String),
@@ -112,6 +115,125 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let fd_limit = resources::raise_fd_limit(config.connections.connections_max);
     let installation_id = installation::load_or_create(&data_dir)?;
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
+    let metrics = metrics::Metrics::install();
+    // Background tasks of the storage (cluster mode) stop with this.
+    let (background_stop, background) = tokio::sync::watch::channel(false);
+    let storage = match &config.cluster {
+        None => open_embedded(&config, &keys, fd_limit).await?,
+        Some(cluster) => open_cluster(&config, cluster, &keys, background.clone()).await?,
+    };
+    for stream in storage.catalog.snapshot().streams.values() {
+        metrics.register_stream(stream);
+        if let Err(error) = stream.destination.validate() {
+            // Accepted by an older version of Sluice; the data is delivered as it comes.
+            tracing::warn!(stream = %stream.name, error = %error.message, "The stream has a setting this version refuses for new streams.");
+        }
+    }
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        catalog: storage.catalog.clone(),
+        log: storage.log.clone(),
+        keys,
+        metrics,
+        body_kib_in_flight: tokio::sync::Semaphore::new(api::BODY_BYTES_IN_FLIGHT_MAX / 1024),
+        throttle: throttle::Throttle::new(config.throttle.clone()),
+        disk: resources::DiskState::new(data_dir.join("wal")),
+        installation_id,
+    });
+    let ownership_task = storage.ownership.clone().map(|o| tokio::spawn(o.run(state.clone(), background.clone())));
+    let upkeep_state = state.clone();
+    let upkeep = tokio::spawn(async move {
+        for tick in 0u64.. {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            upkeep_state.disk.probe();
+            if tick % 5 == 4 {
+                upkeep_state.metrics.upkeep();
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { address: config.listen, source })?;
+    let address = listener.local_addr().map_err(|source| ServerError::Bind { address: config.listen, source })?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    match &config.cluster {
+        None => println!("Sluice is serving the Firehose API at {scheme}://{address} (data in {})", data_dir.display()),
+        Some(cluster) => println!(
+            "Sluice node {} is serving the Firehose API at {scheme}://{address} (records in NATS JetStream at {})",
+            cluster.node_id,
+            cluster.options.servers.join(",")
+        ),
+    }
+    if config.auth_keys.is_empty() {
+        println!(
+            "Try: AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws firehose list-delivery-streams --endpoint-url http://{address} --region {}",
+            config.region
+        );
+    }
+    tracing::info!(%address, "Listening.");
+    if config.auth_keys.is_empty() {
+        println!("No [auth] keys are configured: requests are accepted without verifying their signatures.");
+    } else {
+        println!("Requests must be signed (SigV4) with one of the {} configured access keys.", config.auth_keys.len());
+    }
+
+    let mut fatal = storage.fatal.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => tracing::info!("Shutting down: no new connections; finishing requests in flight."),
+            _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
+        }
+    };
+    let mut delivery =
+        delivery::Delivery::new(state.clone(), delivery::Clock::system()).map_err(ServerError::Delivery)?;
+    delivery.ownership = storage.ownership.clone();
+    let delivery = delivery::DeliveryEngine::start(delivery);
+    let acceptor = match &config.tls {
+        None => None,
+        Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Tls)?),
+    };
+    serve::serve(listener, acceptor, api::router(state.clone()), config.connections, stop).await;
+    upkeep.abort();
+    // No more puts: deliver what is buffered (no minimum), within a bounded time.
+    delivery.stop(SHUTDOWN_DELIVERY_DEADLINE).await;
+    // Then give the leases back (cluster mode), so other nodes take over at once.
+    let _ = background_stop.send(true);
+    if let Some(task) = ownership_task {
+        let _ = task.await;
+    }
+    // Every answered put was already synced; this waits for the log's writers to
+    // answer anything still queued, so no request is left hanging.
+    if let Some(wal) = &storage.wal {
+        wal.shutdown().await;
+    }
+    if let Some(reason) = state.log.fatal() {
+        return Err(ServerError::Fatal(reason));
+    }
+    tracing::info!("Stopped cleanly.");
+    Ok(())
+}
+
+/// Where records, the catalog and delivery ownership live.
+struct Storage {
+    log: Arc<dyn log::RecordLog>,
+    catalog: Arc<Catalog>,
+    /// The embedded log, when it is the backend.
+    wal: Option<Arc<Wal>>,
+    /// Turns `Some(reason)` after a fatal storage failure.
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
+    /// Cluster mode: which streams this node delivers.
+    ownership: Option<Arc<delivery::ownership::Ownership>>,
+}
+
+/// The embedded log in the data directory, recovered, and the catalog file made to
+/// agree with it.
+async fn open_embedded(
+    config: &Config,
+    keys: &Arc<KeyRegistry>,
+    fd_limit: Option<u64>,
+) -> Result<Storage, ServerError> {
+    let data_dir = &config.data_dir;
     let files_open_max = resources::log_files_open_max(fd_limit, config.connections.connections_max);
     let options = WalOptions { segment_bytes_max: config.segment_bytes_max, files_open_max, ..WalOptions::default() };
     #[cfg(feature = "failpoints")]
@@ -121,7 +243,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let (wal, report) = match Wal::open(&data_dir.join("wal"), options, keys.clone()) {
         Ok(opened) => opened,
-        Err(sluice_wal::Error::Key { key_ref, source }) => return Err(key_unavailable(&keys, &key_ref, &source)),
+        Err(sluice_wal::Error::Key { key_ref, source }) => return Err(key_unavailable(keys, &key_ref, &source)),
         Err(other) => return Err(other.into()),
     };
     // Only now, with every undelivered record's key unwrapped, may a missing master
@@ -145,90 +267,59 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
     }
     let wal = Arc::new(wal);
-    let catalog_found = Catalog::exists(&data_dir);
-    let catalog = Catalog::open(&data_dir)?;
+    let catalog_found = Catalog::exists(data_dir);
+    let catalog = Catalog::open(data_dir)?;
     reconcile::reconcile(&catalog, &wal, catalog_found).await?;
     report_recovery(&catalog, &report);
-    let metrics = metrics::Metrics::install();
     ::metrics::counter!("sluice_wal_quarantined_regions").absolute(report.quarantined.len() as u64);
     ::metrics::counter!("sluice_wal_torn_tail_bytes").absolute(report.torn_tail_bytes);
     ::metrics::counter!("sluice_wal_missing_ranges").absolute(report.gaps.len() as u64);
     let missing: u64 = report.gaps.iter().map(|g| g.last_seq - g.first_seq + 1).sum();
     ::metrics::counter!("sluice_wal_missing_records").absolute(missing);
     ::metrics::gauge!("sluice_wal_unavailable_streams").set(wal.failed_streams().len() as f64);
-    for stream in catalog.snapshot().streams.values() {
-        metrics.register_stream(stream);
-        if let Err(error) = stream.destination.validate() {
-            // Accepted by an older version of Sluice; the data is delivered as it comes.
-            tracing::warn!(stream = %stream.name, error = %error.message, "The stream has a setting this version refuses for new streams.");
-        }
-    }
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        catalog,
+    Ok(Storage {
         log: Arc::new(WalLog(wal.clone())),
-        keys,
-        metrics,
-        body_kib_in_flight: tokio::sync::Semaphore::new(api::BODY_BYTES_IN_FLIGHT_MAX / 1024),
-        throttle: throttle::Throttle::new(config.throttle.clone()),
-        disk: resources::DiskState::new(data_dir.join("wal")),
-        installation_id,
-    });
-    let upkeep_state = state.clone();
-    let upkeep = tokio::spawn(async move {
-        for tick in 0u64.. {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            upkeep_state.disk.probe();
-            if tick % 5 == 4 {
-                upkeep_state.metrics.upkeep();
-            }
-        }
-    });
+        catalog: Arc::new(catalog),
+        fatal: wal.fatal(),
+        wal: Some(wal),
+        ownership: None,
+    })
+}
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
+/// Cluster mode: the log, catalog and leases in NATS JetStream, after checking
+/// that the servers can keep Sluice's durability promise.
+async fn open_cluster(
+    config: &Config,
+    cluster: &config::ClusterConfig,
+    keys: &Arc<KeyRegistry>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Storage, ServerError> {
+    let unavailable = |e: sluice_jetstream::Error| ServerError::Cluster(e.to_string());
+    let connection = sluice_jetstream::connect(&cluster.options).await.map_err(unavailable)?;
+    let options = cluster.options.clone();
+    let logs = sluice_jetstream::StreamLogs::open(&connection, options.clone(), cluster.node_id.clone())
         .await
-        .map_err(|source| ServerError::Bind { address: config.listen, source })?;
-    let address = listener.local_addr().map_err(|source| ServerError::Bind { address: config.listen, source })?;
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    println!("Sluice is serving the Firehose API at {scheme}://{address} (data in {})", data_dir.display());
-    if config.auth_keys.is_empty() {
-        println!(
-            "Try: AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws firehose list-delivery-streams --endpoint-url http://{address} --region {}",
-            config.region
-        );
-    }
-    tracing::info!(%address, "Listening.");
-    if config.auth_keys.is_empty() {
-        println!("No [auth] keys are configured: requests are accepted without verifying their signatures.");
-    } else {
-        println!("Requests must be signed (SigV4) with one of the {} configured access keys.", config.auth_keys.len());
-    }
-
-    let mut fatal = wal.fatal();
-    let stop = async move {
-        tokio::select! {
-            () = shutdown => tracing::info!("Shutting down: no new connections; finishing requests in flight."),
-            _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
-        }
-    };
-    let delivery = delivery::Delivery::new(state.clone(), delivery::Clock::system()).map_err(ServerError::Delivery)?;
-    let delivery = delivery::DeliveryEngine::start(delivery);
-    let acceptor = match &config.tls {
-        None => None,
-        Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Tls)?),
-    };
-    serve::serve(listener, acceptor, api::router(state.clone()), config.connections, stop).await;
-    upkeep.abort();
-    // No more puts: deliver what is buffered (no minimum), within a bounded time.
-    delivery.stop(SHUTDOWN_DELIVERY_DEADLINE).await;
-    // Every answered put was already synced; this waits for the log's writers to
-    // answer anything still queued, so no request is left hanging.
-    wal.shutdown().await;
-    if let Some(reason) = state.log.fatal() {
-        return Err(ServerError::Fatal(reason));
-    }
-    tracing::info!("Stopped cleanly.");
-    Ok(())
+        .map_err(unavailable)?;
+    let (log, refresh) = log::JetStreamLog::new(logs, config.buffer_bytes_per_stream_max, shutdown.clone());
+    tokio::spawn(refresh);
+    let bucket = sluice_jetstream::Bucket::open(&connection, &options, "CATALOG", None).await.map_err(unavailable)?;
+    let catalog = Arc::new(Catalog::open_bucket(catalog::BucketStore::new(bucket)).await?);
+    tokio::spawn(catalog.clone().follow(shutdown));
+    let nodes = sluice_jetstream::Bucket::open(&connection, &options, "NODES", Some(cluster.lease))
+        .await
+        .map_err(unavailable)?;
+    let leases = sluice_jetstream::Bucket::open(&connection, &options, "LEASES", Some(cluster.lease))
+        .await
+        .map_err(unavailable)?;
+    let ownership = delivery::ownership::Ownership::new(cluster.node_id.clone(), nodes, leases, cluster.lease);
+    // Encrypted streams' records are refused in cluster mode for now (see
+    // log/jetstream.rs); the key is still needed to answer encryption requests.
+    keys.ensure_master()?;
+    tracing::info!(node = %cluster.node_id, version = %connection.server_version, "Cluster mode: records, catalog and leases in NATS JetStream.");
+    // Never fires: JetStream being unreachable is unhealthy, not fatal.
+    let (fatal_sender, fatal) = tokio::sync::watch::channel(None);
+    std::mem::forget(fatal_sender);
+    Ok(Storage { log: Arc::new(log), catalog, fatal, wal: None, ownership: Some(Arc::new(ownership)) })
 }
 
 /// Why the log cannot be opened with the keys at hand, and what to do about it.

@@ -66,6 +66,10 @@ struct ServeArgs {
     /// The certificate's private key (PEM).
     #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Cluster mode: keep records, the catalog and delivery ownership in this NATS
+    /// JetStream cluster (`nats://HOST:PORT[,nats://HOST:PORT...]`); see `[jetstream]`.
+    #[arg(long, env = "SLUICE_JETSTREAM", value_delimiter = ',')]
+    jetstream: Option<Vec<String>>,
 }
 
 #[derive(Args)]
@@ -89,7 +93,8 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
     };
-    let mut config = raw.into_config(args.listen, args.data_dir.clone(), args.s3_endpoint.clone())?;
+    let mut config =
+        raw.into_config_with(args.listen, args.data_dir.clone(), args.s3_endpoint.clone(), args.jetstream.clone())?;
     config.allow_anonymous |= args.allow_anonymous;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some((cert.clone(), key.clone()));

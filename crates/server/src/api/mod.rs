@@ -41,7 +41,7 @@ pub struct AppState {
     /// Validated configuration.
     pub config: Config,
     /// Stream definitions.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// Where records go.
     pub log: Arc<dyn RecordLog>,
     /// Encryption keys.

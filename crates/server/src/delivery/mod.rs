@@ -12,6 +12,7 @@ mod http;
 pub mod key;
 mod lambda;
 mod lane;
+pub mod ownership;
 mod process;
 mod progress;
 pub mod store;
@@ -78,6 +79,8 @@ pub struct Delivery {
     batch_kib_in_flight: tokio::sync::Semaphore,
     /// The namespace of this installation's batch uuids.
     namespace: uuid::Uuid,
+    /// In cluster mode, which streams this node delivers; `None`: all of them.
+    pub ownership: Option<Arc<ownership::Ownership>>,
 }
 
 /// Batch bytes held in memory for delivery at once, across all streams (each
@@ -109,7 +112,7 @@ impl Delivery {
         let lambda = lambda::LambdaInvoker::new(&state.config.lambda, &state.config.http)?;
         let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);
         let namespace = key::installation_namespace(&state.installation_id);
-        Ok(Delivery { state, store, clock, http, lambda, batch_kib_in_flight, namespace })
+        Ok(Delivery { state, store, clock, http, lambda, batch_kib_in_flight, namespace, ownership: None })
     }
 }
 
@@ -146,18 +149,27 @@ async fn supervise(delivery: Arc<Delivery>, mut signal: watch::Receiver<bool>) {
         // since the last pass gets a worker too, which flushes what it holds.
         let stopping = *signal.borrow();
         let streams = delivery.state.catalog.snapshot().streams;
+        let owned = |id: u64| delivery.ownership.as_ref().is_none_or(|o| o.owns(id));
         for stream in streams.values() {
             delivery.state.metrics.name_stream(stream.id, &stream.name);
             let start = match workers.get(&stream.id) {
                 None => true,
                 Some(worker) => worker.is_finished() && !stopping,
             };
-            if start && stream.status(delivery.clock.now_ms()) == "ACTIVE" {
+            if start && owned(stream.id) && stream.status(delivery.clock.now_ms()) == "ACTIVE" {
                 let worker = tokio::spawn(worker::run(delivery.clone(), stream.id, signal.clone()));
                 workers.insert(stream.id, worker);
             }
         }
-        workers.retain(|id, worker| !worker.is_finished() || streams.values().any(|s| s.id == *id));
+        workers.retain(|id, worker| {
+            if !owned(*id) {
+                // The lease went to another node: stop at once, whatever is in flight
+                // (its commits would be refused; the new owner redoes the batch).
+                worker.abort();
+                return false;
+            }
+            !worker.is_finished() || streams.values().any(|s| s.id == *id)
+        });
         if stopping {
             break;
         }

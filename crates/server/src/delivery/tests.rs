@@ -38,7 +38,7 @@ impl Harness {
         let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &[]).unwrap());
         let (wal, _) = Wal::open(&dir.path().join("wal"), WalOptions::default(), keys.clone()).unwrap();
         let state = Arc::new(AppState {
-            catalog: Catalog::open(dir.path()).unwrap(),
+            catalog: Arc::new(Catalog::open(dir.path()).unwrap()),
             config,
             log: Arc::new(WalLog(Arc::new(wal))),
             keys,

@@ -86,10 +86,12 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
         state: delivery.state.clone(),
         progress: Mutex::new(Progress::decode(stream_id, blob.as_deref())),
     });
-    let mut lanes: HashMap<LaneKind, JoinHandle<()>> = HashMap::new();
+    // Aborted with the worker (a stream handed to another node), not left running.
+    let mut lanes = Lanes(HashMap::new());
     while let Some(stream) = delivery.state.catalog.get_by_id(stream_id) {
         for kind in LaneKind::ALL {
             let recorded = progress.progress.lock().await.lanes.get(kind.name()).cloned();
+            let lanes = &mut lanes.0;
             // A lane with a batch in progress finishes it even if the destination
             // changed since: that batch was promised.
             let wanted = kind.target(&stream.destination).is_some()
@@ -117,7 +119,18 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
     }
     // Lanes watch the same shutdown signal (or the stream's deletion) and end by
     // themselves; the engine bounds how long this may take.
-    for lane in lanes.into_values() {
+    for lane in std::mem::take(&mut lanes.0).into_values() {
         let _ = lane.await;
+    }
+}
+
+/// A worker's lane tasks, aborted if the worker is dropped before it awaited them.
+struct Lanes(HashMap<LaneKind, JoinHandle<()>>);
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        for lane in self.0.values() {
+            lane.abort();
+        }
     }
 }

@@ -87,6 +87,10 @@ impl RecordLog for WalLog {
         Box::pin(blocking(move || wal.commit(stream, seq, state)))
     }
 
+    fn take_over(&self, _stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>> {
         Box::pin(std::future::ready(self.0.state(stream).map_err(log_error)))
     }

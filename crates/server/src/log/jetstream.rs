@@ -153,6 +153,10 @@ impl RecordLog for JetStreamLog {
         Box::pin(async move { self.logs.commit(stream, seq, Some(state)).await.map_err(log_error) })
     }
 
+    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move { self.logs.take_over(stream).await.map_err(log_error) })
+    }
+
     fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>> {
         Box::pin(async move { Ok(self.logs.progress(stream).await.map_err(log_error)?.1) })
     }

@@ -87,6 +87,10 @@ pub trait RecordLog: Send + Sync + 'static {
     /// `seq` (never moving back; the log may then drop them) and replaces the
     /// delivery state, an opaque blob of at most 64 KiB (empty for none).
     fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Makes this node the only one whose commits the stream's log accepts, before
+    /// it delivers a stream another node delivered (cluster mode); a former owner's
+    /// later commits fail. Nothing to do for a log only one node uses.
+    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>>;
     /// The delivery state last committed, if any.
     fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>>;
     /// Bytes the log holds for a stream's records not yet acknowledged (for
