@@ -116,11 +116,15 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path / "data").start()
+def server(request, tmp_path):
+    s = start_backend(request, tmp_path)
     yield s
-    if s.proc.poll() is None:
-        assert s.stop() == 0, s.log.read_text()
+    try:
+        if s.proc.poll() is None:
+            assert s.stop() == 0, s.log.read_text()
+    finally:
+        if hasattr(s, "close"):
+            s.close()
 
 
 @pytest.fixture
@@ -145,3 +149,33 @@ def make_stream(client, name, **kwargs):
     kwargs.setdefault("ExtendedS3DestinationConfiguration", S3_CONFIG)
     client.create_delivery_stream(DeliveryStreamName=name, **kwargs)
     return wait_active(client, name)
+
+
+# Cluster mode (issue 11): modules that set `BACKENDS = ("embedded", "cluster")` run
+# their `server` tests against three Sluice nodes on a three-node NATS cluster too;
+# a test marked `embedded_only` (with its reason) stays on one node.
+def pytest_configure(config):
+    config.addinivalue_line("markers", "embedded_only(reason): a test of what only the embedded log does")
+
+
+def pytest_generate_tests(metafunc):
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends and "server" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("embedded_only"):
+        metafunc.parametrize("backend", backends)
+
+
+@pytest.fixture(scope="session")
+def nats(tmp_path_factory):
+    from cluster import NatsCluster
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    yield cluster
+    cluster.stop()
+
+
+def start_backend(request, tmp_path, **server_args):
+    """One server for the test's backend: a single node, or a cluster of three."""
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "embedded"
+    if backend == "embedded":
+        return Server(tmp_path / "data", **server_args).start()
+    from cluster import SluiceCluster
+    return SluiceCluster(tmp_path / "cluster", request.getfixturevalue("nats"), **server_args).start()

@@ -95,11 +95,24 @@ pub async fn connect(options: &JetStreamOptions) -> Result<Connection, Error> {
         )));
     }
     let jetstream = jetstream::new(client.clone());
-    let account = jetstream.query_account().await.map_err(|e| {
-        Error::Unfit(format!(
-            "JetStream is not available to this account ({e}); enable it with a `jetstream {{}}` block"
-        ))
-    })?;
+    // A cluster that is still electing its JetStream leader does not answer yet:
+    // nodes started together with their NATS servers wait for it (a while), rather
+    // than fail; a server without JetStream answers at once and is refused.
+    let mut waited = 0;
+    let account = loop {
+        match jetstream.query_account().await {
+            Ok(account) => break account,
+            Err(e) if e.kind() == jetstream::context::AccountErrorKind::TimedOut && waited < ACCOUNT_WAITS_MAX => {
+                waited += 1;
+                tracing::info!(server = %info.server_name, "JetStream does not answer yet (a leader being elected?); waiting.");
+            }
+            Err(e) => {
+                return Err(Error::Unfit(format!(
+                    "JetStream is not available to this account ({e}); enable it with a `jetstream {{}}` block"
+                )))
+            }
+        }
+    };
     if account.limits.max_storage == Some(0) {
         return Err(Error::Unfit(
             "the account has no JetStream file storage (max_storage 0); Sluice keeps records in file-backed streams"
@@ -110,6 +123,10 @@ pub async fn connect(options: &JetStreamOptions) -> Result<Connection, Error> {
     tracing::info!(server = %info.server_name, version = %info.version, "Connected to NATS JetStream.");
     Ok(Connection { client, jetstream, server_version: info.version })
 }
+
+/// How many times the account query may time out at connect (each after the
+/// client's request timeout) before Sluice gives up on a forming cluster.
+const ACCOUNT_WAITS_MAX: u32 = 6;
 
 /// Asks each monitoring endpoint (`/varz`) whether its server fsyncs every write
 /// before acknowledging it (`sync_interval: always`).

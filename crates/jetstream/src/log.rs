@@ -346,6 +346,12 @@ impl StreamLogs {
         Ok(info.state.bytes)
     }
 
+    /// The sequence of the stream's last message (0: none yet).
+    pub async fn last_message(&self, id: u64) -> Result<u64, Error> {
+        let info = self.stream(id).await?.get_info().await.map_err(|e| Error::Request(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+
     async fn stream(&self, id: u64) -> Result<stream::Stream, Error> {
         self.jetstream.get_stream(self.stream_name(id)).await.map_err(|e| match e.to_string() {
             reason if reason.contains("not found") => Error::UnknownStream(id),

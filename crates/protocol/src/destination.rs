@@ -274,6 +274,21 @@ impl Destination {
         S3Settings::from_config(self.config.get(member)?.as_object()?)
     }
 
+    /// Every bucket the destination may write to: its own, its backup's, and an
+    /// HTTP endpoint's `S3Configuration` (failed records go there in any mode).
+    pub fn buckets(&self) -> Vec<String> {
+        let mut buckets: Vec<String> =
+            self.s3_settings().into_iter().chain(self.backup_s3_settings()).map(|s| s.bucket).collect();
+        if self.kind == DestinationKind::HttpEndpoint {
+            let failed =
+                self.config.get("S3Configuration").and_then(Value::as_object).and_then(S3Settings::from_config);
+            buckets.extend(failed.map(|s| s.bucket));
+        }
+        buckets.sort();
+        buckets.dedup();
+        buckets
+    }
+
     /// The description with Firehose's defaults filled in. An S3 or ExtendedS3
     /// destination is described both ways, as Firehose does.
     pub fn describe(&self, destination_id: &str) -> DestinationDescription {

@@ -55,6 +55,7 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Create
     }
     destination.validate()?;
     super::check_queries(destination)?;
+    super::check_buckets_shared(state, destination)?;
     let encryption = match &input.encryption {
         Some(requested) => {
             let (key_type, key_arn) = check_encryption(state, requested)?;

@@ -191,6 +191,29 @@ pub(crate) fn log_failure(error: LogError) -> ApiError {
 /// `InvalidKMSResourceException` for a key that cannot be used.
 /// Refuses a MetadataExtraction query that jaq cannot compile, at creation and
 /// update rather than on every batch.
+/// In cluster mode, delivery moves between nodes: a bucket in the local directory
+/// is only the same bucket on every node when the nodes share it
+/// (`[jetstream] shared_buckets_dir`). Without that, a stream writing to a local
+/// bucket would scatter its objects over the nodes' disks, so it is refused.
+pub(crate) fn check_buckets_shared(
+    state: &AppState,
+    destination: &sluice_protocol::destination::Destination,
+) -> Result<(), ApiError> {
+    let Some(cluster) = &state.config.cluster else { return Ok(()) };
+    if cluster.shared_buckets_dir.is_some() {
+        return Ok(());
+    }
+    match destination.buckets().into_iter().find(|b| state.config.s3.target(b).endpoint.is_none()) {
+        None => Ok(()),
+        Some(bucket) => Err(ApiError::new(
+            ErrorCode::InvalidArgumentException,
+            format!(
+                "Bucket {bucket} would be a local directory on whichever node delivers: in cluster mode, configure an S3-compatible endpoint for it ([s3] or [s3.buckets.{bucket}]) or a bucket directory every node shares ([jetstream] shared_buckets_dir)."
+            ),
+        )),
+    }
+}
+
 pub(crate) fn check_queries(destination: &sluice_protocol::destination::Destination) -> Result<(), ApiError> {
     let query = destination.processing().and_then(|chain| chain.metadata_query);
     match query.map(|q| sluice_processing::jq::check(&q)) {

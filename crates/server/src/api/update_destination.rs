@@ -40,6 +40,7 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Update
             let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
             let updated = stream.destination.apply_with(update, &options)?;
             super::check_queries(&updated)?;
+            super::check_buckets_shared(state, &updated)?;
             stream.destination = updated;
             stream.version_id += 1;
             stream.last_update_ms = Some(ctx.now_ms);

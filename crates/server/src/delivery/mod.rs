@@ -94,7 +94,14 @@ impl Delivery {
     /// Delivery for `state`'s streams, to the stores its configuration names. Fails
     /// if the HTTP client cannot be set up (an unreadable extra CA).
     pub fn new(state: Arc<AppState>, clock: Clock) -> Result<Delivery, String> {
-        let store = Store::new(state.config.data_dir.join("buckets"), state.config.s3.clone());
+        // In cluster mode, local buckets live only in the directory every node shares.
+        let local = match &state.config.cluster {
+            Some(crate::config::ClusterConfig { shared_buckets_dir: Some(dir), node_id, .. }) => {
+                store::LocalBuckets::shared(dir.clone(), node_id)
+            }
+            _ => store::LocalBuckets::new(state.config.data_dir.join("buckets")),
+        };
+        let store = Store::new(local, state.config.s3.clone());
         match store.clean_temporary_files() {
             Ok(0) => {}
             Ok(n) => tracing::info!(n_files = n, "Removed temporary files of object writes a crash interrupted."),

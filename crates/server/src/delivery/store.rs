@@ -71,6 +71,14 @@ impl LocalBuckets {
         LocalBuckets { root, tmp }
     }
 
+    /// Buckets under `root` shared by the nodes of a cluster: each node writes its
+    /// temporary files in its own directory, so that one starting up never removes
+    /// another's write in progress.
+    pub fn shared(root: PathBuf, node_id: &str) -> LocalBuckets {
+        let tmp = root.join(TMP_DIR).join(node_id);
+        LocalBuckets { root, tmp }
+    }
+
     /// Removes whatever temporary files a crash left (none of them was ever an
     /// object). Run at start, before delivery.
     pub fn clean_temporary_files(&self) -> std::io::Result<usize> {
@@ -230,9 +238,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Local buckets live under `local_root`; the others where `s3` says.
-    pub fn new(local_root: PathBuf, s3: S3Config) -> Store {
-        Store { local: LocalBuckets::new(local_root), s3, clients: Mutex::default() }
+    /// Local buckets are `local`; the others where `s3` says.
+    pub fn new(local: LocalBuckets, s3: S3Config) -> Store {
+        Store { local, s3, clients: Mutex::default() }
     }
 
     /// Removes the temporary files of local writes a crash interrupted.

