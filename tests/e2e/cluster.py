@@ -134,6 +134,8 @@ class SluiceCluster:
         self.prefix = "T" + uuid.uuid4().hex[:12].upper()
         self.data_dir = root / "shared"
         (self.data_dir / "buckets").mkdir(parents=True)
+        self.data_dir.chmod(0o700)
+        (self.data_dir / "buckets").chmod(0o700)
         servers = ", ".join(f'"{u}"' for u in nats.urls)
         monitoring = ", ".join(f'"{u}"' for u in nats.monitoring_urls)
         shared = f'shared_buckets_dir = "{self.data_dir / "buckets"}"\n' if shared_buckets else ""
@@ -147,6 +149,9 @@ class SluiceCluster:
             node = Server(root / f"node-{i}", extra_config=cluster + extra_config, **server_args)
             self.nodes.append(node)
         self.endpoint = self.nodes[0].endpoint
+        self.port = self.nodes[0].port
+        self.endpoints = [n.endpoint for n in self.nodes]
+        self.data_dirs = [self.data_dir] + [n.data_dir for n in self.nodes]
         self.config = self.nodes[0].config
         self.log = self.nodes[0].log
 
@@ -172,8 +177,8 @@ class SluiceCluster:
         running = self.running()
         return running[0].proc if running else self.nodes[0].proc
 
-    def client(self, **kwargs):
-        return RoundRobin([n.client(**kwargs) for n in self.running()])
+    def client(self, *args, **kwargs):
+        return RoundRobin([n.client(*args, **kwargs) for n in self.running()])
 
     def dump(self, stream=None, region="us-east-1", log=None):
         assert log is None, "cluster mode has no log directories"

@@ -47,6 +47,9 @@ class Server:
         self.port = free_port()
         self.listen_host = listen_host
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        # Every node's endpoint (one here; a cluster has several).
+        self.endpoints = [self.endpoint]
+        self.data_dirs = [data_dir]
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self.config.write_text(
             f"transition_ms = {transition_ms}\n"
@@ -90,6 +93,9 @@ class Server:
                 time.sleep(0.02)
         raise RuntimeError("sluice did not become healthy")
 
+    def logs(self) -> str:
+        return self.log.read_text()
+
     def stop(self, timeout=30) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
@@ -116,7 +122,13 @@ class Server:
 
 
 @pytest.fixture
-def server(request, tmp_path):
+def backend():
+    """Which log the test's server uses; modules with `BACKENDS` parametrise it."""
+    return "embedded"
+
+
+@pytest.fixture
+def server(request, backend, tmp_path):
     s = start_backend(request, tmp_path)
     yield s
     try:
@@ -160,7 +172,7 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     backends = getattr(metafunc.module, "BACKENDS", None)
-    if backends and "server" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("embedded_only"):
+    if backends and "backend" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("embedded_only"):
         metafunc.parametrize("backend", backends)
 
 
@@ -174,7 +186,7 @@ def nats(tmp_path_factory):
 
 def start_backend(request, tmp_path, **server_args):
     """One server for the test's backend: a single node, or a cluster of three."""
-    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "embedded"
+    backend = request.getfixturevalue("backend")
     if backend == "embedded":
         return Server(tmp_path / "data", **server_args).start()
     from cluster import SluiceCluster

@@ -12,6 +12,8 @@ from botocore.exceptions import ClientError
 
 from conftest import CMK_DISABLED, CMK_ENABLED, S3_CONFIG, TRANSITION_MS, make_stream
 
+BACKENDS = ("embedded", "cluster")
+
 
 def error_of(excinfo):
     e = excinfo.value.response
@@ -102,6 +104,7 @@ def wait_encryption(fh, name, status):
     raise AssertionError(f"encryption of {name} never became {status}")
 
 
+@pytest.mark.embedded_only("cluster mode refuses puts to encrypted streams until issue 11's encryption lands")
 def test_encryption_at_rest(server, fh):
     make_stream(fh, "secret")
     plain = fh.put_record(DeliveryStreamName="secret", Record={"Data": b"PLAINTEXT-RECORD-0"})
@@ -197,6 +200,7 @@ def test_aws_cli(server, fh):
     assert [base64.b64decode(r["data"]) for r in server.dump("cli")] == [b"hello from the cli"]
 
 
+@pytest.mark.embedded_only("cluster mode refuses puts to encrypted streams until issue 11's encryption lands")
 def test_a_disabled_key_refuses_puts_and_old_records_stay_readable(server, fh):
     make_stream(fh, "cmk", DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": CMK_ENABLED})
     assert fh.put_record(DeliveryStreamName="cmk", Record={"Data": b"TOP-SECRET-BEFORE"})["Encrypted"] is True
@@ -217,7 +221,7 @@ def test_data_files_are_owner_only(server, fh):
     make_stream(fh, "private")
     fh.put_record(DeliveryStreamName="private", Record={"Data": b"x"})
     assert server.stop() == 0
-    for root, dirs, files in os.walk(server.data_dir):
+    for root, dirs, files in (w for d in server.data_dirs for w in os.walk(d)):
         for name in dirs + files:
             mode = os.stat(os.path.join(root, name)).st_mode & 0o077
             assert mode == 0, f"{os.path.join(root, name)} is readable by others: {oct(mode)}"

@@ -16,7 +16,9 @@ from contextlib import contextmanager
 import boto3
 import pytest
 
-from conftest import S3_CONFIG, Server, free_port, make_stream
+from conftest import S3_CONFIG, Server, free_port, make_stream, start_backend
+
+BACKENDS = ("embedded", "cluster")
 from test_fatal import FAILPOINTS_BIN
 from test_delivery import KEY, bucket, hints, objects
 
@@ -55,13 +57,14 @@ def wait_for_keys(s3, bucket_name, n=1, timeout=15):
     return found
 
 
-def test_delivery_to_a_real_s3_compatible_server(tmp_path):
+def test_delivery_to_a_real_s3_compatible_server(request, backend, tmp_path):
     with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test")
         retry_until_up(lambda: s3.create_bucket(Bucket="landing"))
-        server = Server(tmp_path / "data", extra_config=f'[s3]\nendpoint = "{endpoint}"\n',
-                        env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}).start()
+        server = start_backend(request, tmp_path, extra_config=f'[s3]\nendpoint = "{endpoint}"\n',
+                               env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+        request.addfinalizer(getattr(server, "close", lambda: None))
         fh = server.client()
         for name, bucket_name in (("tos3", "landing"), ("later", "not-yet")):
             make_stream(fh, name, ExtendedS3DestinationConfiguration=dict(
@@ -101,7 +104,7 @@ def test_delivery_to_a_real_s3_compatible_server(tmp_path):
         assert server.stop() == 0
 
 
-def test_config_credentials_bucket_overrides_multipart_and_backup(tmp_path):
+def test_config_credentials_bucket_overrides_multipart_and_backup(request, backend, tmp_path):
     """moto here verifies signatures against IAM users (after 4 unauthenticated setup
     calls), so the upload only succeeds with the credentials from Sluice's config
     file, not the wrong ones in its environment."""
@@ -120,8 +123,9 @@ def test_config_credentials_bucket_overrides_multipart_and_backup(tmp_path):
         config = (f'[s3]\nmultipart_part_mib = 5\n'
                   f'[s3.buckets.remote]\nendpoint = "{endpoint}"\naccess_key_id = "{key["AccessKeyId"]}"\n'
                   f'secret_access_key_file = "{secret_file}"\n')
-        server = Server(tmp_path / "data", extra_config=config,
-                        env={"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"}).start()
+        server = start_backend(request, tmp_path, extra_config=config,
+                               env={"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong"})
+        request.addfinalizer(getattr(server, "close", lambda: None))
         fh = server.client()
         local_copy = bucket(server, "local-copy")
         make_stream(fh, "big", ExtendedS3DestinationConfiguration=dict(
@@ -149,7 +153,7 @@ def test_config_credentials_bucket_overrides_multipart_and_backup(tmp_path):
         assert (local_copy / backup_key).read_bytes() == expected, "the backup holds the source records"
         assert KEY.match(backup_key)["uuid"] != KEY.match(remote_key)["uuid"]
         assert server.dump("big") == [], "delivered by both lanes: nothing left in the log"
-        assert "SignatureDoesNotMatch" not in server.log.read_text() and "InvalidAccessKeyId" not in server.log.read_text()
+        assert "SignatureDoesNotMatch" not in server.logs() and "InvalidAccessKeyId" not in server.logs()
 
 
 @pytest.mark.skipif(not FAILPOINTS_BIN.exists() and not os.environ.get("CI"), reason="needs the failpoints build")

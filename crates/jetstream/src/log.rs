@@ -168,8 +168,10 @@ impl StreamLogs {
     }
 
     /// Creates the stream's log: a file-backed JetStream stream replicated as
-    /// configured, refusing new messages (never dropping old ones) past `bytes_max`.
-    pub async fn create_stream(&self, id: u64, bytes_max: u64) -> Result<(), Error> {
+    /// configured, refusing new messages (never dropping old ones) past `bytes_max`
+    /// if given. JetStream reserves a limited stream's whole `bytes_max` in every
+    /// replica's storage up front, so a limit is only for streams known to be few.
+    pub async fn create_stream(&self, id: u64, bytes_max: Option<u64>) -> Result<(), Error> {
         let config = stream::Config {
             name: self.stream_name(id),
             description: Some(format!("Sluice: records of delivery stream {id:016x}")),
@@ -178,7 +180,7 @@ impl StreamLogs {
             num_replicas: self.options.replicas,
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::New,
-            max_bytes: i64::try_from(bytes_max).unwrap_or(i64::MAX),
+            max_bytes: bytes_max.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
             max_message_size: COMMIT_BYTES_MAX as i32,
             duplicate_window: DUPLICATE_WINDOW,
             allow_direct: true,
@@ -241,6 +243,8 @@ impl StreamLogs {
             jetstream: self.jetstream.clone(),
             stream_name: self.stream_name(id),
             next_seq: from,
+            consumed: message::message_seq(from).saturating_sub(1),
+            timeout: self.options.timeout,
             messages: None,
             ready: std::collections::VecDeque::new(),
         }
@@ -466,6 +470,10 @@ pub struct Cursor {
     jetstream: jetstream::Context,
     stream_name: String,
     next_seq: u64,
+    /// The last message taken from the consumer (or the one before the start).
+    consumed: u64,
+    /// How long a message known to be stored may take to arrive.
+    timeout: Duration,
     messages: Option<consumer::pull::Ordered>,
     ready: std::collections::VecDeque<StoredRecord>,
 }
@@ -505,6 +513,7 @@ impl Cursor {
         };
         let info = message.info().map_err(|e| Error::Request(e.to_string()))?;
         let message_seq = info.stream_sequence;
+        self.consumed = self.consumed.max(message_seq);
         let records = message::decode(&message.payload)
             .map_err(|reason| Error::Request(format!("message {message_seq} of {}: {reason}", self.stream_name)))?;
         for (index, record) in records.into_iter().enumerate() {
@@ -516,8 +525,11 @@ impl Cursor {
         Ok(true)
     }
 
-    /// Up to `records_max` records and about `bytes_max` bytes that are stored now,
-    /// possibly none; does not wait for more.
+    /// Up to `records_max` records and about `bytes_max` bytes that are stored now.
+    /// None only when nothing is stored past the position: a message the stream
+    /// holds but the consumer has not brought yet is waited for (up to the
+    /// timeout, then an error), so that a reader never takes "not here yet" for
+    /// "not there" (a batch read back short would be committed short).
     pub async fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>, Error> {
         let mut out = Vec::new();
         let mut n_bytes = 0usize;
@@ -531,8 +543,21 @@ impl Cursor {
                 self.next_seq = record.seq + 1;
                 out.push(record);
             }
-            if out.len() >= records_max || n_bytes >= bytes_max || !self.receive(Duration::from_millis(1)).await? {
+            if out.len() >= records_max || n_bytes >= bytes_max {
                 return Ok(out);
+            }
+            if self.receive(Duration::from_millis(1)).await? {
+                continue;
+            }
+            if !out.is_empty() || last_message(self.jetstream.clone(), self.stream_name.clone()).await? <= self.consumed
+            {
+                return Ok(out);
+            }
+            if !self.receive(self.timeout).await? {
+                return Err(Error::Request(format!(
+                    "{} holds messages after {} that did not arrive within {:?}",
+                    self.stream_name, self.consumed, self.timeout
+                )));
             }
         }
     }
@@ -543,4 +568,12 @@ impl Cursor {
             let _ = self.receive(wait).await;
         }
     }
+}
+
+/// The sequence of a stream's last message (owned arguments: the cursor is only
+/// `Send`, and its futures must be too).
+async fn last_message(jetstream: jetstream::Context, stream_name: String) -> Result<u64, Error> {
+    let mut stream = jetstream.get_stream(&stream_name).await.map_err(|e| Error::Request(e.to_string()))?;
+    let info = stream.info().await.map_err(|e| Error::Request(e.to_string()))?;
+    Ok(info.state.last_sequence)
 }

@@ -55,7 +55,7 @@ async fn read_all(logs: &StreamLogs, id: u64, from: u64) -> Vec<sluice_jetstream
 async fn records_come_back_in_order_and_concurrent_appends_share_messages() {
     let cluster = Cluster::start(Setup::default());
     let logs = Arc::new(logs(&cluster, "a").await);
-    logs.create_stream(1, 1 << 30).await.unwrap();
+    logs.create_stream(1, Some(1 << 30)).await.unwrap();
     let tasks: Vec<_> = (0..200u32)
         .map(|i| {
             let logs = logs.clone();
@@ -91,7 +91,7 @@ async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
     let cluster = Cluster::start(Setup::default());
     let a = logs(&cluster, "a").await;
     let b = logs(&cluster, "b").await;
-    a.create_stream(2, 1 << 30).await.unwrap();
+    a.create_stream(2, Some(1 << 30)).await.unwrap();
     let mut last = 0;
     for i in 0..20 {
         last = a.append(2, vec![vec![b'x'; 10_000]], i).await.unwrap().last_seq;
@@ -118,7 +118,7 @@ async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
 async fn a_full_log_refuses_appends_and_loses_nothing() {
     let cluster = Cluster::start(Setup::default());
     let logs = logs(&cluster, "a").await;
-    logs.create_stream(3, 64 << 10).await.unwrap();
+    logs.create_stream(3, Some(64 << 10)).await.unwrap();
     let mut stored = 0;
     let refusal = loop {
         match logs.append(3, vec![vec![b'f'; 4096]], 0).await {
@@ -135,7 +135,7 @@ async fn a_full_log_refuses_appends_and_loses_nothing() {
 async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgement() {
     let mut cluster = Cluster::start(Setup::default());
     let logs = logs(&cluster, "a").await;
-    logs.create_stream(4, 1 << 30).await.unwrap();
+    logs.create_stream(4, Some(1 << 30)).await.unwrap();
     logs.append(4, vec![b"before".to_vec()], 0).await.unwrap();
     cluster.servers[2].kill();
     let mut acked = vec![b"before".to_vec()];

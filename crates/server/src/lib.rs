@@ -120,7 +120,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (background_stop, background) = tokio::sync::watch::channel(false);
     let storage = match &config.cluster {
         None => open_embedded(&config, &keys, fd_limit).await?,
-        Some(cluster) => open_cluster(&config, cluster, &keys, background.clone()).await?,
+        Some(cluster) => open_cluster(cluster, &keys, background.clone()).await?,
     };
     for stream in storage.catalog.snapshot().streams.values() {
         metrics.register_stream(stream);
@@ -289,7 +289,6 @@ async fn open_embedded(
 /// Cluster mode: the log, catalog and leases in NATS JetStream, after checking
 /// that the servers can keep Sluice's durability promise.
 async fn open_cluster(
-    config: &Config,
     cluster: &config::ClusterConfig,
     keys: &Arc<KeyRegistry>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -300,7 +299,7 @@ async fn open_cluster(
     let logs = sluice_jetstream::StreamLogs::open(&connection, options.clone(), cluster.node_id.clone())
         .await
         .map_err(unavailable)?;
-    let (log, refresh) = log::JetStreamLog::new(logs, config.buffer_bytes_per_stream_max, shutdown.clone());
+    let (log, refresh) = log::JetStreamLog::new(logs, shutdown.clone());
     tokio::spawn(refresh);
     let bucket = sluice_jetstream::Bucket::open(&connection, &options, "CATALOG", None).await.map_err(unavailable)?;
     let catalog = Arc::new(Catalog::open_bucket(catalog::BucketStore::new(bucket)).await?);

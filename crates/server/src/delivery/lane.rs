@@ -202,9 +202,14 @@ pub(super) async fn run(
         let metric = kind.metric(matches!(target, Target::Http(_)));
         let size_max = target.buffer_bytes_max();
         let bytes = buffered.map_or(0, |b| b.bytes);
+        // Whether the log has nothing more for this batch right now: when stopping,
+        // the batch is cut only then (a backend may hand records over in several
+        // reads), so that a shutdown does not split what one batch would hold.
+        let mut drained = true;
         if bytes < size_max {
             match cursor.read(READ_RECORDS_MAX, (size_max - bytes) as usize).await {
                 Ok(records) => {
+                    drained = records.is_empty();
                     for record in &records {
                         let b = buffered.get_or_insert(Buffered {
                             first_seq: record.seq,
@@ -231,7 +236,7 @@ pub(super) async fn run(
         let now_ms = delivery.clock.now_ms();
         let full = buffered.is_some_and(|b| b.bytes >= size_max);
         if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {
-            if full || now_ms >= deadline_ms || stopping {
+            if full || now_ms >= deadline_ms || (stopping && drained) {
                 buffered = None;
                 let Some(intent) = decide(&delivery, &progress, &stream, &target, kind, batch, &mut shutdown).await
                 else {
@@ -243,8 +248,11 @@ pub(super) async fn run(
                 continue;
             }
         }
-        if stopping {
+        if stopping && drained {
             return;
+        }
+        if stopping {
+            continue;
         }
         let pause = deadline_ms.map_or(IDLE_POLL, |d| Duration::from_millis(d.saturating_sub(now_ms)));
         tokio::select! {

@@ -28,8 +28,6 @@ fn log_error(error: JsError) -> LogError {
 /// The stream logs on JetStream, and what this node knows of them.
 pub struct JetStreamLog {
     logs: Arc<StreamLogs>,
-    /// Each stream's log's size limit (`[limits] buffer_mib_per_stream_max`).
-    stream_bytes_max: u64,
     /// Bytes each stream's log holds, as last polled (plus appends since).
     retained: Arc<RwLock<HashMap<u64, u64>>>,
     /// `Err(reason)` while JetStream does not answer.
@@ -40,12 +38,10 @@ impl JetStreamLog {
     /// The log, and the task that keeps its figures fresh until `shutdown`.
     pub fn new(
         logs: StreamLogs,
-        stream_bytes_max: u64,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> (JetStreamLog, impl std::future::Future<Output = ()>) {
         let log = JetStreamLog {
             logs: Arc::new(logs),
-            stream_bytes_max,
             retained: Arc::new(RwLock::new(HashMap::new())),
             health: Arc::new(RwLock::new(Ok(()))),
         };
@@ -104,7 +100,11 @@ impl LogCursor for JetStreamCursor {
 impl RecordLog for JetStreamLog {
     fn create_stream(&self, stream: u64, _definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move {
-            self.logs.create_stream(stream, self.stream_bytes_max).await.map_err(log_error)?;
+            // No size limit in JetStream: it would reserve the whole per-stream buffer
+            // (8 GiB by default) on every replica up front and refuse the tenth
+            // stream. Back-pressure comes from the retained bytes polled below, as
+            // the put path checks them against `buffer_mib_per_stream_max`.
+            self.logs.create_stream(stream, None).await.map_err(log_error)?;
             self.track(stream, 0);
             Ok(())
         })
