@@ -120,8 +120,11 @@ const QUEUE_DEPTH_MAX: usize = 1024;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 impl StreamLogs {
-    /// Opens the logs, creating the progress bucket if needed. `node_id` must be
-    /// unique to this process (it makes message ids unique).
+    /// Opens the logs, creating the progress bucket if needed. `node_id` names the
+    /// node in message ids, which also carry a random id of this process: a node
+    /// restarted under the same name must never reuse an id of its former life, or
+    /// JetStream would take its new commit groups for retries of the old ones
+    /// (within the duplicate window) and acknowledge records it never stored.
     pub async fn open(
         connection: &Connection,
         options: JetStreamOptions,
@@ -148,7 +151,7 @@ impl StreamLogs {
             jetstream: connection.jetstream.clone(),
             options: Arc::new(options),
             progress,
-            node_id,
+            node_id: format!("{node_id}-{}", uuid::Uuid::new_v4().simple()),
             writers: Mutex::new(HashMap::new()),
             revisions: Mutex::new(HashMap::new()),
             counter: Arc::new(AtomicU64::new(0)),
@@ -342,6 +345,13 @@ impl StreamLogs {
             Ok(Err(e)) => Err(Error::Request(format!("JetStream does not answer: {e}"))),
             Err(_) => Err(Error::Request(format!("JetStream did not answer within {:?}", self.options.timeout))),
         }
+    }
+
+    /// Whether the client is connected to a NATS server now (no request: for the
+    /// put path and `/health`, which must not wait for a timeout to notice that
+    /// every server is gone).
+    pub fn connected(&self) -> bool {
+        self.jetstream.client().connection_state() == async_nats::connection::State::Connected
     }
 
     /// Bytes the stream's log holds (its messages not yet purged).

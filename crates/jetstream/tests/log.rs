@@ -173,3 +173,20 @@ async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgeme
         assert!(data.contains(record), "{} lost", String::from_utf8_lossy(record));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_name_never_has_its_appends_taken_for_duplicates() {
+    let cluster = Cluster::start(Setup::default());
+    let before = logs(&cluster, "node-1").await;
+    before.create_stream(5, None).await.unwrap();
+    before.append(5, vec![b"first life".to_vec()], 0).await.unwrap();
+    drop(before);
+    // The same node name, a new process: its first commit group must be stored,
+    // not answered with the first life's message.
+    let after = logs(&cluster, "node-1").await;
+    let appended = after.append(5, vec![b"second life".to_vec()], 0).await.unwrap();
+    let records = read_all(&after, 5, 0).await;
+    let data: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(data, vec![&b"first life"[..], &b"second life"[..]]);
+    assert_eq!(records[1].seq, appended.first_seq);
+}

@@ -1,0 +1,317 @@
+"""Cluster mode (issue 11): three Sluice nodes on a three-node NATS JetStream
+cluster behave as one Firehose, and keep every guarantee when nodes fail.
+
+The fault test runs PutRecordBatch load spread over all nodes while it kills -9
+Sluice and NATS nodes, pauses the node delivering a stream for longer than its
+lease, and takes every NATS server down at once; then every acknowledged record
+must be in the bucket exactly once, and no object key may ever have held two
+different contents. `SLUICE_CLUSTER_FAULTS` sets how many faults (CI: 20)."""
+
+import hashlib
+import os
+import random
+import re
+import signal
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from cluster import NatsCluster, SluiceCluster
+from conftest import S3_CONFIG, make_stream, wait_active
+
+FAULTS = int(os.environ.get("SLUICE_CLUSTER_FAULTS", "20"))
+LEASE_S = 2
+
+
+def hints(mib, seconds):
+    return {"SizeInMBs": mib, "IntervalInSeconds": seconds}
+
+
+def metric(endpoint, name, stream):
+    try:
+        with urllib.request.urlopen(endpoint + "/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    m = re.search(rf'^{name}{{DeliveryStreamName="{stream}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def health(endpoint):
+    try:
+        with urllib.request.urlopen(endpoint + "/health", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+class Watcher(threading.Thread):
+    """Hashes every object in the bucket again and again: a key seen with two
+    different contents (a batch redone differently after a takeover) fails."""
+
+    def __init__(self, bucket_dir):
+        super().__init__(daemon=True)
+        self.bucket_dir = bucket_dir
+        self.seen = {}
+        self.conflicts = []
+        self.stop = threading.Event()
+
+    def scan(self):
+        for root, _, files in os.walk(self.bucket_dir):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+                except OSError:
+                    continue
+                key = os.path.relpath(path, self.bucket_dir)
+                if self.seen.setdefault(key, digest) != digest:
+                    self.conflicts.append(key)
+
+    def run(self):
+        while not self.stop.is_set():
+            self.scan()
+            time.sleep(0.05)
+
+
+class Producers:
+    """Threads putting batches of uniquely named records to random running nodes;
+    a record counts as acknowledged only when its batch answered 200 and its own
+    entry has no error. Every attempt uses new names, so any name delivered twice
+    is a duplicate Sluice made."""
+
+    def __init__(self, cluster, streams, n_threads=4, batch=50):
+        self.cluster, self.streams, self.batch = cluster, streams, batch
+        self.acked = {s: set() for s in streams}
+        # (first name, stream, node, time acknowledged) of every acknowledged batch.
+        self.batches = []
+        self.refused = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(n_threads)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def run(self, i):
+        clients = {}
+        n = 0
+        while not self.stop.is_set():
+            node = random.choice(self.cluster.nodes)
+            if node.proc is None or node.proc.poll() is not None:
+                time.sleep(0.01)
+                continue
+            client = clients.setdefault(node.endpoint, node.client())
+            stream = random.choice(self.streams)
+            names = [f"t{i}-{n + k}" for k in range(self.batch)]
+            n += self.batch
+            try:
+                out = client.put_record_batch(DeliveryStreamName=stream,
+                                              Records=[{"Data": (name + "\n").encode()} for name in names])
+            except (ClientError, EndpointConnectionError, Exception):
+                with self.lock:
+                    self.refused += 1
+                time.sleep(0.05)
+                continue
+            ok = [name for name, r in zip(names, out["RequestResponses"]) if "ErrorCode" not in r]
+            with self.lock:
+                self.acked[stream].update(ok)
+                if ok:
+                    self.batches.append((ok[0], stream, node.endpoint, time.strftime("%H:%M:%S")))
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def delivered(bucket_dir):
+    """Every record name in the bucket, with how many times it appears."""
+    counts = {}
+    for root, _, files in os.walk(bucket_dir):
+        for name in files:
+            for line in open(os.path.join(root, name), "rb").read().decode().split():
+                counts[line] = counts.get(line, 0) + 1
+    return counts
+
+
+@pytest.fixture
+def own_nats(tmp_path):
+    """A NATS cluster of the test's own: the fault test kills its servers."""
+    nats = NatsCluster(tmp_path / "nats").start()
+    yield nats
+    nats.stop()
+
+
+def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
+    cluster = SluiceCluster(tmp_path / "cluster", own_nats, lease_s=LEASE_S).start()
+    try:
+        bucket_dir = cluster.data_dir / "buckets" / "bucket"
+        bucket_dir.mkdir()
+        fh = cluster.client()
+        streams = ["s0", "s1", "s2"]
+        for name in streams:
+            make_stream(fh, name, ExtendedS3DestinationConfiguration=dict(S3_CONFIG, BufferingHints=hints(1, 1)))
+        watcher = Watcher(bucket_dir)
+        watcher.start()
+        producers = Producers(cluster, streams).start()
+        rng = random.Random(int(os.environ.get("SLUICE_CLUSTER_SEED", "11")))
+        kinds = ["kill_sluice", "kill_nats", "pause_owner", "all_nats_down"]
+        done = []
+        for fault in range(FAULTS):
+            # Every kind at least once, then at random.
+            kind = kinds[fault] if fault < len(kinds) else rng.choice(kinds)
+            time.sleep(rng.uniform(0.3, 1.0))
+            if kind == "kill_sluice":
+                i = rng.randrange(len(cluster.nodes))
+                cluster.nodes[i].kill()
+                time.sleep(rng.uniform(0.1, 1.0))
+                cluster.nodes[i].start()
+            elif kind == "kill_nats":
+                i = rng.randrange(3)
+                own_nats.kill(i)
+                time.sleep(rng.uniform(0.5, 2.0))
+                own_nats.start(i)
+            elif kind == "pause_owner":
+                stream = rng.choice(streams)
+                owners = [n for n in cluster.nodes if metric(n.endpoint, "sluice_cluster_delivering", stream) == 1]
+                if not owners:
+                    kind += " (no owner seen)"
+                else:
+                    owner = owners[0]
+                    owner.proc.send_signal(signal.SIGSTOP)
+                    # Past the lease and the takeover grace: another node delivers,
+                    # and the paused one's late commits must be refused.
+                    time.sleep(LEASE_S * 3 + 1)
+                    owner.proc.send_signal(signal.SIGCONT)
+            elif kind == "all_nats_down":
+                for i in range(3):
+                    own_nats.kill(i)
+                time.sleep(1.5)
+                # No quorum: every node says so, and no put is acknowledged.
+                acked_before = sum(len(a) for a in producers.acked.values())
+                statuses = [health(n.endpoint) for n in cluster.nodes]
+                assert all(s == 503 for s in statuses), statuses
+                with pytest.raises(ClientError) as e:
+                    cluster.nodes[0].client().put_record(DeliveryStreamName="s0", Record={"Data": b"x\n"})
+                assert e.value.response["Error"]["Code"] == "ServiceUnavailableException"
+                assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+                time.sleep(0.5)
+                # Puts whose PubAck came before the servers died may still answer
+                # now; after that, none.
+                acked_during = sum(len(a) for a in producers.acked.values())
+                time.sleep(1.0)
+                assert sum(len(a) for a in producers.acked.values()) == acked_during, "acknowledged without NATS"
+                assert acked_during >= acked_before
+                own_nats.start()
+            done.append(kind)
+        time.sleep(1)
+        producers.finish()
+        acked = {s: set(a) for s, a in producers.acked.items()}
+        n_acked = sum(len(a) for a in acked.values())
+        assert n_acked > 1000, f"too little load went through: {n_acked} acknowledged, {producers.refused} refused"
+        # Everything acknowledged is delivered, once, whichever node delivers it.
+        expected = set().union(*acked.values())
+        deadline = time.time() + 120
+        while True:
+            counts = delivered(bucket_dir)
+            missing = expected - counts.keys()
+            if not missing or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        watcher.stop.set()
+        watcher.join()
+        watcher.scan()
+        duplicated = {name: n for name, n in counts.items() if n > 1}
+        print(f"faults: {done}; acknowledged {n_acked}, refused batches {producers.refused}, "
+              f"lost {len(missing)}, duplicated {len(duplicated)}, objects {len(watcher.seen)}")
+        lost_batches = [b for b in producers.batches if b[0] in missing]
+        assert not missing, f"lost batches {lost_batches[:20]}; lost {len(missing)} acknowledged records, e.g. {sorted(missing)[:5]}\n{cluster.logs()}"
+        assert not duplicated, f"duplicated {len(duplicated)} records, e.g. {list(duplicated.items())[:5]}"
+        assert not watcher.conflicts, f"object keys that held two contents: {watcher.conflicts[:5]}"
+        assert len(watcher.seen) > 10
+    finally:
+        for node in cluster.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGCONT)
+        cluster.close()
+
+
+def test_races_through_different_nodes_have_one_winner(tmp_path, nats):
+    cluster = SluiceCluster(tmp_path / "cluster", nats).start()
+    try:
+        (cluster.data_dir / "buckets" / "bucket").mkdir()
+        clients = [n.client() for n in cluster.nodes]
+        for round_ in range(5):
+            name = f"race-{round_}"
+
+            def create(client):
+                try:
+                    client.create_delivery_stream(DeliveryStreamName=name, ExtendedS3DestinationConfiguration=S3_CONFIG)
+                    return "ok"
+                except ClientError as e:
+                    return e.response["Error"]["Code"]
+
+            with ThreadPoolExecutor(3) as pool:
+                results = sorted(pool.map(create, clients))
+            assert results == ["ResourceInUseException"] * 2 + ["ok"], results
+            d = wait_active(clients[0], name)
+
+            def update(pair):
+                client, prefix = pair
+                try:
+                    client.update_destination(
+                        DeliveryStreamName=name, CurrentDeliveryStreamVersionId=d["VersionId"],
+                        DestinationId=d["Destinations"][0]["DestinationId"],
+                        ExtendedS3DestinationUpdate={"Prefix": prefix, "ErrorOutputPrefix": "errors/"})
+                    return prefix
+                except ClientError as e:
+                    return e.response["Error"]["Code"]
+
+            with ThreadPoolExecutor(3) as pool:
+                results = list(pool.map(update, [(c, f"by-node-{i}/") for i, c in enumerate(clients)]))
+            winners = [r for r in results if r.startswith("by-node-")]
+            assert len(winners) == 1 and results.count("ConcurrentModificationException") == 2, results
+            # Every node describes the winner's change within a second.
+            deadline = time.time() + 1
+            for client in clients:
+                while True:
+                    desc = client.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
+                    prefix = desc["Destinations"][0]["ExtendedS3DestinationDescription"]["Prefix"]
+                    if prefix == winners[0] or time.time() > deadline:
+                        break
+                    time.sleep(0.02)
+                assert prefix == winners[0] and desc["VersionId"] == str(int(d["VersionId"]) + 1)
+    finally:
+        cluster.stop()
+        cluster.close()
+
+
+def test_a_local_bucket_is_refused_unless_the_nodes_share_it(tmp_path, nats):
+    cluster = SluiceCluster(tmp_path / "cluster", nats, shared_buckets=False,
+                            extra_config='[s3.buckets.remote]\nendpoint = "http://127.0.0.1:9"\n').start()
+    try:
+        fh = cluster.client()
+        with pytest.raises(ClientError) as e:
+            fh.create_delivery_stream(DeliveryStreamName="local", ExtendedS3DestinationConfiguration=S3_CONFIG)
+        assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+        assert "shared_buckets_dir" in e.value.response["Error"]["Message"]
+        # A bucket on an S3-compatible service is the same bucket from every node.
+        make_stream(fh, "remote", ExtendedS3DestinationConfiguration=dict(S3_CONFIG, BucketARN="arn:aws:s3:::remote"))
+        d = fh.describe_delivery_stream(DeliveryStreamName="remote")["DeliveryStreamDescription"]
+        with pytest.raises(ClientError) as e:
+            fh.update_destination(DeliveryStreamName="remote", CurrentDeliveryStreamVersionId=d["VersionId"],
+                                  DestinationId=d["Destinations"][0]["DestinationId"],
+                                  ExtendedS3DestinationUpdate={"BucketARN": "arn:aws:s3:::bucket"})
+        assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+        assert cluster.stop() == 0
+    finally:
+        cluster.close()
