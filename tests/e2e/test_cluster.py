@@ -182,7 +182,12 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
                 own_nats.start(i)
             elif kind == "pause_owner":
                 stream = rng.choice(streams)
-                owners = [n for n in cluster.nodes if metric(n.endpoint, "sluice_cluster_delivering", stream) == 1]
+                deadline = time.time() + 10
+                while True:
+                    owners = [n for n in cluster.nodes if metric(n.endpoint, "sluice_cluster_delivering", stream) == 1]
+                    if owners or time.time() > deadline:
+                        break
+                    time.sleep(0.2)
                 if not owners:
                     kind += " (no owner seen)"
                 else:

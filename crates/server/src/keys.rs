@@ -107,9 +107,25 @@ fn create_master(path: &Path) -> Result<[u8; 32], KeysError> {
     let io = |source| KeysError::Io { path: path.display().to_string(), source };
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    // Written whole to a file of this process, then linked into place: several
+    // processes starting on one key file (cluster nodes sharing a directory) agree
+    // on whichever key was linked first, and none ever reads a half-written file.
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
     writeln!(file, "{MASTER_KEY_HEADER}\n{}", hex(&key)).map_err(io)?;
     file.sync_all().map_err(io)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return read_master(path)?.ok_or_else(|| io(e));
+        }
+        Err(e) => return Err(io(e)),
+    }
     if let Some(dir) = path.parent() {
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
@@ -208,6 +224,19 @@ impl KeyWrapper for KeyRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_creating_one_master_key_at_once_agree_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        // The first creator links its key into place; every later one finds the
+        // file there and takes the key in it, as a process losing the race does.
+        let keys: Vec<[u8; 32]> = (0..4).map(|_| create_master(&path).unwrap()).collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "every creator ends with the first key");
+        assert_eq!(read_master(&path).unwrap(), Some(keys[0]));
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("master.key")], "no temporary file is left");
+    }
 
     #[test]
     fn master_key_is_created_private_only_when_asked_and_reused() {

@@ -287,7 +287,9 @@ async fn open_embedded(
 }
 
 /// Cluster mode: the log, catalog and leases in NATS JetStream, after checking
-/// that the servers can keep Sluice's durability promise.
+/// that the servers can keep Sluice's durability promise. A node (re)started while
+/// NATS elects leaders (a NATS server just restarted) keeps trying for a while
+/// rather than exit; servers unfit for Sluice are refused at once.
 async fn open_cluster(
     cluster: &config::ClusterConfig,
     keys: &Arc<KeyRegistry>,
@@ -295,21 +297,37 @@ async fn open_cluster(
 ) -> Result<Storage, ServerError> {
     let unavailable = |e: sluice_jetstream::Error| ServerError::Cluster(e.to_string());
     let connection = sluice_jetstream::connect(&cluster.options).await.map_err(unavailable)?;
-    let options = cluster.options.clone();
-    let logs = sluice_jetstream::StreamLogs::open(&connection, options.clone(), cluster.node_id.clone())
-        .await
-        .map_err(unavailable)?;
+    let options = &cluster.options;
+    let started = std::time::Instant::now();
+    let (logs, catalog, nodes, leases) = loop {
+        let opened = async {
+            let logs = sluice_jetstream::StreamLogs::open(&connection, options.clone(), cluster.node_id.clone())
+                .await
+                .map_err(unavailable)?;
+            let bucket =
+                sluice_jetstream::Bucket::open(&connection, options, "CATALOG", None).await.map_err(unavailable)?;
+            let catalog = Catalog::open_bucket(catalog::BucketStore::new(bucket)).await?;
+            let nodes = sluice_jetstream::Bucket::open(&connection, options, "NODES", Some(cluster.lease))
+                .await
+                .map_err(unavailable)?;
+            let leases = sluice_jetstream::Bucket::open(&connection, options, "LEASES", Some(cluster.lease))
+                .await
+                .map_err(unavailable)?;
+            Ok::<_, ServerError>((logs, catalog, nodes, leases))
+        };
+        match opened.await {
+            Ok(opened) => break opened,
+            Err(error) if started.elapsed() < CLUSTER_OPEN_RETRY => {
+                tracing::warn!(%error, "Could not open Sluice's streams and buckets in JetStream yet; retrying.");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let (log, refresh) = log::JetStreamLog::new(logs, shutdown.clone());
     tokio::spawn(refresh);
-    let bucket = sluice_jetstream::Bucket::open(&connection, &options, "CATALOG", None).await.map_err(unavailable)?;
-    let catalog = Arc::new(Catalog::open_bucket(catalog::BucketStore::new(bucket)).await?);
+    let catalog = Arc::new(catalog);
     tokio::spawn(catalog.clone().follow(shutdown));
-    let nodes = sluice_jetstream::Bucket::open(&connection, &options, "NODES", Some(cluster.lease))
-        .await
-        .map_err(unavailable)?;
-    let leases = sluice_jetstream::Bucket::open(&connection, &options, "LEASES", Some(cluster.lease))
-        .await
-        .map_err(unavailable)?;
     let ownership = delivery::ownership::Ownership::new(cluster.node_id.clone(), nodes, leases, cluster.lease);
     // Encrypted streams' records are refused in cluster mode for now (see
     // log/jetstream.rs); the key is still needed to answer encryption requests.
@@ -320,6 +338,9 @@ async fn open_cluster(
     std::mem::forget(fatal_sender);
     Ok(Storage { log: Arc::new(log), catalog, fatal, wal: None, ownership: Some(Arc::new(ownership)) })
 }
+
+/// How long a starting node keeps trying to open its streams and buckets.
+const CLUSTER_OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why the log cannot be opened with the keys at hand, and what to do about it.
 fn key_unavailable(keys: &KeyRegistry, key_ref: &str, error: &sluice_wal::KeyError) -> ServerError {
