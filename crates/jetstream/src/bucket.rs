@@ -142,6 +142,14 @@ impl Bucket {
             .map_err(|e| conflict_or(e.to_string(), &format!("deleting {key}")))
     }
 
+    /// The bucket's latest revision (of any key): a watcher that has seen it has
+    /// seen every change made before this call.
+    pub async fn last_revision(&self) -> Result<u64, Error> {
+        let mut stream = self.store.stream.clone();
+        let info = stream.info().await.map_err(|e| Error::Request(format!("{}: {e}", self.name)))?;
+        Ok(info.state.last_sequence)
+    }
+
     /// Every change after `revision` (0: from now on), as it happens.
     pub async fn watch(&self, revision: u64) -> Result<impl Stream<Item = Result<Change, Error>> + use<>, Error> {
         let watch = match revision {

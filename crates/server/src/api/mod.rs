@@ -355,6 +355,22 @@ async fn dispatch(state: &AppState, ctx: &RequestContext, operation: Operation, 
         Operation::UpdateDestination(i) => Some(i.name.clone()),
         _ => None,
     };
+    if matches!(
+        operation,
+        Operation::DescribeDeliveryStream(_)
+            | Operation::ListDeliveryStreams(_)
+            | Operation::ListTagsForDeliveryStream(_)
+            | Operation::UpdateDestination(_)
+            | Operation::TagDeliveryStream(_)
+            | Operation::UntagDeliveryStream(_)
+            | Operation::DeleteDeliveryStream(_)
+            | Operation::StartDeliveryStreamEncryption(_)
+            | Operation::StopDeliveryStreamEncryption(_)
+    ) {
+        // Cluster mode: answer from a view that includes what was done through
+        // other nodes (one request to JetStream; nothing for the embedded log).
+        state.catalog.catch_up().await;
+    }
     let reply = match operation {
         Operation::PutRecord(input) => return put_record::handle(state, ctx, input, started).await,
         Operation::PutRecordBatch(input) => return put_record_batch::handle(state, ctx, input, started).await,

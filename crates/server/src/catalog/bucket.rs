@@ -55,6 +55,8 @@ fn decode(key: &str, value: &[u8]) -> Result<StreamRecord, CatalogError> {
 
 /// The bucket, and the revision of each entry as this node last saw it.
 pub struct BucketStore {
+    /// The latest bucket revision this node's view includes (see `catch_up`).
+    applied: tokio::sync::watch::Sender<u64>,
     bucket: Bucket,
     revisions: Mutex<HashMap<String, u64>>,
 }
@@ -62,12 +64,13 @@ pub struct BucketStore {
 impl BucketStore {
     /// The catalog in `bucket`.
     pub fn new(bucket: Bucket) -> BucketStore {
-        BucketStore { bucket, revisions: Mutex::new(HashMap::new()) }
+        BucketStore { bucket, revisions: Mutex::new(HashMap::new()), applied: tokio::sync::watch::Sender::new(0) }
     }
 
     pub(super) async fn load(&self) -> Result<CatalogState, CatalogError> {
         let mut state = CatalogState { next_stream_id: 1, streams: Default::default() };
         for value in self.bucket.load().await.map_err(bucket_error)? {
+            self.advance(value.revision);
             let Some((region, name)) = parse_key(&value.key) else { continue };
             let stream = decode(&value.key, &value.value)?;
             state.next_stream_id = state.next_stream_id.max(stream.id + 1);
@@ -160,6 +163,26 @@ impl BucketStore {
         }
     }
 
+    fn advance(&self, revision: u64) {
+        self.applied.send_if_modified(|applied| {
+            let newer = revision > *applied;
+            if newer {
+                *applied = revision;
+            }
+            newer
+        });
+    }
+
+    /// Waits (at most `wait`) until the view includes every change any node made
+    /// before this call: a stream created through one node is then described and
+    /// listed by every other, as one Firehose endpoint would. On a failure or past
+    /// `wait`, the view stays as it is (it follows within moments anyway).
+    pub(super) async fn catch_up(&self, wait: std::time::Duration) {
+        let Ok(last) = self.bucket.last_revision().await else { return };
+        let mut applied = self.applied.subscribe();
+        let _ = tokio::time::timeout(wait, applied.wait_for(|a| *a >= last)).await;
+    }
+
     /// Applies other nodes' changes to `catalog`'s view until `shutdown`. Changes
     /// this node made itself arrive too, and are applied again harmlessly.
     pub(super) async fn follow(&self, catalog: &Arc<Catalog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -183,6 +206,7 @@ impl BucketStore {
                 match change {
                     Some(Ok(Change::Put(value))) => {
                         from = from.max(value.revision);
+                        self.advance(value.revision);
                         let Some((region, name)) = parse_key(&value.key) else { continue };
                         match decode(&value.key, &value.value) {
                             Ok(stream) => {
@@ -194,6 +218,7 @@ impl BucketStore {
                     }
                     Some(Ok(Change::Deleted { key, revision })) => {
                         from = from.max(revision);
+                        self.advance(revision);
                         let Some((region, name)) = parse_key(&key) else { continue };
                         self.revisions.lock().expect("lock").remove(&key);
                         catalog.apply_remote(&region, &name, None);

@@ -278,6 +278,15 @@ impl Catalog {
         }
     }
 
+    /// With a replicated store: waits (briefly) until this node's view includes
+    /// every change made through any node before the call, so that reads through
+    /// any node see what a client did through another. A no-op for the file store.
+    pub async fn catch_up(&self) {
+        if let Store::Bucket(store) = &self.store {
+            store.catch_up(CATCH_UP_WAIT).await;
+        }
+    }
+
     /// An id for a stream about to be created: above every id handed out before,
     /// never the same twice (in cluster mode, across nodes).
     pub async fn reserve_id(&self) -> Result<u64, CatalogError> {
@@ -391,6 +400,9 @@ impl Catalog {
         *self.by_id.write().expect("lock") = by_id(&state);
     }
 }
+
+/// The longest a read waits for this node's view of the catalog to catch up.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a store did not take a change.
 enum Conflict {
