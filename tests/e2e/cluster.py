@@ -139,12 +139,16 @@ class SluiceCluster:
         servers = ", ".join(f'"{u}"' for u in nats.urls)
         monitoring = ", ".join(f'"{u}"' for u in nats.monitoring_urls)
         shared = f'shared_buckets_dir = "{self.data_dir / "buckets"}"\n' if shared_buckets else ""
+        # Every node must have the same master key; the first one to start makes it.
+        keys = root / "keys"
+        keys.mkdir(mode=0o700)
         self.nodes = []
         for i in range(nodes):
             cluster = (
                 '[log]\nbackend = "jetstream"\n'
                 f"[jetstream]\nservers = [{servers}]\nmonitoring_urls = [{monitoring}]\n"
                 f'prefix = "{self.prefix}"\nnode_id = "node-{i}"\nlease_s = {lease_s}\n{shared}'
+                f'[encryption]\nmaster_key_file = "{keys / "master.key"}"\n'
             )
             node = Server(root / f"node-{i}", extra_config=cluster + extra_config, **server_args)
             self.nodes.append(node)
@@ -152,6 +156,9 @@ class SluiceCluster:
         self.port = self.nodes[0].port
         self.endpoints = [n.endpoint for n in self.nodes]
         self.data_dirs = [self.data_dir] + [n.data_dir for n in self.nodes]
+        # Where records may be written: NATS's store too.
+        self.record_dirs = self.data_dirs + [nats.root]
+        self.configs = [n.config for n in self.nodes]
         self.config = self.nodes[0].config
         self.log = self.nodes[0].log
 

@@ -50,6 +50,7 @@ class Server:
         # Every node's endpoint (one here; a cluster has several).
         self.endpoints = [self.endpoint]
         self.data_dirs = [data_dir]
+        self.record_dirs = [data_dir]
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self.config.write_text(
             f"transition_ms = {transition_ms}\n"
@@ -63,6 +64,7 @@ class Server:
             + ("" if throttle else "[throttle]\nenabled = false\n")
             + extra_config
         )
+        self.configs = [self.config]
         self.proc = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
         # (soft, hard) open-file limits the process starts with.

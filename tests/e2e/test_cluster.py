@@ -320,3 +320,26 @@ def test_a_local_bucket_is_refused_unless_the_nodes_share_it(tmp_path, nats):
         assert cluster.stop() == 0
     finally:
         cluster.close()
+
+
+def test_a_node_without_the_clusters_master_key_is_refused(tmp_path, nats):
+    """Records sealed under AWS_OWNED_CMK by one node are opened by whichever node
+    delivers them, so every node must have the same master key."""
+    cluster = SluiceCluster(tmp_path / "cluster", nats, nodes=2).start()
+    try:
+        stranger = cluster.nodes[1]
+        assert stranger.stop() == 0
+        own = tmp_path / "own-keys"
+        own.mkdir(mode=0o700)
+        text = stranger.config.read_text()
+        stranger.config.write_text(re.sub(r'master_key_file = ".*"', f'master_key_file = "{own / "master.key"}"', text))
+        with pytest.raises(RuntimeError, match="copy the master key file from another node"):
+            stranger.start()
+        assert not (own / "master.key").exists(), "a node must not make a key of its own in a cluster that has one"
+        (own / "master.key").write_text("sluice-master-key v1\n" + "ef" * 32 + "\n")
+        (own / "master.key").chmod(0o600)
+        with pytest.raises(RuntimeError, match="not the one the cluster's other nodes use"):
+            stranger.start()
+        assert cluster.stop() == 0
+    finally:
+        cluster.close()

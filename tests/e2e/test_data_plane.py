@@ -104,7 +104,6 @@ def wait_encryption(fh, name, status):
     raise AssertionError(f"encryption of {name} never became {status}")
 
 
-@pytest.mark.embedded_only("cluster mode refuses puts to encrypted streams until issue 11's encryption lands")
 def test_encryption_at_rest(server, fh):
     make_stream(fh, "secret")
     plain = fh.put_record(DeliveryStreamName="secret", Record={"Data": b"PLAINTEXT-RECORD-0"})
@@ -125,7 +124,9 @@ def test_encryption_at_rest(server, fh):
     assert wait_encryption(fh, "secret", "DISABLED")["Status"] == "DISABLED"
     assert fh.put_record(DeliveryStreamName="secret", Record={"Data": b"PLAINTEXT-AGAIN"})["Encrypted"] is False
     assert server.stop() == 0
-    for root, _, files in os.walk(server.data_dir):
+    # Nothing of the encrypted records in the clear where records are kept (with
+    # the cluster: NATS's store directories too).
+    for root, _, files in (w for d in server.record_dirs for w in os.walk(d)):
         for name in files:
             content = open(os.path.join(root, name), "rb").read()
             assert b"TOP-SECRET" not in content, os.path.join(root, name)
@@ -200,13 +201,13 @@ def test_aws_cli(server, fh):
     assert [base64.b64decode(r["data"]) for r in server.dump("cli")] == [b"hello from the cli"]
 
 
-@pytest.mark.embedded_only("cluster mode refuses puts to encrypted streams until issue 11's encryption lands")
 def test_a_disabled_key_refuses_puts_and_old_records_stay_readable(server, fh):
     make_stream(fh, "cmk", DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": CMK_ENABLED})
     assert fh.put_record(DeliveryStreamName="cmk", Record={"Data": b"TOP-SECRET-BEFORE"})["Encrypted"] is True
     assert server.stop() == 0
     enabled = f'arn = "{CMK_ENABLED}"\nkey_hex = "{"ab" * 32}"\n'
-    server.config.write_text(server.config.read_text().replace(enabled, enabled + "enabled = false\n"))
+    for config in server.configs:
+        config.write_text(config.read_text().replace(enabled, enabled + "enabled = false\n"))
     server.start()
     fh = server.client()
     with pytest.raises(ClientError) as e:

@@ -54,6 +54,8 @@ pub struct StoredRecord {
     pub arrival_ms: u64,
     /// Its bytes.
     pub data: Vec<u8>,
+    /// Whether they are sealed (appended with `encrypted`).
+    pub encrypted: bool,
 }
 
 /// A stream's delivery progress as kept in the progress bucket.
@@ -97,6 +99,7 @@ pub const STATE_BYTES_MAX: usize = 64 << 10;
 struct AppendRequest {
     records: Vec<Vec<u8>>,
     arrival_ms: u64,
+    encrypted: bool,
     reply: oneshot::Sender<Result<Appended, Error>>,
 }
 
@@ -213,11 +216,18 @@ impl StreamLogs {
             .map_err(|e| Error::Request(format!("deleting the progress of {id:016x}: {e}")))
     }
 
-    /// Appends records; resolves once a quorum has stored them.
-    pub async fn append(&self, id: u64, records: Vec<Vec<u8>>, arrival_ms: u64) -> Result<Appended, Error> {
+    /// Appends records; resolves once a quorum has stored them. `encrypted`: the
+    /// records are sealed (they share messages only with other sealed records).
+    pub async fn append(
+        &self,
+        id: u64,
+        records: Vec<Vec<u8>>,
+        arrival_ms: u64,
+        encrypted: bool,
+    ) -> Result<Appended, Error> {
         let sender = self.writer(id);
         let (reply, answer) = oneshot::channel();
-        sender.send(AppendRequest { records, arrival_ms, reply }).await.map_err(|_| Error::Closed)?;
+        sender.send(AppendRequest { records, arrival_ms, encrypted, reply }).await.map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -395,6 +405,7 @@ impl Writer {
                 let bytes: usize = request.records.iter().map(|r| r.len() + message::RECORD_OVERHEAD_BYTES).sum();
                 if n_bytes + bytes > COMMIT_BYTES_MAX - 4096
                     || (n_records + request.records.len()) as u64 >= RECORDS_PER_MESSAGE
+                    || request.encrypted != group.first().map_or(request.encrypted, |g| g.encrypted)
                 {
                     // Too much for this message: it opens the next group.
                     self.commit(&mut payload, std::mem::take(&mut group)).await;
@@ -417,6 +428,7 @@ impl Writer {
         payload.clear();
         message::encode(
             group.iter().flat_map(|r| r.records.iter().map(move |d| (d.as_slice(), r.arrival_ms))),
+            group[0].encrypted,
             payload,
         );
         let id = format!("{}-{}", self.node_id, self.counter.fetch_add(1, Ordering::Relaxed));
@@ -529,7 +541,12 @@ impl Cursor {
         for (index, record) in records.into_iter().enumerate() {
             let seq = message::record_seq(message_seq, index);
             if seq >= next_seq {
-                self.ready.push_back(StoredRecord { seq, arrival_ms: record.arrival_ms, data: record.data.to_vec() });
+                self.ready.push_back(StoredRecord {
+                    seq,
+                    arrival_ms: record.arrival_ms,
+                    data: record.data.to_vec(),
+                    encrypted: record.encrypted,
+                });
             }
         }
         Ok(true)

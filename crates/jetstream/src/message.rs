@@ -8,7 +8,8 @@
 //! ```text
 //! magic        [u8; 4]  "SLJS"
 //! version      u8       1
-//! flags        u8       0 (bit 0 reserved for encrypted records)
+//! flags        u8       bit 0: every record is encrypted (opaque to this crate:
+//!                       Sluice's server seals and opens them); other bits 0
 //! reserved     u16      0
 //! n_records    u32
 //! then n_records times:
@@ -40,11 +41,13 @@ pub fn message_seq(record_seq: u64) -> u64 {
     record_seq / RECORDS_PER_MESSAGE
 }
 
-/// Encodes records accepted at `arrival_ms` (all of a group share it, in order).
-pub fn encode<'a>(records: impl Iterator<Item = (&'a [u8], u64)>, out: &mut Vec<u8>) {
+const FLAG_ENCRYPTED: u8 = 1;
+
+/// Encodes records with their arrival times; `encrypted`: they are all sealed.
+pub fn encode<'a>(records: impl Iterator<Item = (&'a [u8], u64)>, encrypted: bool, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[VERSION, 0, 0, 0]);
+    out.extend_from_slice(&[VERSION, if encrypted { FLAG_ENCRYPTED } else { 0 }, 0, 0]);
     out.extend_from_slice(&0u32.to_le_bytes());
     let mut n = 0u32;
     for (data, arrival_ms) in records {
@@ -63,6 +66,8 @@ pub struct Decoded<'a> {
     pub arrival_ms: u64,
     /// Its bytes.
     pub data: &'a [u8],
+    /// Whether they are sealed (the message's flag).
+    pub encrypted: bool,
 }
 
 /// Decodes a message; `Err` with a reason when it is not one Sluice wrote.
@@ -73,9 +78,10 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Decoded<'_>>, String> {
     if payload[4] != VERSION {
         return Err(format!("record message version {} is not {VERSION}", payload[4]));
     }
-    if payload[5] != 0 {
+    if payload[5] & !FLAG_ENCRYPTED != 0 {
         return Err(format!("record message flags {:#x} are not understood", payload[5]));
     }
+    let encrypted = payload[5] & FLAG_ENCRYPTED != 0;
     let n = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")) as usize;
     if n as u64 >= RECORDS_PER_MESSAGE {
         return Err(format!("{n} records in one message"));
@@ -89,7 +95,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Decoded<'_>>, String> {
         at += RECORD_OVERHEAD_BYTES;
         let data = payload.get(at..at.saturating_add(len)).ok_or("record message is truncated")?;
         at += len;
-        records.push(Decoded { arrival_ms, data });
+        records.push(Decoded { arrival_ms, data, encrypted });
     }
     if at != payload.len() {
         return Err("record message has trailing bytes".into());
@@ -105,7 +111,7 @@ mod tests {
     fn round_trip_and_refusals() {
         let records: Vec<(Vec<u8>, u64)> = vec![(b"one".to_vec(), 1), (Vec::new(), 2), (vec![7; 1000], 3)];
         let mut out = Vec::new();
-        encode(records.iter().map(|(d, t)| (d.as_slice(), *t)), &mut out);
+        encode(records.iter().map(|(d, t)| (d.as_slice(), *t)), false, &mut out);
         let decoded = decode(&out).unwrap();
         assert_eq!(decoded.len(), 3);
         for ((data, arrival_ms), got) in records.iter().zip(&decoded) {
@@ -117,6 +123,13 @@ mod tests {
         let mut longer = out.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
+        let mut sealed = Vec::new();
+        encode(records.iter().map(|(d, t)| (d.as_slice(), *t)), true, &mut sealed);
+        assert!(decode(&sealed).unwrap().iter().all(|r| r.encrypted));
+        assert!(decoded.iter().all(|r| !r.encrypted));
+        let mut unknown_flag = out.clone();
+        unknown_flag[5] = 2;
+        assert!(decode(&unknown_flag).is_err());
         let mut other_version = out.clone();
         other_version[4] = 2;
         assert!(decode(&other_version).unwrap_err().contains("version 2"));

@@ -61,7 +61,7 @@ async fn records_come_back_in_order_and_concurrent_appends_share_messages() {
             let logs = logs.clone();
             tokio::spawn(async move {
                 let records = vec![format!("r{i}-0").into_bytes(), format!("r{i}-1").into_bytes()];
-                (i, logs.append(1, records, 1_000 + u64::from(i)).await.unwrap())
+                (i, logs.append(1, records, 1_000 + u64::from(i), false).await.unwrap())
             })
         })
         .collect();
@@ -94,7 +94,7 @@ async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
     a.create_stream(2, Some(1 << 30)).await.unwrap();
     let mut last = 0;
     for i in 0..20 {
-        last = a.append(2, vec![vec![b'x'; 10_000]], i).await.unwrap().last_seq;
+        last = a.append(2, vec![vec![b'x'; 10_000]], i, false).await.unwrap().last_seq;
     }
     assert_eq!(a.progress(2).await.unwrap(), (0, None));
     let before = a.retained_bytes(2).await.unwrap();
@@ -121,7 +121,7 @@ async fn a_full_log_refuses_appends_and_loses_nothing() {
     logs.create_stream(3, Some(64 << 10)).await.unwrap();
     let mut stored = 0;
     let refusal = loop {
-        match logs.append(3, vec![vec![b'f'; 4096]], 0).await {
+        match logs.append(3, vec![vec![b'f'; 4096]], 0, false).await {
             Ok(_) => stored += 1,
             Err(e) => break e,
         }
@@ -136,7 +136,7 @@ async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgeme
     let mut cluster = Cluster::start(Setup::default());
     let logs = logs(&cluster, "a").await;
     logs.create_stream(4, Some(1 << 30)).await.unwrap();
-    logs.append(4, vec![b"before".to_vec()], 0).await.unwrap();
+    logs.append(4, vec![b"before".to_vec()], 0, false).await.unwrap();
     cluster.servers[2].kill();
     let mut acked = vec![b"before".to_vec()];
     for i in 0..20 {
@@ -144,7 +144,7 @@ async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgeme
         // The client may have been connected to the killed server: it reconnects.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match logs.append(4, vec![record.clone()], 0).await {
+            match logs.append(4, vec![record.clone()], 0, false).await {
                 Ok(_) => break,
                 Err(e) => assert!(tokio::time::Instant::now() < deadline, "no quorum with two of three: {e}"),
             }
@@ -154,14 +154,14 @@ async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgeme
     for server in &mut cluster.servers[..2] {
         server.kill();
     }
-    let refused = logs.append(4, vec![b"never".to_vec()], 0).await;
+    let refused = logs.append(4, vec![b"never".to_vec()], 0, false).await;
     assert!(refused.is_err(), "no server: never acknowledged");
     for server in &mut cluster.servers {
         server.start();
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match logs.append(4, vec![b"after".to_vec()], 0).await {
+        match logs.append(4, vec![b"after".to_vec()], 0, false).await {
             Ok(_) => break,
             Err(e) => assert!(tokio::time::Instant::now() < deadline, "did not recover: {e}"),
         }
@@ -179,12 +179,12 @@ async fn a_node_restarted_under_its_name_never_has_its_appends_taken_for_duplica
     let cluster = Cluster::start(Setup::default());
     let before = logs(&cluster, "node-1").await;
     before.create_stream(5, None).await.unwrap();
-    before.append(5, vec![b"first life".to_vec()], 0).await.unwrap();
+    before.append(5, vec![b"first life".to_vec()], 0, false).await.unwrap();
     drop(before);
     // The same node name, a new process: its first commit group must be stored,
     // not answered with the first life's message.
     let after = logs(&cluster, "node-1").await;
-    let appended = after.append(5, vec![b"second life".to_vec()], 0).await.unwrap();
+    let appended = after.append(5, vec![b"second life".to_vec()], 0, false).await.unwrap();
     let records = read_all(&after, 5, 0).await;
     let data: Vec<&[u8]> = records.iter().map(|r| r.data.as_slice()).collect();
     assert_eq!(data, vec![&b"first life"[..], &b"second life"[..]]);

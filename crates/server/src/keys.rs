@@ -30,6 +30,15 @@ const MASTER_KEY_HEADER: &str = "sluice-master-key v1";
 struct Kek {
     cipher: LessSafeKey,
     enabled: bool,
+    /// A digest that tells two keys apart without revealing either (cluster mode
+    /// compares nodes' master keys with it).
+    check: String,
+}
+
+fn key_check(raw: &[u8; 32]) -> String {
+    let digest =
+        ring::digest::digest(&ring::digest::SHA256, &[b"sluice master key check v1\0".as_slice(), raw].concat());
+    digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn kek(raw: &[u8; 32]) -> LessSafeKey {
@@ -138,7 +147,7 @@ impl KeyRegistry {
     pub fn load(master_key_file: &Path, kms_keys: &[RawKmsKey]) -> Result<KeyRegistry, KeysError> {
         let master = OnceLock::new();
         if let Some(raw) = read_master(master_key_file)? {
-            let _ = master.set(Kek { cipher: kek(&raw), enabled: true });
+            let _ = master.set(Kek { cipher: kek(&raw), enabled: true, check: key_check(&raw) });
         }
         let mut keys = HashMap::new();
         for key in kms_keys {
@@ -149,7 +158,10 @@ impl KeyRegistry {
                 (None, None) => return Err(KeysError::Malformed(key.arn.clone())),
             };
             let raw = parse_hex_key(&text, &key.arn)?;
-            keys.insert(key.arn.clone(), Kek { cipher: kek(&raw), enabled: key.enabled.unwrap_or(true) });
+            keys.insert(
+                key.arn.clone(),
+                Kek { cipher: kek(&raw), enabled: key.enabled.unwrap_or(true), check: key_check(&raw) },
+            );
         }
         Ok(KeyRegistry { master_key_file: master_key_file.to_path_buf(), master, keys })
     }
@@ -162,13 +174,18 @@ impl KeyRegistry {
             return Ok(());
         }
         let raw = create_master(&self.master_key_file)?;
-        let _ = self.master.set(Kek { cipher: kek(&raw), enabled: true });
+        let _ = self.master.set(Kek { cipher: kek(&raw), enabled: true, check: key_check(&raw) });
         Ok(())
     }
 
     /// Whether the master key file existed (or was created).
     pub fn has_master(&self) -> bool {
         self.master.get().is_some()
+    }
+
+    /// The master key's check digest, if there is a master key.
+    pub fn master_check(&self) -> Option<&str> {
+        self.master.get().map(|k| k.check.as_str())
     }
 
     /// The master key file's path.

@@ -95,6 +95,9 @@ pub enum ServerError {
     /// The NATS JetStream cluster could not be used.
     #[error("cluster mode: {0}")]
     Cluster(String),
+    /// This node cannot join the cluster as configured (retrying would not help).
+    #[error("cluster mode: {0}")]
+    ClusterRefused(String),
     /// Storage failed while running; acknowledged data is safe, the process must stop.
     #[error("stopped after a fatal storage failure: {0}")]
     Fatal(String),
@@ -306,6 +309,7 @@ async fn open_cluster(
                 .map_err(unavailable)?;
             let bucket =
                 sluice_jetstream::Bucket::open(&connection, options, "CATALOG", None).await.map_err(unavailable)?;
+            same_master_key(&bucket, keys).await?;
             let catalog = Catalog::open_bucket(catalog::BucketStore::new(bucket)).await?;
             let nodes = sluice_jetstream::Bucket::open(&connection, options, "NODES", Some(cluster.lease))
                 .await
@@ -317,26 +321,65 @@ async fn open_cluster(
         };
         match opened.await {
             Ok(opened) => break opened,
-            Err(error) if started.elapsed() < CLUSTER_OPEN_RETRY => {
+            Err(error @ (ServerError::Cluster(_) | ServerError::Catalog(_)))
+                if started.elapsed() < CLUSTER_OPEN_RETRY =>
+            {
                 tracing::warn!(%error, "Could not open Sluice's streams and buckets in JetStream yet; retrying.");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
             Err(error) => return Err(error),
         }
     };
-    let (log, refresh) = log::JetStreamLog::new(logs, shutdown.clone());
+    let (log, refresh) = log::JetStreamLog::new(logs, keys.clone(), shutdown.clone());
     tokio::spawn(refresh);
     let catalog = Arc::new(catalog);
     tokio::spawn(catalog.clone().follow(shutdown));
     let ownership = delivery::ownership::Ownership::new(cluster.node_id.clone(), nodes, leases, cluster.lease);
-    // Encrypted streams' records are refused in cluster mode for now (see
-    // log/jetstream.rs); the key is still needed to answer encryption requests.
-    keys.ensure_master()?;
     tracing::info!(node = %cluster.node_id, version = %connection.server_version, "Cluster mode: records, catalog and leases in NATS JetStream.");
     // Never fires: JetStream being unreachable is unhealthy, not fatal.
     let (fatal_sender, fatal) = tokio::sync::watch::channel(None);
     std::mem::forget(fatal_sender);
     Ok(Storage { log: Arc::new(log), catalog, fatal, wal: None, ownership: Some(Arc::new(ownership)) })
+}
+
+/// Every node of a cluster must have the same master key: records one node seals
+/// under `AWS_OWNED_CMK` are opened by whichever node delivers them. The catalog
+/// bucket keeps the key's check digest (never the key): the first node publishes
+/// it, creating its key file if it has none; a node whose key differs, or that has
+/// no key file while the cluster has a key, is refused with what to do.
+async fn same_master_key(bucket: &sluice_jetstream::Bucket, keys: &KeyRegistry) -> Result<(), ServerError> {
+    const KEY: &str = "master-key-check";
+    let unavailable = |e: sluice_jetstream::Error| ServerError::Cluster(e.to_string());
+    let file = keys.master_key_file().display().to_string();
+    let text = |value: &[u8]| String::from_utf8_lossy(value).into_owned();
+    let theirs = match (bucket.get(KEY).await.map_err(unavailable)?, keys.master_check()) {
+        (Some(entry), None) => {
+            return Err(ServerError::ClusterRefused(format!(
+                "the cluster's nodes already use a master key (check {}), and this node has none at {file}: copy the master key file from another node",
+                text(&entry.value)
+            )))
+        }
+        (Some(entry), Some(_)) => text(&entry.value),
+        (None, _) => {
+            keys.ensure_master()?;
+            let ours = keys.master_check().expect("just ensured").to_string();
+            match bucket.create(KEY, bytes::Bytes::from(ours.clone())).await {
+                Ok(_) => ours,
+                // Another node published first: compare with its key.
+                Err(sluice_jetstream::Error::Conflict(_)) => {
+                    bucket.get(KEY).await.map_err(unavailable)?.map(|e| text(&e.value)).unwrap_or(ours)
+                }
+                Err(other) => return Err(unavailable(other)),
+            }
+        }
+    };
+    match keys.master_check() {
+        Some(ours) if ours == theirs => Ok(()),
+        ours => Err(ServerError::ClusterRefused(format!(
+            "this node's master key ({file}, check {}) is not the one the cluster's other nodes use (check {theirs}): give every node the same master key file",
+            ours.unwrap_or("none")
+        ))),
+    }
 }
 
 /// How long a starting node keeps trying to open its streams and buckets.

@@ -147,7 +147,8 @@ async fn dump(args: DumpArgs) -> anyhow::Result<()> {
         anyhow::ensure!(args.log.is_none(), "--log reads a log directory of the embedded log; cluster mode has none");
         let name = args.stream.as_deref().context("name a stream")?;
         let region = args.region.clone().unwrap_or(config.region.clone());
-        return dump_cluster(cluster, &region, name).await;
+        let keys = KeyRegistry::load(&config.master_key_file, &config.kms_keys)?;
+        return dump_cluster(cluster, &keys, &region, name).await;
     }
     let keys = Arc::new(KeyRegistry::load(&config.master_key_file, &config.kms_keys)?);
     // A log directory given by path is opened through a scratch directory that
@@ -195,7 +196,12 @@ async fn dump(args: DumpArgs) -> anyhow::Result<()> {
 
 /// `dump` in cluster mode: the stream's records not yet acknowledged, read from its
 /// JetStream stream up to the last message stored when the dump started.
-async fn dump_cluster(cluster: &sluice_server::config::ClusterConfig, region: &str, name: &str) -> anyhow::Result<()> {
+async fn dump_cluster(
+    cluster: &sluice_server::config::ClusterConfig,
+    keys: &KeyRegistry,
+    region: &str,
+    name: &str,
+) -> anyhow::Result<()> {
     use sluice_jetstream::{message, Bucket, StreamLogs};
     let connection = sluice_jetstream::connect(&cluster.options).await?;
     let logs = StreamLogs::open(&connection, cluster.options.clone(), format!("dump-{}", std::process::id())).await?;
@@ -213,12 +219,12 @@ async fn dump_cluster(cluster: &sluice_server::config::ClusterConfig, region: &s
             continue;
         }
         for r in records {
-            // Cluster mode stores no encrypted records (they are refused for now).
+            let data = sluice_server::log::open_record(keys, stream.id, &r.data, r.encrypted)?;
             let line = serde_json::json!({
                 "seq": r.seq,
                 "arrival_ms": r.arrival_ms,
-                "encrypted": false,
-                "data": base64_simd::STANDARD.encode_to_string(&r.data),
+                "encrypted": r.encrypted,
+                "data": base64_simd::STANDARD.encode_to_string(&data),
             });
             std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
         }

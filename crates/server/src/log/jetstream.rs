@@ -3,14 +3,31 @@
 //! a background task polling the servers every second.
 //!
 //! Definitions are not kept beside the logs in cluster mode: the catalog itself is
-//! replicated. Encryption at rest is not available yet in cluster mode (records of
-//! encrypted streams are refused rather than written in the clear).
+//! replicated. Encryption at rest stays in Sluice: an encrypted stream's records are
+//! sealed here before they are published, so no plaintext of theirs reaches NATS.
+//!
+//! A sealed record (version 1) carries what any node needs to open it, given the
+//! same key-encryption keys (every node has the same master key file; start-up
+//! checks that):
+//!
+//! ```text
+//! version      u8       1
+//! key_ref_len  u16 LE,  key_ref   (aws-owned-cmk or a CMK's ARN)
+//! wrapped_len  u16 LE,  wrapped   (the append's data key, wrapped by key_ref)
+//! index        u32 LE             (the record's index in its append: the nonce)
+//! sealed       [u8]               AES-256-GCM of the data, with its tag; the
+//!                                 additional data is the stream id (LE u64)
+//! ```
+//!
+//! Each append has a fresh random data key, so (key, index) never repeats a nonce.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sluice_jetstream::{Error as JsError, StreamLogs};
+use sluice_wal::{KeyWrapper, DATA_KEY_BYTES};
 
 use super::{Appended, BoxFuture, Encryption, LogCursor, LogError, RecordLog, StoredRecord};
 
@@ -28,6 +45,8 @@ fn log_error(error: JsError) -> LogError {
 /// The stream logs on JetStream, and what this node knows of them.
 pub struct JetStreamLog {
     logs: Arc<StreamLogs>,
+    /// Wraps and unwraps the appends' data keys.
+    keys: Arc<dyn KeyWrapper>,
     /// Bytes each stream's log holds, as last polled (plus appends since).
     retained: Arc<RwLock<HashMap<u64, u64>>>,
     /// `Err(reason)` while JetStream does not answer.
@@ -38,10 +57,12 @@ impl JetStreamLog {
     /// The log, and the task that keeps its figures fresh until `shutdown`.
     pub fn new(
         logs: StreamLogs,
+        keys: Arc<dyn KeyWrapper>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> (JetStreamLog, impl std::future::Future<Output = ()>) {
         let log = JetStreamLog {
             logs: Arc::new(logs),
+            keys,
             retained: Arc::new(RwLock::new(HashMap::new())),
             health: Arc::new(RwLock::new(Ok(()))),
         };
@@ -79,21 +100,119 @@ impl JetStreamLog {
     }
 }
 
-struct JetStreamCursor(sluice_jetstream::Cursor);
+struct JetStreamCursor {
+    inner: sluice_jetstream::Cursor,
+    keys: Arc<dyn KeyWrapper>,
+    stream: u64,
+    /// The last data key unwrapped, by its wrapped form (an append's records share it).
+    last_key: Option<(Vec<u8>, LessSafeKey)>,
+}
 
 impl LogCursor for JetStreamCursor {
     fn read(&mut self, records_max: usize, bytes_max: usize) -> BoxFuture<'_, Result<Vec<StoredRecord>, LogError>> {
         Box::pin(async move {
-            let records = self.0.read(records_max, bytes_max).await.map_err(log_error)?;
-            Ok(records
+            let records = self.inner.read(records_max, bytes_max).await.map_err(log_error)?;
+            records
                 .into_iter()
-                .map(|r| StoredRecord { seq: r.seq, arrival_ms: r.arrival_ms, encrypted: false, data: r.data })
-                .collect())
+                .map(|r| {
+                    let data = match r.encrypted {
+                        false => r.data,
+                        true => open(self.keys.as_ref(), &mut self.last_key, self.stream, &r.data)?,
+                    };
+                    Ok(StoredRecord { seq: r.seq, arrival_ms: r.arrival_ms, encrypted: r.encrypted, data })
+                })
+                .collect()
         })
     }
 
     fn wait(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.0.wait(REFRESH_EVERY))
+        Box::pin(self.inner.wait(REFRESH_EVERY))
+    }
+}
+
+const SEALED_VERSION: u8 = 1;
+
+fn cipher(data_key: &[u8; DATA_KEY_BYTES]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, data_key).expect("a 32-byte key is valid for AES-256-GCM"))
+}
+
+fn nonce(index: u32) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[8..].copy_from_slice(&index.to_be_bytes());
+    Nonce::assume_unique_for_key(nonce)
+}
+
+/// Seals an append's records under a fresh data key wrapped by `key_ref`.
+fn seal(keys: &dyn KeyWrapper, key_ref: &str, stream: u64, records: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, LogError> {
+    let mut data_key = [0u8; DATA_KEY_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data_key);
+    let wrapped = keys.wrap(key_ref, &data_key).map_err(|reason| LogError::Key { key_ref: key_ref.into(), reason })?;
+    let cipher = cipher(&data_key);
+    let mut header = vec![SEALED_VERSION];
+    header.extend_from_slice(&(key_ref.len() as u16).to_le_bytes());
+    header.extend_from_slice(key_ref.as_bytes());
+    header.extend_from_slice(&(wrapped.len() as u16).to_le_bytes());
+    header.extend_from_slice(&wrapped);
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, data)| {
+            let index = index as u32;
+            let mut out = Vec::with_capacity(header.len() + 4 + data.len() + AES_256_GCM.tag_len());
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&index.to_le_bytes());
+            let at = out.len();
+            out.extend_from_slice(&data);
+            let tag = cipher
+                .seal_in_place_separate_tag(nonce(index), Aad::from(stream.to_le_bytes()), &mut out[at..])
+                .map_err(|_| LogError::Unavailable("sealing a record failed".into()))?;
+            out.extend_from_slice(tag.as_ref());
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Opens a sealed record of `stream`.
+fn open(
+    keys: &dyn KeyWrapper,
+    last_key: &mut Option<(Vec<u8>, LessSafeKey)>,
+    stream: u64,
+    sealed: &[u8],
+) -> Result<Vec<u8>, LogError> {
+    let damaged = || LogError::Unavailable(format!("a sealed record of stream {stream:016x} is damaged"));
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], LogError> {
+        let part = sealed.get(at..at + n).ok_or_else(damaged)?;
+        at += n;
+        Ok(part)
+    };
+    if take(1)? != [SEALED_VERSION] {
+        return Err(damaged());
+    }
+    let key_ref_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
+    let key_ref = std::str::from_utf8(take(key_ref_len)?).map_err(|_| damaged())?.to_string();
+    let wrapped_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
+    let wrapped = take(wrapped_len)?.to_vec();
+    let index = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+    let body = &sealed[at..];
+    if last_key.as_ref().is_none_or(|(w, _)| *w != wrapped) {
+        let data_key = keys.unwrap(&key_ref, &wrapped).map_err(|reason| LogError::Key { key_ref, reason })?;
+        *last_key = Some((wrapped, cipher(&data_key)));
+    }
+    let (_, cipher) = last_key.as_ref().expect("set above");
+    let mut buf = body.to_vec();
+    let plain = cipher.open_in_place(nonce(index), Aad::from(stream.to_le_bytes()), &mut buf).map_err(|_| damaged())?;
+    let n = plain.len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Opens a record as read from JetStream, for tools (`sluice dump`): the data of a
+/// plain record, or the opened data of a sealed one.
+pub fn open_record(keys: &dyn KeyWrapper, stream: u64, data: &[u8], encrypted: bool) -> Result<Vec<u8>, LogError> {
+    match encrypted {
+        false => Ok(data.to_vec()),
+        true => open(keys, &mut None, stream, data),
     }
 }
 
@@ -129,28 +248,33 @@ impl RecordLog for JetStreamLog {
         encryption: Encryption,
     ) -> BoxFuture<'_, Result<Appended, LogError>> {
         Box::pin(async move {
-            if let Encryption::Key(key_ref) = encryption {
-                return Err(LogError::Unavailable(format!(
-                    "encryption at rest ({key_ref}) is not available in cluster mode yet; records are refused rather than stored in the clear"
-                )));
-            }
             if let Err(reason) = self.health() {
                 return Err(LogError::Unavailable(reason));
             }
             let n_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
             let arrival_ms = crate::api::now_ms();
             let started = std::time::Instant::now();
-            let appended = self.logs.append(stream, records, arrival_ms).await.map_err(log_error)?;
+            let sealed = matches!(encryption, Encryption::Key(_));
+            let records = match &encryption {
+                Encryption::None => records,
+                Encryption::Key(key_ref) => seal(self.keys.as_ref(), key_ref, stream, records)?,
+            };
+            let appended = self.logs.append(stream, records, arrival_ms, sealed).await.map_err(log_error)?;
             // From the put's arrival in the log to the PubAck of its commit group
             // (waiting for the group included): what cluster mode adds to a put.
             ::metrics::histogram!("sluice_jetstream_publish_seconds").record(started.elapsed().as_secs_f64());
             self.track(stream, n_bytes);
-            Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: false })
+            Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: sealed })
         })
     }
 
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError> {
-        Ok(Box::new(JetStreamCursor(self.logs.cursor(stream, from))))
+        Ok(Box::new(JetStreamCursor {
+            inner: self.logs.cursor(stream, from),
+            keys: self.keys.clone(),
+            stream,
+            last_key: None,
+        }))
     }
 
     fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {

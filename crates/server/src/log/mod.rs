@@ -17,7 +17,7 @@ mod embedded;
 mod jetstream;
 
 pub use embedded::WalLog;
-pub use jetstream::JetStreamLog;
+pub use jetstream::{open_record, JetStreamLog};
 pub use sluice_wal::{Appended, Encryption, StoredRecord};
 
 /// A boxed future, so the trait can be used as `dyn RecordLog`.
