@@ -343,3 +343,31 @@ def test_a_node_without_the_clusters_master_key_is_refused(tmp_path, nats):
         assert cluster.stop() == 0
     finally:
         cluster.close()
+
+
+def test_throughput_limits_are_shared_by_the_nodes(tmp_path, nats):
+    """Firehose's limits are per stream, not per node: with three live nodes, each
+    admits a third of a stream's records per second."""
+    cluster = SluiceCluster(tmp_path / "cluster", nats, throttle=True,
+                            extra_config="[throttle]\nrecords_per_s = 30\n").start()
+    try:
+        (cluster.data_dir / "buckets" / "bucket").mkdir()
+        first, other = cluster.nodes[0].client(), cluster.nodes[1].client()
+        # Nodes learn how many are live from each other's heartbeats; a stream's
+        # buckets take the share at its first put, so each attempt uses a new stream.
+        seen = []
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            name = f"limited-{len(seen)}"
+            make_stream(first, name)
+            out = other.put_record_batch(DeliveryStreamName=name, Records=[{"Data": b"r"}] * 25)
+            accepted = 25 - out["FailedPutCount"]
+            seen.append(accepted)
+            if accepted == 10:
+                break
+            time.sleep(0.5)
+        assert seen[-1] == 10, f"records admitted by one node of three for a 30 records/s limit: {seen}"
+        assert all(n in (10, 15, 25) for n in seen), seen  # 3, 2 or 1 live nodes
+        assert cluster.stop() == 0
+    finally:
+        cluster.close()

@@ -6,27 +6,41 @@
 //!
 //! The buckets are a few lines of arithmetic rather than a rate-limiting crate:
 //! batches must be admitted in part, which all-or-nothing limiters do not offer.
+//!
+//! In cluster mode the limits are per stream across the cluster, as in Firehose:
+//! each node admits its share, the limit divided by the live nodes (never less than
+//! one request, one record and one largest record per second, so that any valid
+//! put can pass). Exact when the load balancer spreads a stream's puts evenly; a
+//! stream whose puts all reach one node is throttled early, never late.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use sluice_protocol::limits::RECORD_BYTES_MAX;
+
 use crate::config::{ThrottleConfig, ThrottleLimits};
 
-/// One rate: tokens refill continuously up to one second's worth.
+/// One rate: tokens refill continuously up to one second's worth of this node's
+/// share of it, and at least `floor`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     rate_per_s: f64,
+    floor: f64,
     tokens: f64,
 }
 
 impl Bucket {
-    fn new(rate_per_s: f64) -> Bucket {
-        Bucket { rate_per_s, tokens: rate_per_s }
+    fn new(rate_per_s: f64, floor: f64, share: f64) -> Bucket {
+        Bucket { rate_per_s, floor, tokens: (rate_per_s * share).max(floor.min(rate_per_s)) }
     }
 
-    fn refill(&mut self, elapsed_s: f64) {
-        self.tokens = (self.tokens + elapsed_s * self.rate_per_s).min(self.rate_per_s);
+    fn refill(&mut self, elapsed_s: f64, share: f64) {
+        let rate = self.rate_per_s * share;
+        // The floor never lifts a bucket above the limit itself (one node).
+        let cap = rate.max(self.floor.min(self.rate_per_s));
+        self.tokens = (self.tokens + elapsed_s * rate).min(cap);
     }
 }
 
@@ -43,12 +57,19 @@ struct StreamBuckets {
 pub struct Throttle {
     config: ThrottleConfig,
     streams: RwLock<HashMap<u64, Arc<Mutex<StreamBuckets>>>>,
+    /// The live nodes sharing each stream's limits (1 but in cluster mode).
+    nodes: AtomicUsize,
 }
 
 impl Throttle {
     /// Limits as configured.
     pub fn new(config: ThrottleConfig) -> Throttle {
-        Throttle { config, streams: RwLock::new(HashMap::new()) }
+        Throttle { config, streams: RwLock::new(HashMap::new()), nodes: AtomicUsize::new(1) }
+    }
+
+    /// Cluster mode: `n` live nodes share each stream's limits from now on.
+    pub fn set_nodes(&self, n: usize) {
+        self.nodes.store(n.max(1), Ordering::Relaxed);
     }
 
     /// How many of the records (by size, in order) stream `id` takes now: all or
@@ -70,13 +91,14 @@ impl Throttle {
         if !self.config.enabled {
             return Some(record_bytes.len());
         }
+        let share = 1.0 / self.nodes.load(Ordering::Relaxed) as f64;
         let existing = self.streams.read().expect("lock").get(&id).cloned();
         let stream = existing.unwrap_or_else(|| {
             let limits = self.config.limits(name);
             let buckets = StreamBuckets {
-                requests: Bucket::new(limits.requests_per_s),
-                records: Bucket::new(limits.records_per_s),
-                bytes: Bucket::new(limits.bytes_per_s),
+                requests: Bucket::new(limits.requests_per_s, 1.0, share),
+                records: Bucket::new(limits.records_per_s, 1.0, share),
+                bytes: Bucket::new(limits.bytes_per_s, RECORD_BYTES_MAX as f64, share),
                 refilled_at: now,
             };
             self.streams.write().expect("lock").entry(id).or_insert_with(|| Arc::new(Mutex::new(buckets))).clone()
@@ -86,7 +108,7 @@ impl Throttle {
         let n_records = record_bytes.len();
         let elapsed_s = now.saturating_duration_since(buckets.refilled_at).as_secs_f64();
         for bucket in [&mut buckets.requests, &mut buckets.records, &mut buckets.bytes] {
-            bucket.refill(elapsed_s);
+            bucket.refill(elapsed_s, share);
         }
         buckets.refilled_at = now;
         if buckets.requests.tokens < 1.0 {
@@ -150,6 +172,23 @@ mod tests {
         assert_eq!(t.admit_at(much_later, 1, "s", [1].into_iter(), true), None, "three requests per second");
         assert_eq!(t.admit_at(much_later, 2, "s", [1].into_iter(), true), Some(1), "every stream has its own buckets");
         assert_eq!(t.admit_at(much_later, 3, "roomy", [10; 500].into_iter(), true), Some(500), "per-stream limits");
+    }
+
+    #[test]
+    fn cluster_nodes_admit_their_share_and_any_valid_record() {
+        let t = throttle();
+        t.set_nodes(2);
+        let start = Instant::now();
+        assert_eq!(t.admit_at(start, 1, "s", [10; 25].into_iter(), true), Some(5), "half of 10 records per second");
+        let later = start + Duration::from_secs(1);
+        assert_eq!(t.admit_at(later, 1, "s", [10; 25].into_iter(), true), Some(5), "refilled at half the rate");
+        // A node's share of 1000 bytes per second is 500, yet a record of the
+        // stream's whole limit must still pass on some second.
+        let much_later = start + Duration::from_secs(10);
+        assert_eq!(t.admit_at(much_later, 1, "s", [1000].into_iter(), false), Some(1));
+        t.set_nodes(1);
+        let again = much_later + Duration::from_secs(10);
+        assert_eq!(t.admit_at(again, 2, "s", [10; 25].into_iter(), true), Some(10), "one node: the whole limit");
     }
 
     #[test]

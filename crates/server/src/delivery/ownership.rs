@@ -128,6 +128,8 @@ impl Ownership {
             live.push(self.node_id.clone());
         }
         live.sort();
+        // Firehose's limits are per stream across the cluster: each node admits its share.
+        state.throttle.set_nodes(live.len());
         let streams: HashSet<u64> = state.catalog.ids();
         // Renew: a failure means the lease is gone (expired or taken).
         let held = self.held.read().expect("lock").clone();
