@@ -103,7 +103,9 @@ for (op, streams), sides in by.items():
                  f"| {sum(r['errors'] for r in sides['A'])} / {sum(r['errors'] for r in sides['B'])} |")
 section = "\n".join(lines) + "\n"
 text = open("BENCHMARKS.md").read() if os.path.exists("BENCHMARKS.md") else ""
-text = text.split("<!-- ab -->")[0].rstrip("\n") + "\n\n" + section
+# The cluster section (bench/cluster.sh) stays after this one.
+cluster = "\n<!-- cluster -->" + text.split("<!-- cluster -->", 1)[1] if "<!-- cluster -->" in text else ""
+text = text.split("<!-- ab -->")[0].rstrip("\n") + "\n\n" + section + cluster
 open("BENCHMARKS.md", "w").write(text)
 print(section)
 EOF

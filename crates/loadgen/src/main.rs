@@ -3,9 +3,12 @@
 //! a minimal hyper server that reads the body and answers a fixed JSON, the ceiling
 //! any HTTP server on this machine can reach; and `deliver`, which measures how fast
 //! records put in come out of a delivery (to an HTTP endpoint it serves itself, or
-//! into partitioned objects). Benchmarks only, never tests.
+//! into partitioned objects); and `jetstream`, which publishes the same bytes straight
+//! to a replicated JetStream stream, the ceiling of cluster mode's engine. Benchmarks
+//! only, never tests.
 
 mod deliver;
+mod jetstream;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,17 +41,20 @@ enum Command {
     },
     /// Put records and measure how fast they are delivered; print figures as JSON.
     Deliver(deliver::DeliverArgs),
+    /// Publish the same bytes straight to a JetStream stream; print figures as JSON.
+    Jetstream(jetstream::JetStreamArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Op {
+pub(crate) enum Op {
     PutRecord,
     PutRecordBatch,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Base URL, e.g. http://127.0.0.1:4573.
+    /// Base URL, e.g. http://127.0.0.1:4573; several, comma-separated, spread the
+    /// connections over them (the nodes of a cluster).
     #[arg(long)]
     endpoint: String,
     #[arg(long, value_enum)]
@@ -97,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Floor { listen } => runtime.block_on(floor(listen)),
         Command::Deliver(args) => runtime.block_on(deliver::run(args)),
+        Command::Jetstream(args) => runtime.block_on(jetstream::run(args)),
     }
 }
 
@@ -300,7 +307,13 @@ async fn create_streams(args: &RunArgs, endpoint: &Endpoint) -> anyhow::Result<(
             bail!("CreateDeliveryStream answered {status}: {}", String::from_utf8_lossy(&reply));
         }
     }
-    // Streams are CREATING for a moment (sluice: transition_ms); wait until a put works.
+    wait_writable(args, endpoint).await
+}
+
+/// Waits until a put to the last stream works through `endpoint` (streams are
+/// CREATING for a moment, and a cluster's other nodes learn of them shortly after).
+async fn wait_writable(args: &RunArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
+    let mut sender = endpoint.conn();
     let probe = body_for(&RunArgs { records: 1, ..args.clone_shallow() }, &format!("bench-{}", args.streams - 1));
     let target = match args.op {
         Op::PutRecord => "PutRecord",
@@ -337,28 +350,43 @@ impl RunArgs {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let endpoint = Endpoint::new(&args.endpoint, args.ca_file.as_deref(), args.sign.as_deref())?;
+    let endpoints = args
+        .endpoint
+        .split(',')
+        .map(|url| Endpoint::new(url, args.ca_file.as_deref(), args.sign.as_deref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.create {
-        create_streams(&args, &endpoint).await?;
+        create_streams(&args, &endpoints[0]).await?;
+        // Every node must know the streams before the load starts.
+        for endpoint in &endpoints[1..] {
+            wait_writable(&args, endpoint).await?;
+        }
     }
     let target = match args.op {
         Op::PutRecord => "PutRecord",
         Op::PutRecordBatch => "PutRecordBatch",
     };
-    let prepared: Arc<Vec<Prepared>> = Arc::new(
-        (0..args.streams)
-            .map(|i| {
-                let body = body_for(&args, &format!("bench-{i}"));
-                Prepared::new(endpoint.request(target, body.clone()), body)
-            })
-            .collect(),
-    );
+    // Per endpoint, one prepared request per stream.
+    let prepared: Vec<Arc<Vec<Prepared>>> = endpoints
+        .iter()
+        .map(|endpoint| {
+            Arc::new(
+                (0..args.streams)
+                    .map(|i| {
+                        let body = body_for(&args, &format!("bench-{i}"));
+                        Prepared::new(endpoint.request(target, body.clone()), body)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..args.connections {
+        let at = c % endpoints.len();
         let (prepared, measuring, stop, endpoint) =
-            (prepared.clone(), measuring.clone(), stop.clone(), endpoint.clone());
+            (prepared[at].clone(), measuring.clone(), stop.clone(), endpoints[at].clone());
         tasks.push(tokio::spawn(async move {
             let mut sender = endpoint.conn();
             let mut latencies_us = Vec::with_capacity(1 << 16);

