@@ -167,6 +167,13 @@ class SluiceCluster:
             self.nodes[n].start()
         return self
 
+    def start_together(self):
+        """Starts every node at once (as a service manager would), then waits for each."""
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.start(), self.nodes))
+        return self
+
     def running(self):
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 

@@ -7,6 +7,7 @@ lease, and takes every NATS server down at once; then every acknowledged record
 must be in the bucket exactly once, and no object key may ever have held two
 different contents. `SLUICE_CLUSTER_FAULTS` sets how many faults (CI: 20)."""
 
+import base64
 import hashlib
 import os
 import random
@@ -369,5 +370,22 @@ def test_throughput_limits_are_shared_by_the_nodes(tmp_path, nats):
         assert seen[-1] == 10, f"records admitted by one node of three for a 30 records/s limit: {seen}"
         assert all(n in (10, 15, 25) for n in seen), seen  # 3, 2 or 1 live nodes
         assert cluster.stop() == 0
+    finally:
+        cluster.close()
+
+
+def test_nodes_started_together_on_one_key_file_agree_on_it(tmp_path, nats):
+    """The first node makes the master key; the others, started at the same moment
+    with the same key file, must take it rather than be refused or make their own."""
+    cluster = SluiceCluster(tmp_path / "cluster", nats).start_together()
+    try:
+        fh = cluster.client()
+        make_stream(fh, "sealed", DeliveryStreamEncryptionConfigurationInput={"KeyType": "AWS_OWNED_CMK"})
+        for i in range(6):  # through every node, sealed by each
+            assert fh.put_record(DeliveryStreamName="sealed", Record={"Data": f"s{i}\n".encode()})["Encrypted"] is True
+        assert cluster.stop() == 0
+        records = cluster.dump("sealed")
+        assert sorted(base64.b64decode(r["data"]) for r in records) == sorted(f"s{i}\n".encode() for i in range(6))
+        assert all(r["encrypted"] for r in records)
     finally:
         cluster.close()

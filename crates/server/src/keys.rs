@@ -183,6 +183,18 @@ impl KeyRegistry {
         self.master.get().is_some()
     }
 
+    /// Reads the master key file again if no master key is loaded: another process
+    /// sharing the path (a cluster node on the same machine or a shared mount) may
+    /// have created it since this registry was loaded.
+    pub fn reload_master(&self) -> Result<(), KeysError> {
+        if self.master.get().is_none() {
+            if let Some(raw) = read_master(&self.master_key_file)? {
+                let _ = self.master.set(Kek { cipher: kek(&raw), enabled: true, check: key_check(&raw) });
+            }
+        }
+        Ok(())
+    }
+
     /// The master key's check digest, if there is a master key.
     pub fn master_check(&self) -> Option<&str> {
         self.master.get().map(|k| k.check.as_str())

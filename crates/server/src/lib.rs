@@ -352,6 +352,8 @@ async fn same_master_key(bucket: &sluice_jetstream::Bucket, keys: &KeyRegistry) 
     let unavailable = |e: sluice_jetstream::Error| ServerError::Cluster(e.to_string());
     let file = keys.master_key_file().display().to_string();
     let text = |value: &[u8]| String::from_utf8_lossy(value).into_owned();
+    // Nodes started together on one key file: the first may have made it since.
+    keys.reload_master()?;
     let theirs = match (bucket.get(KEY).await.map_err(unavailable)?, keys.master_check()) {
         (Some(entry), None) => {
             return Err(ServerError::ClusterRefused(format!(
