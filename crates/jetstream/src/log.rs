@@ -259,6 +259,7 @@ impl StreamLogs {
             stream_name: self.stream_name(id),
             next_seq: from,
             consumed: message::message_seq(from).saturating_sub(1),
+            pending: None,
             timeout: self.options.timeout,
             messages: None,
             ready: std::collections::VecDeque::new(),
@@ -370,12 +371,6 @@ impl StreamLogs {
     pub async fn retained_bytes(&self, id: u64) -> Result<u64, Error> {
         let info = self.stream(id).await?.get_info().await.map_err(|e| Error::Request(e.to_string()))?;
         Ok(info.state.bytes)
-    }
-
-    /// The sequence of the stream's last message (0: none yet).
-    pub async fn last_message(&self, id: u64) -> Result<u64, Error> {
-        let info = self.stream(id).await?.get_info().await.map_err(|e| Error::Request(e.to_string()))?;
-        Ok(info.state.last_sequence)
     }
 
     async fn stream(&self, id: u64) -> Result<stream::Stream, Error> {
@@ -496,6 +491,9 @@ pub struct Cursor {
     next_seq: u64,
     /// The last message taken from the consumer (or the one before the start).
     consumed: u64,
+    /// How many messages the stream held after that one when it was sent; `None`
+    /// before the first (then the stream is asked).
+    pending: Option<u64>,
     /// How long a message known to be stored may take to arrive.
     timeout: Duration,
     messages: Option<consumer::pull::Ordered>,
@@ -503,11 +501,6 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// The position the next read starts at.
-    pub fn position(&self) -> u64 {
-        self.next_seq
-    }
-
     async fn consumer(&mut self) -> Result<&mut consumer::pull::Ordered, Error> {
         if self.messages.is_none() {
             let stream =
@@ -542,6 +535,7 @@ impl Cursor {
         let info = message.info().map_err(|e| Error::Request(e.to_string()))?;
         let message_seq = info.stream_sequence;
         self.consumed = self.consumed.max(message_seq);
+        self.pending = Some(info.pending);
         let records = message::decode(&message.payload)
             .map_err(|reason| Error::Request(format!("message {message_seq} of {}: {reason}", self.stream_name)))?;
         for (index, record) in records.into_iter().enumerate() {
@@ -559,10 +553,12 @@ impl Cursor {
     }
 
     /// Up to `records_max` records and about `bytes_max` bytes that are stored now.
-    /// None only when nothing is stored past the position: a message the stream
-    /// holds but the consumer has not brought yet is waited for (up to the
-    /// timeout, then an error), so that a reader never takes "not here yet" for
-    /// "not there" (a batch read back short would be committed short).
+    /// None only when nothing was stored past the position before the last message
+    /// taken was sent (or, before any, before this call): a message the stream holds
+    /// but the consumer has not brought yet is waited for (up to the timeout, then an
+    /// error), so that a reader never takes "not here yet" for "not there" (a batch
+    /// read back short would be committed short). The count of messages after each
+    /// one comes with it, so only a fresh cursor asks the stream.
     pub async fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>, Error> {
         let mut out = Vec::new();
         let mut n_bytes = 0usize;
@@ -582,8 +578,14 @@ impl Cursor {
             if self.receive(Duration::from_millis(1)).await? {
                 continue;
             }
-            if !out.is_empty() || last_message(self.jetstream.clone(), self.stream_name.clone()).await? <= self.consumed
-            {
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let stored_past = match self.pending {
+                Some(pending) => pending > 0,
+                None => last_message(self.jetstream.clone(), self.stream_name.clone()).await? > self.consumed,
+            };
+            if !stored_past {
                 return Ok(out);
             }
             if !self.receive(self.timeout).await? {

@@ -102,21 +102,11 @@ pub(crate) async fn run(args: JetStreamArgs) -> anyhow::Result<()> {
     }
     let _ = jetstream.delete_stream(name).await;
     latencies_us.sort_unstable();
-    let pct = |p: f64| {
-        latencies_us
-            .get(((latencies_us.len() as f64 * p) as usize).min(latencies_us.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| crate::quantile_ms(&latencies_us, p);
     let n = latencies_us.len() as f64;
-    let op = match args.op {
-        Op::PutRecord => "PutRecord",
-        Op::PutRecordBatch => "PutRecordBatch",
-    };
     let out = serde_json::json!({
         "label": args.label,
-        "op": op,
+        "op": args.op.name(),
         "connections": args.connections,
         "streams": 1,
         "record_bytes": args.record_bytes,

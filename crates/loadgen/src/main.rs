@@ -51,6 +51,22 @@ pub(crate) enum Op {
     PutRecordBatch,
 }
 
+impl Op {
+    /// The operation's name in `X-Amz-Target` and in the figures.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::PutRecord => "PutRecord",
+            Op::PutRecordBatch => "PutRecordBatch",
+        }
+    }
+}
+
+/// The `p` quantile of latencies sorted ascending, in milliseconds (0 for none).
+pub(crate) fn quantile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    let at = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len().saturating_sub(1));
+    sorted_us.get(at).copied().unwrap_or(0) as f64 / 1000.0
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Base URL, e.g. http://127.0.0.1:4573; several, comma-separated, spread the
@@ -315,10 +331,7 @@ async fn create_streams(args: &RunArgs, endpoint: &Endpoint) -> anyhow::Result<(
 async fn wait_writable(args: &RunArgs, endpoint: &Endpoint) -> anyhow::Result<()> {
     let mut sender = endpoint.conn();
     let probe = body_for(&RunArgs { records: 1, ..args.clone_shallow() }, &format!("bench-{}", args.streams - 1));
-    let target = match args.op {
-        Op::PutRecord => "PutRecord",
-        Op::PutRecordBatch => "PutRecordBatch",
-    };
+    let target = args.op.name();
     for _ in 0..500 {
         let (status, _) = sender.call(endpoint.request(target, probe.clone())).await?;
         if status == 200 {
@@ -362,10 +375,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             wait_writable(&args, endpoint).await?;
         }
     }
-    let target = match args.op {
-        Op::PutRecord => "PutRecord",
-        Op::PutRecordBatch => "PutRecordBatch",
-    };
+    let target = args.op.name();
     // Per endpoint, one prepared request per stream.
     let prepared: Vec<Arc<Vec<Prepared>>> = endpoints
         .iter()
@@ -427,13 +437,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         n_errors += e;
     }
     latencies_us.sort_unstable();
-    let pct = |p: f64| {
-        latencies_us
-            .get(((latencies_us.len() as f64 * p) as usize).min(latencies_us.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| quantile_ms(&latencies_us, p);
     let n = latencies_us.len() as f64;
     let records_per_request = match args.op {
         Op::PutRecord => 1,

@@ -164,7 +164,9 @@ impl RawJetStreamConfig {
             return Err(invalid("replicas must be 1 to 5"));
         }
         let prefix = self.prefix.unwrap_or_else(|| "SLUICE".into());
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        // Names end up in JetStream stream, subject and key names: no dots or spaces.
+        let is_name = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !is_name(&prefix) {
             return Err(invalid("prefix must be letters, digits, '-' or '_'"));
         }
         let lease_s = self.lease_s.unwrap_or(10);
@@ -176,7 +178,7 @@ impl RawJetStreamConfig {
             let host = if host.is_empty() { "node".to_string() } else { host };
             format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         });
-        if node_id.is_empty() || !node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        if !is_name(&node_id) {
             return Err(invalid("node_id must be letters, digits, '-' or '_'"));
         }
         let options = sluice_jetstream::JetStreamOptions {

@@ -41,8 +41,12 @@ fn key_check(raw: &[u8; 32]) -> String {
     digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn kek(raw: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw).expect("a 32-byte key is valid for AES-256-GCM"))
+impl Kek {
+    fn new(raw: &[u8; 32], enabled: bool) -> Kek {
+        let cipher =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, raw).expect("a 32-byte key is valid for AES-256-GCM"));
+        Kek { cipher, enabled, check: key_check(raw) }
+    }
 }
 
 /// All key-encryption keys.
@@ -147,7 +151,7 @@ impl KeyRegistry {
     pub fn load(master_key_file: &Path, kms_keys: &[RawKmsKey]) -> Result<KeyRegistry, KeysError> {
         let master = OnceLock::new();
         if let Some(raw) = read_master(master_key_file)? {
-            let _ = master.set(Kek { cipher: kek(&raw), enabled: true, check: key_check(&raw) });
+            let _ = master.set(Kek::new(&raw, true));
         }
         let mut keys = HashMap::new();
         for key in kms_keys {
@@ -158,10 +162,7 @@ impl KeyRegistry {
                 (None, None) => return Err(KeysError::Malformed(key.arn.clone())),
             };
             let raw = parse_hex_key(&text, &key.arn)?;
-            keys.insert(
-                key.arn.clone(),
-                Kek { cipher: kek(&raw), enabled: key.enabled.unwrap_or(true), check: key_check(&raw) },
-            );
+            keys.insert(key.arn.clone(), Kek::new(&raw, key.enabled.unwrap_or(true)));
         }
         Ok(KeyRegistry { master_key_file: master_key_file.to_path_buf(), master, keys })
     }
@@ -174,7 +175,7 @@ impl KeyRegistry {
             return Ok(());
         }
         let raw = create_master(&self.master_key_file)?;
-        let _ = self.master.set(Kek { cipher: kek(&raw), enabled: true, check: key_check(&raw) });
+        let _ = self.master.set(Kek::new(&raw, true));
         Ok(())
     }
 
@@ -189,7 +190,7 @@ impl KeyRegistry {
     pub fn reload_master(&self) -> Result<(), KeysError> {
         if self.master.get().is_none() {
             if let Some(raw) = read_master(&self.master_key_file)? {
-                let _ = self.master.set(Kek { cipher: kek(&raw), enabled: true, check: key_check(&raw) });
+                let _ = self.master.set(Kek::new(&raw, true));
             }
         }
         Ok(())

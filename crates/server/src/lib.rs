@@ -181,11 +181,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         println!("Requests must be signed (SigV4) with one of the {} configured access keys.", config.auth_keys.len());
     }
 
-    let mut fatal = storage.fatal.clone();
+    // Only the embedded log can fail for good (an fsync error); JetStream being
+    // unreachable is unhealthy, not fatal.
+    let fatal = storage.wal.as_ref().map(|wal| wal.fatal());
     let stop = async move {
+        let failed = async {
+            match fatal {
+                Some(mut fatal) => {
+                    let _ = fatal.wait_for(Option::is_some).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown => tracing::info!("Shutting down: no new connections; finishing requests in flight."),
-            _ = fatal.wait_for(Option::is_some) => tracing::error!("Shutting down after a fatal storage failure."),
+            () = failed => tracing::error!("Shutting down after a fatal storage failure."),
         }
     };
     let mut delivery =
@@ -223,8 +233,6 @@ struct Storage {
     catalog: Arc<Catalog>,
     /// The embedded log, when it is the backend.
     wal: Option<Arc<Wal>>,
-    /// Turns `Some(reason)` after a fatal storage failure.
-    fatal: tokio::sync::watch::Receiver<Option<String>>,
     /// Cluster mode: which streams this node delivers.
     ownership: Option<Arc<delivery::ownership::Ownership>>,
 }
@@ -280,13 +288,7 @@ async fn open_embedded(
     let missing: u64 = report.gaps.iter().map(|g| g.last_seq - g.first_seq + 1).sum();
     ::metrics::counter!("sluice_wal_missing_records").absolute(missing);
     ::metrics::gauge!("sluice_wal_unavailable_streams").set(wal.failed_streams().len() as f64);
-    Ok(Storage {
-        log: Arc::new(WalLog(wal.clone())),
-        catalog: Arc::new(catalog),
-        fatal: wal.fatal(),
-        wal: Some(wal),
-        ownership: None,
-    })
+    Ok(Storage { log: Arc::new(WalLog(wal.clone())), catalog: Arc::new(catalog), wal: Some(wal), ownership: None })
 }
 
 /// Cluster mode: the log, catalog and leases in NATS JetStream, after checking
@@ -336,10 +338,7 @@ async fn open_cluster(
     tokio::spawn(catalog.clone().follow(shutdown));
     let ownership = delivery::ownership::Ownership::new(cluster.node_id.clone(), nodes, leases, cluster.lease);
     tracing::info!(node = %cluster.node_id, version = %connection.server_version, "Cluster mode: records, catalog and leases in NATS JetStream.");
-    // Never fires: JetStream being unreachable is unhealthy, not fatal.
-    let (fatal_sender, fatal) = tokio::sync::watch::channel(None);
-    std::mem::forget(fatal_sender);
-    Ok(Storage { log: Arc::new(log), catalog, fatal, wal: None, ownership: Some(Arc::new(ownership)) })
+    Ok(Storage { log: Arc::new(log), catalog, wal: None, ownership: Some(Arc::new(ownership)) })
 }
 
 /// Every node of a cluster must have the same master key: records one node seals

@@ -180,13 +180,7 @@ async fn dump(args: DumpArgs) -> anyhow::Result<()> {
             break;
         }
         for r in records {
-            let line = serde_json::json!({
-                "seq": r.seq,
-                "arrival_ms": r.arrival_ms,
-                "encrypted": r.encrypted,
-                "data": base64_simd::STANDARD.encode_to_string(&r.data),
-            });
-            std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
+            dump_line(&mut out, r.seq, r.arrival_ms, r.encrypted, &r.data)?;
         }
     }
     std::io::Write::flush(&mut out)?;
@@ -194,39 +188,49 @@ async fn dump(args: DumpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One record as a JSON line of `dump`.
+fn dump_line(
+    out: &mut impl std::io::Write,
+    seq: u64,
+    arrival_ms: u64,
+    encrypted: bool,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let line = serde_json::json!({
+        "seq": seq,
+        "arrival_ms": arrival_ms,
+        "encrypted": encrypted,
+        "data": base64_simd::STANDARD.encode_to_string(data),
+    });
+    writeln!(out, "{line}")
+}
+
 /// `dump` in cluster mode: the stream's records not yet acknowledged, read from its
-/// JetStream stream up to the last message stored when the dump started.
+/// JetStream stream.
 async fn dump_cluster(
     cluster: &sluice_server::config::ClusterConfig,
     keys: &KeyRegistry,
     region: &str,
     name: &str,
 ) -> anyhow::Result<()> {
-    use sluice_jetstream::{message, Bucket, StreamLogs};
+    use sluice_jetstream::{Bucket, StreamLogs};
     let connection = sluice_jetstream::connect(&cluster.options).await?;
     let logs = StreamLogs::open(&connection, cluster.options.clone(), format!("dump-{}", std::process::id())).await?;
     let bucket = Bucket::open(&connection, &cluster.options, "CATALOG", None).await?;
     let catalog = Catalog::open_bucket(sluice_server::catalog::BucketStore::new(bucket)).await?;
     let stream = catalog.get(region, name).with_context(|| format!("no stream {name} in region {region}"))?;
     let (acknowledged, _) = logs.progress(stream.id).await?;
-    let last = logs.last_message(stream.id).await?;
     let mut cursor = logs.cursor(stream.id, acknowledged + 1);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    while last > 0 && message::message_seq(cursor.position().saturating_sub(1)) < last {
+    // A cursor reads empty only once nothing is stored past it.
+    loop {
         let records = cursor.read(10_000, 64 << 20).await?;
         if records.is_empty() {
-            cursor.wait(std::time::Duration::from_secs(1)).await;
-            continue;
+            break;
         }
         for r in records {
             let data = sluice_server::log::open_record(keys, stream.id, &r.data, r.encrypted)?;
-            let line = serde_json::json!({
-                "seq": r.seq,
-                "arrival_ms": r.arrival_ms,
-                "encrypted": r.encrypted,
-                "data": base64_simd::STANDARD.encode_to_string(&data),
-            });
-            std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
+            dump_line(&mut out, r.seq, r.arrival_ms, r.encrypted, &data)?;
         }
     }
     std::io::Write::flush(&mut out)?;

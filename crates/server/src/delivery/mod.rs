@@ -159,12 +159,6 @@ async fn supervise(delivery: Arc<Delivery>, mut signal: watch::Receiver<bool>) {
         let owned = |id: u64| delivery.ownership.as_ref().is_none_or(|o| o.owns(id));
         for stream in streams.values() {
             delivery.state.metrics.name_stream(stream.id, &stream.name);
-            if let Some(ownership) = &delivery.ownership {
-                // Which node delivers which stream, for operators (and the fault tests).
-                let here = if ownership.owns(stream.id) { 1.0 } else { 0.0 };
-                ::metrics::gauge!("sluice_cluster_delivering", &[("DeliveryStreamName", stream.name.clone())])
-                    .set(here);
-            }
             let start = match workers.get(&stream.id) {
                 None => true,
                 Some(worker) => worker.is_finished() && !stopping,

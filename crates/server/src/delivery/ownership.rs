@@ -46,6 +46,15 @@ fn node_key(node_id: &str) -> String {
     format!("n.{node_id}")
 }
 
+/// Says in `/metrics` whether this node delivers `stream` (for operators, and the
+/// fault tests that pause the delivering node); set where the lease changes hands.
+fn mark(state: &AppState, stream: u64, here: bool) {
+    if let Some(record) = state.catalog.get_by_id(stream) {
+        let labels = [("DeliveryStreamName", record.name.clone())];
+        ::metrics::gauge!("sluice_cluster_delivering", &labels).set(if here { 1.0 } else { 0.0 });
+    }
+}
+
 /// Rendezvous hash of a stream and a node: FNV-1a, fixed by its definition, so
 /// nodes built by different compilers still agree.
 fn weight(stream: u64, node: &str) -> u64 {
@@ -144,6 +153,7 @@ impl Ownership {
                     held.remove(&stream);
                     if streams.contains(&stream) {
                         tracing::warn!(stream, "Lost the lease of a stream: its delivery stops on this node.");
+                        mark(state, stream, false);
                     }
                 }
                 Ok(revision) => {
@@ -186,6 +196,7 @@ impl Ownership {
                     tracing::info!(stream, node = %self.node_id, "Took over a stream's delivery.");
                     free_since.remove(&stream);
                     self.held.write().expect("lock").insert(stream, revision);
+                    mark(state, stream, true);
                 }
                 Err(JsError::Conflict(_)) => {}
                 Err(other) => return Err(other),
@@ -200,6 +211,7 @@ impl Ownership {
                 let revision = self.held.write().expect("lock").remove(&stream);
                 if let Some(revision) = revision {
                     tracing::info!(stream, "Handing a stream's delivery to its preferred node.");
+                    mark(state, stream, false);
                     let _ = self.leases.delete(&lease_key(stream), revision).await;
                 }
             }

@@ -190,14 +190,16 @@ fn open(
         return Err(damaged());
     }
     let key_ref_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
-    let key_ref = std::str::from_utf8(take(key_ref_len)?).map_err(|_| damaged())?.to_string();
+    let key_ref = std::str::from_utf8(take(key_ref_len)?).map_err(|_| damaged())?;
     let wrapped_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
-    let wrapped = take(wrapped_len)?.to_vec();
+    let wrapped = take(wrapped_len)?;
     let index = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
     let body = &sealed[at..];
-    if last_key.as_ref().is_none_or(|(w, _)| *w != wrapped) {
-        let data_key = keys.unwrap(&key_ref, &wrapped).map_err(|reason| LogError::Key { key_ref, reason })?;
-        *last_key = Some((wrapped, cipher(&data_key)));
+    // An append's records share one data key: unwrap it once, not per record.
+    if last_key.as_ref().is_none_or(|(w, _)| w.as_slice() != wrapped) {
+        let data_key =
+            keys.unwrap(key_ref, wrapped).map_err(|reason| LogError::Key { key_ref: key_ref.into(), reason })?;
+        *last_key = Some((wrapped.to_vec(), cipher(&data_key)));
     }
     let (_, cipher) = last_key.as_ref().expect("set above");
     let mut buf = body.to_vec();
