@@ -2,6 +2,7 @@
 temporary data directory, and clients pointed at it."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,9 +31,19 @@ def sluice_binary() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, below Linux's ephemeral range (32768 and up): the
+    OS hands ports from that range to outgoing connections too, so a server killed
+    and restarted on its port could otherwise find it taken."""
+    start = random.randrange(12_000)
+    for step in range(12_000):
+        port = 20_000 + (start + step) % 12_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000..32000")
 
 
 class Server:

@@ -44,8 +44,22 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// A loopback port that is free now, below Linux's ephemeral range (32768 and up):
+/// a port the OS handed out for `bind(0)` is also what it hands out for outgoing
+/// connections (NATS routes, clients of a parallel test), so a server restarted on
+/// its port after a kill could find it taken. Random start, so parallel tests and
+/// processes seldom probe the same ports.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = (uuid::Uuid::new_v4().as_u128() % u128::from(SPAN)) as u16;
+    for step in 0..SPAN {
+        let port = LOW + (start + step) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 impl Cluster {
