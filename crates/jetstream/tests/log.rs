@@ -35,7 +35,7 @@ async fn logs(cluster: &Cluster, node: &str) -> StreamLogs {
 }
 
 async fn read_all(logs: &StreamLogs, id: u64, from: u64) -> Vec<sluice_jetstream::StoredRecord> {
-    let mut cursor = logs.cursor(id, from);
+    let mut cursor = logs.cursor(id, from, None);
     let mut out = Vec::new();
     let mut idle = 0;
     while idle < 20 {

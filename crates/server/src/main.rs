@@ -220,7 +220,7 @@ async fn dump_cluster(
     let catalog = Catalog::open_bucket(sluice_server::catalog::BucketStore::new(bucket)).await?;
     let stream = catalog.get(region, name).with_context(|| format!("no stream {name} in region {region}"))?;
     let (acknowledged, _) = logs.progress(stream.id).await?;
-    let mut cursor = logs.cursor(stream.id, acknowledged + 1);
+    let mut cursor = logs.cursor(stream.id, acknowledged + 1, None);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // A cursor reads empty only once nothing is stored past it.
     loop {

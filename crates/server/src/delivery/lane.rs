@@ -341,7 +341,7 @@ async fn decide(
 
 /// The batch's records, read back from the log.
 async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Result<Vec<StoredRecord>, LogError> {
-    let mut cursor = delivery.state.log.cursor(stream_id, intent.first_seq)?;
+    let mut cursor = delivery.state.log.cursor_range(stream_id, intent.first_seq, intent.last_seq)?;
     let mut batch: Vec<StoredRecord> = Vec::new();
     while batch.last().is_none_or(|r| r.seq < intent.last_seq) {
         let records = cursor.read(READ_RECORDS_MAX, usize::MAX).await?;

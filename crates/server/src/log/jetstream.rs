@@ -95,6 +95,15 @@ impl JetStreamLog {
         (log, refresh)
     }
 
+    fn cursor_to(&self, stream: u64, from: u64, last: Option<u64>) -> Box<dyn LogCursor> {
+        Box::new(JetStreamCursor {
+            inner: self.logs.cursor(stream, from, last),
+            keys: self.keys.clone(),
+            stream,
+            last_key: None,
+        })
+    }
+
     fn track(&self, stream: u64, bytes: u64) {
         *self.retained.write().expect("lock").entry(stream).or_insert(0) += bytes;
     }
@@ -271,12 +280,11 @@ impl RecordLog for JetStreamLog {
     }
 
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError> {
-        Ok(Box::new(JetStreamCursor {
-            inner: self.logs.cursor(stream, from),
-            keys: self.keys.clone(),
-            stream,
-            last_key: None,
-        }))
+        Ok(self.cursor_to(stream, from, None))
+    }
+
+    fn cursor_range(&self, stream: u64, from: u64, last: u64) -> Result<Box<dyn LogCursor>, LogError> {
+        Ok(self.cursor_to(stream, from, Some(last)))
     }
 
     fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {

@@ -83,6 +83,11 @@ pub trait RecordLog: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Appended, LogError>>;
     /// A cursor at `from`, or after the acknowledged records if later.
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError>;
+    /// A cursor for reading records `from..=last` back (a decided batch): a
+    /// backend that reads ahead need not read past `last`.
+    fn cursor_range(&self, stream: u64, from: u64, _last: u64) -> Result<Box<dyn LogCursor>, LogError> {
+        self.cursor(stream, from)
+    }
     /// In one durable, atomic step: acknowledges every record up to and including
     /// `seq` (never moving back; the log may then drop them) and replaces the
     /// delivery state, an opaque blob of at most 64 KiB (empty for none).
