@@ -2,8 +2,9 @@
 cluster behave as one Firehose, and keep every guarantee when nodes fail.
 
 The fault test runs PutRecordBatch load spread over all nodes while it kills -9
-Sluice and NATS nodes, pauses the node delivering a stream for longer than its
-lease, and takes every NATS server down at once; then every acknowledged record
+Sluice and NATS nodes, wipes a NATS server's store (a disk lost), pauses the node
+delivering a stream for longer than its lease, and takes every NATS server down
+at once; then every acknowledged record
 must be in the bucket exactly once, and no object key may ever have held two
 different contents. `SLUICE_CLUSTER_FAULTS` sets how many faults (CI: 20)."""
 
@@ -12,6 +13,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -165,7 +167,7 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
         watcher.start()
         producers = Producers(cluster, streams).start()
         rng = random.Random(int(os.environ.get("SLUICE_CLUSTER_SEED", "11")))
-        kinds = ["kill_sluice", "kill_nats", "pause_owner", "all_nats_down"]
+        kinds = ["kill_sluice", "kill_nats", "pause_owner", "all_nats_down", "nats_disk_lost"]
         done = []
         for fault in range(FAULTS):
             # Every kind at least once, then at random.
@@ -180,6 +182,15 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
                 i = rng.randrange(3)
                 own_nats.kill(i)
                 time.sleep(rng.uniform(0.5, 2.0))
+                own_nats.start(i)
+            elif kind == "nats_disk_lost":
+                # A NATS server's disk is replaced: it comes back with an empty
+                # store, and the other replicas must bring it up to date (start()
+                # waits until its /healthz says its streams are current) before
+                # the next fault may take one of them.
+                i = rng.randrange(3)
+                own_nats.kill(i)
+                shutil.rmtree(own_nats.store_dir(i), ignore_errors=True)
                 own_nats.start(i)
             elif kind == "pause_owner":
                 stream = rng.choice(streams)
