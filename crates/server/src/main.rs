@@ -40,6 +40,10 @@ enum Command {
     /// Print a stream's records still held in the log (not yet delivered), as JSON
     /// lines. Run it while the server is stopped: opening the log runs recovery.
     Dump(DumpArgs),
+    /// Exit 0 when a server's `/health` answers 200 and 1 otherwise (a container
+    /// health check without curl). By default asks the address `serve` would listen
+    /// on, with the same options and environment.
+    Health(HealthArgs),
 }
 
 #[derive(Args, Clone)]
@@ -70,6 +74,19 @@ struct ServeArgs {
     /// JetStream cluster (`nats://HOST:PORT[,nats://HOST:PORT...]`); see `[jetstream]`.
     #[arg(long, env = "SLUICE_JETSTREAM", value_delimiter = ',')]
     jetstream: Option<Vec<String>>,
+    /// Keep everything in a new temporary directory, removed when the server stops
+    /// (for tests; a killed server leaves it behind in the system's temp directory).
+    #[arg(long, env = "SLUICE_EPHEMERAL", conflicts_with = "data_dir")]
+    ephemeral: bool,
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The server's URL [default: http(s)://<the address serve would listen on>].
+    #[arg(long)]
+    endpoint: Option<String>,
 }
 
 #[derive(Args)]
@@ -124,12 +141,66 @@ fn main() -> anyhow::Result<()> {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Dump(args)) => runtime.block_on(dump(args)),
+        Some(Command::Health(args)) => {
+            if let Err(reason) = runtime.block_on(health(args)) {
+                eprintln!("unhealthy: {reason:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    // Removed when dropped, after the server stopped.
+    let ephemeral = match args.ephemeral {
+        true => {
+            let dir = tempfile::Builder::new().prefix("sluice-ephemeral-").tempdir()?;
+            tracing::info!(data_dir = %dir.path().display(), "Ephemeral: the data directory is removed on exit.");
+            args.data_dir = Some(dir.path().to_path_buf());
+            Some(dir)
+        }
+        false => None,
+    };
     let config = load_config(&args)?;
-    sluice_server::run(config, shutdown_signal()).await.context("sluice stopped with an error")
+    let result = sluice_server::run(config, shutdown_signal()).await.context("sluice stopped with an error");
+    drop(ephemeral);
+    result
+}
+
+/// `health`: one GET of `/health`, answered 200 within five seconds.
+async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.serve)?;
+    let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
+    let endpoint = match args.endpoint {
+        Some(endpoint) => endpoint,
+        None => {
+            // A server listening on every address answers on loopback.
+            let mut addr = config.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            match &config.tls {
+                // Its own certificate is trusted; the name checked is the one it has.
+                Some((cert, _)) => {
+                    let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+                    for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                        client = client.add_root_certificate(cert);
+                    }
+                    client = client.danger_accept_invalid_hostnames(true);
+                    format!("https://{addr}")
+                }
+                None => format!("http://{addr}"),
+            }
+        }
+    };
+    let url = format!("{}/health", endpoint.trim_end_matches('/'));
+    let response = client.build()?.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    anyhow::ensure!(response.status() == reqwest::StatusCode::OK, "GET {url} answered {}", response.status());
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

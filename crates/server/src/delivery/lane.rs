@@ -576,6 +576,9 @@ async fn deliver_s3(
         };
         drop(permit);
         if let Err(error) = outcome {
+            if error.contains("NoSuchBucket") {
+                delivery.note_missing_bucket(stream_id, &intent.bucket);
+            }
             tracing::warn!(stream_id, lane = kind.name(), bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed; retrying.");
         }
         if *shutdown.borrow() || wait(shutdown, backoff.next_delay(rand::random::<f64>())).await {

@@ -81,6 +81,9 @@ pub struct Delivery {
     namespace: uuid::Uuid,
     /// In cluster mode, which streams this node delivers; `None`: all of them.
     pub ownership: Option<Arc<ownership::Ownership>>,
+    /// (stream, bucket) pairs already told to be missing, so the hint how to create
+    /// the bucket is logged once per stream, not on every retry.
+    missing_buckets: std::sync::Mutex<std::collections::HashSet<(u64, String)>>,
 }
 
 /// Batch bytes held in memory for delivery at once, across all streams (each
@@ -91,6 +94,16 @@ pub struct Delivery {
 pub const BATCH_BYTES_IN_FLIGHT_MAX: usize = 64 << 20;
 
 impl Delivery {
+    /// Logs, once per stream and bucket, that the bucket is missing and how to
+    /// create it (delivery retries meanwhile, and its own warnings repeat).
+    fn note_missing_bucket(&self, stream_id: u64, bucket: &str) {
+        let first = self.missing_buckets.lock().expect("lock").insert((stream_id, bucket.to_string()));
+        if first {
+            let command = self.store.create_bucket_command(bucket);
+            tracing::error!(stream_id, %bucket, %command, "The stream's bucket does not exist; delivery retries until it does. Create it with: {command}");
+        }
+    }
+
     /// Delivery for `state`'s streams, to the stores its configuration names. Fails
     /// if the HTTP client cannot be set up (an unreadable extra CA).
     pub fn new(state: Arc<AppState>, clock: Clock) -> Result<Delivery, String> {
@@ -119,7 +132,17 @@ impl Delivery {
         let lambda = lambda::LambdaInvoker::new(&state.config.lambda, &state.config.http)?;
         let batch_kib_in_flight = tokio::sync::Semaphore::new(BATCH_BYTES_IN_FLIGHT_MAX >> 10);
         let namespace = key::installation_namespace(&state.installation_id);
-        Ok(Delivery { state, store, clock, http, lambda, batch_kib_in_flight, namespace, ownership: None })
+        Ok(Delivery {
+            state,
+            store,
+            clock,
+            http,
+            lambda,
+            batch_kib_in_flight,
+            namespace,
+            ownership: None,
+            missing_buckets: std::sync::Mutex::default(),
+        })
     }
 }
 

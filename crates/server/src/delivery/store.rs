@@ -253,6 +253,15 @@ impl Store {
         &self.local
     }
 
+    /// The command that creates `bucket` where this store looks for it, for the log
+    /// line that says it is missing.
+    pub fn create_bucket_command(&self, bucket: &str) -> String {
+        match &self.s3.target(bucket).endpoint {
+            Some(endpoint) => format!("aws --endpoint-url {endpoint} s3 mb s3://{bucket}"),
+            None => format!("mkdir -p '{}'", self.local.root.join(bucket).display()),
+        }
+    }
+
     /// Fails at once, without a request, when `bucket` is a local directory that does
     /// not exist: delivery then skips reading and encoding a batch it cannot store.
     pub fn check_bucket(&self, bucket: &str) -> Result<(), String> {
