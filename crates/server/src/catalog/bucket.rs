@@ -37,6 +37,16 @@ fn parse_key(key: &str) -> Option<(String, String)> {
     Some((region.to_string(), name.to_string()))
 }
 
+/// What this node knows of an entry's revision, for a record it read.
+enum Known {
+    /// The record was read at this revision, the latest this node saw.
+    At(u64),
+    /// The entry was never seen (a stream this node's view got otherwise).
+    Never,
+    /// The node has seen a later revision than the record's: the decision is stale.
+    Other,
+}
+
 fn bucket_error(error: JsError) -> CatalogError {
     CatalogError::Bucket(error.to_string())
 }
@@ -58,7 +68,12 @@ pub struct BucketStore {
     /// The latest bucket revision this node's view includes (see `catch_up`).
     applied: tokio::sync::watch::Sender<u64>,
     bucket: Bucket,
-    revisions: Mutex<HashMap<String, u64>>,
+    /// Each entry's last seen revision, with the record read at that revision (the
+    /// very object the view holds). A change is written conditionally on a
+    /// revision only if the record it was decided on is that object: the watch
+    /// may have recorded a newer revision before the view shows its record, and a
+    /// decision made on the older record must not be written over it.
+    revisions: Mutex<HashMap<String, (u64, Arc<StreamRecord>)>>,
 }
 
 impl BucketStore {
@@ -72,23 +87,24 @@ impl BucketStore {
         for value in self.bucket.load().await.map_err(bucket_error)? {
             self.advance(value.revision);
             let Some((region, name)) = parse_key(&value.key) else { continue };
-            let stream = decode(&value.key, &value.value)?;
+            let stream = Arc::new(decode(&value.key, &value.value)?);
             state.next_stream_id = state.next_stream_id.max(stream.id + 1);
-            self.revisions.lock().expect("lock").insert(value.key.clone(), value.revision);
-            state.streams.insert((region, name), Arc::new(stream));
+            self.revisions.lock().expect("lock").insert(value.key.clone(), (value.revision, stream.clone()));
+            state.streams.insert((region, name), stream);
         }
         Ok(state)
     }
 
     /// The stream as the bucket holds it now (`None`: there is none).
-    pub(super) async fn fetch(&self, region: &str, name: &str) -> Result<Option<StreamRecord>, CatalogError> {
+    pub(super) async fn fetch(&self, region: &str, name: &str) -> Result<Option<Arc<StreamRecord>>, CatalogError> {
         let key = key_of(region, name);
         let current = self.bucket.get(&key).await.map_err(bucket_error)?;
         let mut revisions = self.revisions.lock().expect("lock");
         match current {
             Some(value) => {
-                revisions.insert(key.clone(), value.revision);
-                Ok(Some(decode(&key, &value.value)?))
+                let stream = Arc::new(decode(&key, &value.value)?);
+                revisions.insert(key.clone(), (value.revision, stream.clone()));
+                Ok(Some(stream))
             }
             None => {
                 revisions.remove(&key);
@@ -110,22 +126,35 @@ impl BucketStore {
                 serde_json::to_vec(&Entry { format_version: ENTRY_FORMAT_VERSION, stream: (**stream).clone() })
                     .expect("entries serialise"),
             );
-            let known = self.revisions.lock().expect("lock").get(&name).copied();
-            let written = match (before.streams.contains_key(key), known) {
-                (false, _) | (true, None) => self.bucket.create(&name, value).await,
-                (true, Some(revision)) => self.bucket.update(&name, value, revision).await,
+            let written = match before.streams.get(key) {
+                None => self.bucket.create(&name, value).await,
+                Some(read) => match self.revision_of(&name, read) {
+                    Known::At(revision) => self.bucket.update(&name, value, revision).await,
+                    Known::Never => self.bucket.create(&name, value).await,
+                    Known::Other => {
+                        lost.push(key.clone());
+                        continue;
+                    }
+                },
             };
             match written {
                 Ok(revision) => {
-                    self.revisions.lock().expect("lock").insert(name, revision);
+                    self.revisions.lock().expect("lock").insert(name, (revision, stream.clone()));
                 }
                 Err(JsError::Conflict(_)) => lost.push(key.clone()),
                 Err(other) => return Err(Conflict::Failed(bucket_error(other))),
             }
         }
-        for key in before.streams.keys().filter(|k| !after.streams.contains_key(*k)) {
+        for (key, read) in before.streams.iter().filter(|(k, _)| !after.streams.contains_key(*k)) {
             let name = key_of(&key.0, &key.1);
-            let Some(revision) = self.revisions.lock().expect("lock").get(&name).copied() else { continue };
+            let revision = match self.revision_of(&name, read) {
+                Known::At(revision) => revision,
+                Known::Never => continue,
+                Known::Other => {
+                    lost.push(key.clone());
+                    continue;
+                }
+            };
             match self.bucket.delete(&name, revision).await {
                 Ok(()) => {
                     self.revisions.lock().expect("lock").remove(&name);
@@ -137,6 +166,16 @@ impl BucketStore {
         match lost.is_empty() {
             true => Ok(()),
             false => Err(Conflict::Lost(lost)),
+        }
+    }
+
+    /// The revision at which `read` was read, if it is still the one this node
+    /// knows for the entry.
+    fn revision_of(&self, name: &str, read: &Arc<StreamRecord>) -> Known {
+        match self.revisions.lock().expect("lock").get(name) {
+            None => Known::Never,
+            Some((revision, record)) if Arc::ptr_eq(record, read) => Known::At(*revision),
+            Some(_) => Known::Other,
         }
     }
 
@@ -186,7 +225,7 @@ impl BucketStore {
     /// Applies other nodes' changes to `catalog`'s view until `shutdown`. Changes
     /// this node made itself arrive too, and are applied again harmlessly.
     pub(super) async fn follow(&self, catalog: &Arc<Catalog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut from = self.revisions.lock().expect("lock").values().copied().max().unwrap_or(0);
+        let mut from = self.revisions.lock().expect("lock").values().map(|(revision, _)| *revision).max().unwrap_or(0);
         loop {
             let mut changes = match self.bucket.watch(from).await {
                 Ok(changes) => changes,
@@ -210,7 +249,11 @@ impl BucketStore {
                         let Some((region, name)) = parse_key(&value.key) else { continue };
                         match decode(&value.key, &value.value) {
                             Ok(stream) => {
-                                self.revisions.lock().expect("lock").insert(value.key, value.revision);
+                                let stream = Arc::new(stream);
+                                self.revisions
+                                    .lock()
+                                    .expect("lock")
+                                    .insert(value.key, (value.revision, stream.clone()));
                                 catalog.apply_remote(&region, &name, Some(stream));
                             }
                             Err(error) => tracing::error!(%error, "Skipping a catalog entry this node cannot read."),
@@ -268,21 +311,57 @@ mod tests {
         StreamRecord::for_test(id, name, destination)
     }
 
-    async fn node(cluster: &Cluster) -> (Arc<Catalog>, tokio::sync::watch::Sender<bool>) {
+    async fn open_bucket(cluster: &Cluster) -> Bucket {
         let options =
             JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let bucket = loop {
+        loop {
             let opened = match connect(&options).await {
                 Ok(connection) => Bucket::open(&connection, &options, "CATALOG", None).await,
                 Err(e) => Err(e),
             };
             match opened {
-                Ok(bucket) => break bucket,
+                Ok(bucket) => return bucket,
                 Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The watch records an entry's new revision a moment before the view shows
+    /// the record: a change decided on the record the view still showed must not
+    /// be written at the new revision (it was, and two racing UpdateDestination
+    /// calls with one VersionId both won).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_decided_on_an_older_record_is_refused_whatever_revision_is_known() {
+        let cluster = Cluster::start(Setup::default());
+        let ours = BucketStore::new(open_bucket(&cluster).await);
+        let theirs = BucketStore::new(open_bucket(&cluster).await);
+        let key = ("us-east-1".to_string(), "s".to_string());
+        let state = |stream: &Arc<StreamRecord>| {
+            let mut state = crate::catalog::CatalogState { next_stream_id: 2, streams: Default::default() };
+            state.streams.insert(key.clone(), stream.clone());
+            state
         };
+        let empty = crate::catalog::CatalogState { next_stream_id: 1, streams: Default::default() };
+        let v1 = Arc::new(record(1, "s"));
+        assert!(ours.persist(&empty, &state(&v1)).await.is_ok());
+        // Another node moves the stream to version 2 ...
+        let seen_by_them = theirs.fetch("us-east-1", "s").await.unwrap().unwrap();
+        let v2 = Arc::new(StreamRecord { version_id: 2, ..(*seen_by_them).clone() });
+        assert!(theirs.persist(&state(&seen_by_them), &state(&v2)).await.is_ok());
+        // ... and this node learns the new revision (as its watch does) while its
+        // view still holds version 1, on which it decides.
+        ours.fetch("us-east-1", "s").await.unwrap();
+        let decided_on_v1 = Arc::new(StreamRecord { version_id: 3, ..(*v1).clone() });
+        let written = ours.persist(&state(&v1), &state(&decided_on_v1)).await;
+        assert!(matches!(written, Err(super::Conflict::Lost(ref keys)) if keys == std::slice::from_ref(&key)), "must lose");
+        let stored = theirs.fetch("us-east-1", "s").await.unwrap().unwrap();
+        assert_eq!(stored.version_id, 2, "the other node's change stands");
+    }
+
+    async fn node(cluster: &Cluster) -> (Arc<Catalog>, tokio::sync::watch::Sender<bool>) {
+        let bucket = open_bucket(cluster).await;
         let catalog = Arc::new(Catalog::open_bucket(BucketStore::new(bucket)).await.unwrap());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(catalog.clone().follow(shutdown));

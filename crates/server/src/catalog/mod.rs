@@ -385,13 +385,13 @@ impl Catalog {
     }
 
     /// Applies a change another node made (`None`: the stream was deleted).
-    fn apply_remote(&self, region: &str, name: &str, stream: Option<StreamRecord>) {
+    fn apply_remote(&self, region: &str, name: &str, stream: Option<Arc<StreamRecord>>) {
         let mut state = self.state.write().expect("lock");
         let key = (region.to_string(), name.to_string());
         match stream {
             Some(stream) => {
                 state.next_stream_id = state.next_stream_id.max(stream.id + 1);
-                state.streams.insert(key, Arc::new(stream));
+                state.streams.insert(key, stream);
             }
             None => {
                 state.streams.remove(&key);
