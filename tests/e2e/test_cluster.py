@@ -10,6 +10,7 @@ different contents. `SLUICE_CLUSTER_FAULTS` sets how many faults (CI: 20)."""
 
 import base64
 import hashlib
+import json
 import os
 import random
 import re
@@ -398,5 +399,33 @@ def test_nodes_started_together_on_one_key_file_agree_on_it(tmp_path, nats):
         records = cluster.dump("sealed")
         assert sorted(base64.b64decode(r["data"]) for r in records) == sorted(f"s{i}\n".encode() for i in range(6))
         assert all(r["encrypted"] for r in records)
+    finally:
+        cluster.close()
+
+
+def test_nodes_started_together_on_one_declaration_make_each_stream_once(tmp_path, nats):
+    """`--streams`: every node applies the same file at start; each stream is made
+    once, by whichever node gets there first, and the others take it as it is."""
+    decl = tmp_path / "streams.json"
+    decl.write_text(json.dumps({"buckets": ["decl"], "streams": [
+        {"DeliveryStreamName": f"d{i}",
+         "ExtendedS3DestinationConfiguration": dict(S3_CONFIG, BucketARN="arn:aws:s3:::decl", BufferingHints=hints(1, 0))}
+        for i in range(5)]}))
+    cluster = SluiceCluster(tmp_path / "cluster", nats, env={"SLUICE_STREAMS": str(decl)}).start_together()
+    try:
+        for node in cluster.nodes:
+            client = node.client()
+            assert sorted(client.list_delivery_streams()["DeliveryStreamNames"]) == [f"d{i}" for i in range(5)]
+            for i in range(5):
+                d = client.describe_delivery_stream(DeliveryStreamName=f"d{i}")["DeliveryStreamDescription"]
+                assert (d["DeliveryStreamStatus"], d["VersionId"]) == ("ACTIVE", "1")
+        bucket = cluster.data_dir / "buckets" / "decl"
+        assert bucket.is_dir()
+        cluster.client().put_record_batch(DeliveryStreamName="d0", Records=[{"Data": f"r{i}\n".encode()} for i in range(30)])
+        deadline = time.time() + 30
+        while sum(delivered(bucket).values()) < 30 and time.time() < deadline:
+            time.sleep(0.2)
+        assert delivered(bucket) == {f"r{i}": 1 for i in range(30)}
+        assert cluster.stop() == 0
     finally:
         cluster.close()

@@ -21,6 +21,9 @@ pub struct RawConfig {
     /// How long a new stream stays `CREATING`, and encryption `ENABLING`/`DISABLING`,
     /// in milliseconds. Default 250.
     pub transition_ms: Option<u64>,
+    /// Buckets and streams to create (or bring up to date) at start: a JSON file
+    /// `{"buckets": [...], "streams": [<CreateDeliveryStream request>, ...]}`.
+    pub streams_file: Option<PathBuf>,
     /// Write-ahead log sizes.
     #[serde(default)]
     pub wal: RawWalConfig,
@@ -548,6 +551,8 @@ pub struct Config {
     pub account_id: String,
     /// Duration of CREATING / ENABLING / DISABLING.
     pub transition_ms: u64,
+    /// Declared buckets and streams (see `api::declared`).
+    pub streams_file: Option<PathBuf>,
     /// Segment size.
     pub segment_bytes_max: u64,
     /// Undelivered bytes held per stream before puts are refused.
@@ -932,6 +937,7 @@ impl RawConfig {
             region,
             account_id,
             transition_ms: self.transition_ms.unwrap_or(250),
+            streams_file: self.streams_file,
             segment_bytes_max: segment_mib << 20,
             buffer_bytes_per_stream_max: self.limits.buffer_mib_per_stream_max.unwrap_or(8192) << 20,
             buffer_bytes_max: self.limits.buffer_mib_max.unwrap_or(32768) << 20,

@@ -75,6 +75,9 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
+    /// The declared streams file is wrong, or a declared stream could not be made.
+    #[error("declared streams: {0}")]
+    Declared(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -154,6 +157,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             }
         }
     });
+
+    // Declared buckets and streams exist before the first request is answered.
+    if let Some(path) = &config.streams_file {
+        let options = sluice_protocol::ParseOptions { allow_http_endpoints: config.http.allow_http };
+        let declaration = api::declared::load(path, &options).map_err(ServerError::Declared)?;
+        let buckets_root = match &config.cluster {
+            Some(cluster) => cluster.shared_buckets_dir.clone(),
+            None => Some(data_dir.join("buckets")),
+        };
+        api::declared::apply(&state, &declaration, buckets_root.as_deref()).await.map_err(ServerError::Declared)?;
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

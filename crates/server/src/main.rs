@@ -78,6 +78,10 @@ struct ServeArgs {
     /// (for tests; a killed server leaves it behind in the system's temp directory).
     #[arg(long, env = "SLUICE_EPHEMERAL", conflicts_with = "data_dir")]
     ephemeral: bool,
+    /// Buckets and delivery streams to create at start, or bring up to date on a
+    /// restart: `{"buckets": [...], "streams": [<CreateDeliveryStream request>...]}`.
+    #[arg(long, env = "SLUICE_STREAMS")]
+    streams: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -113,6 +117,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
     let mut config =
         raw.into_config_with(args.listen, args.data_dir.clone(), args.s3_endpoint.clone(), args.jetstream.clone())?;
     config.allow_anonymous |= args.allow_anonymous;
+    if args.streams.is_some() {
+        config.streams_file = args.streams.clone();
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some((cert.clone(), key.clone()));
     }

@@ -34,6 +34,18 @@ pub(super) fn check_encryption(
 }
 
 pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: CreateDeliveryStreamInput) -> Reply {
+    let arn = create(state, ctx, input, state.config.transition_ms).await?;
+    ok(&CreateDeliveryStreamOutput { arn })
+}
+
+/// Creates the stream, `CREATING` for `transition_ms` (declared streams are
+/// `ACTIVE` at once); returns its ARN.
+pub(super) async fn create(
+    state: &AppState,
+    ctx: &RequestContext,
+    input: CreateDeliveryStreamInput,
+    transition_ms: u64,
+) -> Result<String, ApiError> {
     if input.stream_type != "DirectPut" {
         return Err(invalid(format!(
             "Sluice does not support the source type {}; only DirectPut delivery streams can be created.",
@@ -99,7 +111,7 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Create
         name: input.name.clone(),
         stream_type: input.stream_type.clone(),
         created_ms: ctx.now_ms,
-        active_at_ms: ctx.now_ms + state.config.transition_ms,
+        active_at_ms: ctx.now_ms + transition_ms,
         last_update_ms: None,
         version_id: 1,
         destination_id: "destinationId-000000000001".into(),
@@ -142,5 +154,5 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Create
         tracing::warn!(stream = %record.name, %error, "Could not mark the stream's definition as created.");
     }
     state.metrics.register_stream(&record);
-    ok(&CreateDeliveryStreamOutput { arn })
+    Ok(arn)
 }

@@ -5,6 +5,7 @@
 //! headers or JSON; the error-to-status mapping lives in `sluice_protocol`.
 
 mod create_delivery_stream;
+pub mod declared;
 mod delete_delivery_stream;
 mod describe_delivery_stream;
 mod ingest;

@@ -355,7 +355,10 @@ mod tests {
         ours.fetch("us-east-1", "s").await.unwrap();
         let decided_on_v1 = Arc::new(StreamRecord { version_id: 3, ..(*v1).clone() });
         let written = ours.persist(&state(&v1), &state(&decided_on_v1)).await;
-        assert!(matches!(written, Err(super::Conflict::Lost(ref keys)) if keys == std::slice::from_ref(&key)), "must lose");
+        assert!(
+            matches!(written, Err(super::Conflict::Lost(ref keys)) if keys == std::slice::from_ref(&key)),
+            "must lose"
+        );
         let stored = theirs.fetch("us-east-1", "s").await.unwrap().unwrap();
         assert_eq!(stored.version_id, 2, "the other node's change stands");
     }
