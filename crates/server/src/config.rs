@@ -63,6 +63,18 @@ pub struct RawConfig {
     /// The NATS JetStream cluster, with `[log] backend = "jetstream"`.
     #[serde(default)]
     pub jetstream: RawJetStreamConfig,
+    /// The test controls (`/_sluice/flush`, `/_sluice/state`).
+    #[serde(default)]
+    pub admin: RawAdminConfig,
+}
+
+/// `[admin]`: the test controls on a server with `[[auth.keys]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminConfig {
+    /// Allow them to signed requests by keys whose operations include them.
+    /// Default false. (Without keys they are always allowed, on loopback.)
+    pub enabled: Option<bool>,
 }
 
 /// `[log]`: where records are kept.
@@ -581,6 +593,8 @@ pub struct Config {
     pub auth_regions: std::collections::BTreeSet<String>,
     /// With no keys, serve a non-loopback address anyway.
     pub allow_anonymous: bool,
+    /// With keys, allow the test controls to keys whose operations include them.
+    pub admin_enabled: bool,
     /// Per-stream throughput limits.
     pub throttle: ThrottleConfig,
     /// `(certificate chain, private key)` PEM files: serve HTTPS.
@@ -613,6 +627,17 @@ pub struct S3Config {
     pub buckets: std::collections::BTreeMap<String, S3Target>,
     /// Part size of multipart uploads.
     pub multipart_part_bytes: u64,
+}
+
+impl Config {
+    /// The directory local buckets live in: `<data-dir>/buckets`, in cluster mode
+    /// the one every node shares (`None` when there is none).
+    pub fn local_buckets_root(&self) -> Option<PathBuf> {
+        match &self.cluster {
+            Some(cluster) => cluster.shared_buckets_dir.clone(),
+            None => Some(self.data_dir.join("buckets")),
+        }
+    }
 }
 
 impl S3Config {
@@ -927,6 +952,7 @@ impl RawConfig {
             auth_keys,
             auth_regions: self.auth.regions.into_iter().collect(),
             allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
+            admin_enabled: self.admin.enabled.unwrap_or(false),
             lambda,
             http,
             s3,

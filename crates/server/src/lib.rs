@@ -145,6 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         throttle: throttle::Throttle::new(config.throttle.clone()),
         disk: resources::DiskState::new(data_dir.join("wal")),
         installation_id,
+        flushes: Arc::default(),
     });
     let ownership_task = storage.ownership.clone().map(|o| tokio::spawn(o.run(state.clone(), background.clone())));
     let upkeep_state = state.clone();
@@ -162,10 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if let Some(path) = &config.streams_file {
         let options = sluice_protocol::ParseOptions { allow_http_endpoints: config.http.allow_http };
         let declaration = api::declared::load(path, &options).map_err(ServerError::Declared)?;
-        let buckets_root = match &config.cluster {
-            Some(cluster) => cluster.shared_buckets_dir.clone(),
-            None => Some(data_dir.join("buckets")),
-        };
+        let buckets_root = config.local_buckets_root();
         api::declared::apply(&state, &declaration, buckets_root.as_deref()).await.map_err(ServerError::Declared)?;
     }
 

@@ -1,9 +1,10 @@
 //! The HTTP edge: one `POST /` route for the Firehose API (AWS JSON 1.1), plus
-//! `GET /health` and `GET /metrics`. It reads the body within its limit, parses it
+//! `GET /health`, `GET /metrics` and the test controls under `/_sluice/`. It reads the body within its limit, parses it
 //! into a typed [`Operation`], dispatches to the operation's handler (one file
 //! each), and turns the result or [`ApiError`] into the response. Handlers never see
 //! headers or JSON; the error-to-status mapping lives in `sluice_protocol`.
 
+mod admin;
 mod create_delivery_stream;
 pub mod declared;
 mod delete_delivery_stream;
@@ -58,6 +59,8 @@ pub struct AppState {
     /// This data directory's installation id (see `installation`), mixed into
     /// batch uuids so that two installations never name an object alike.
     pub installation_id: uuid::Uuid,
+    /// Flushes asked for through `/_sluice/flush`, and what lanes reported.
+    pub flushes: Arc<crate::delivery::flush::FlushBoard>,
 }
 
 /// Request bodies held in memory at once, across all connections. With the 8 MiB
@@ -89,6 +92,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", post(firehose))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/_sluice/flush", post(admin::flush))
+        .route("/_sluice/state", axum::routing::delete(admin::reset))
         .with_state(state)
 }
 

@@ -193,9 +193,19 @@ pub(super) async fn run(
         }
     };
     let mut buffered: Option<Buffered> = None;
+    // Flushes (`/_sluice/flush`): a newer generation than the one served makes the
+    // lane read to the end of its log and deliver what it buffers at once.
+    let flushes = delivery.state.flushes.clone();
+    flushes.started(stream_id, kind.name());
+    let _registered = StopsOnDrop(flushes.clone(), stream_id, kind.name());
+    let mut flush_generations = flushes.subscribe();
+    let mut flushed = 0u64;
     loop {
         let Some(stream) = delivery.state.catalog.get_by_id(stream_id) else { return };
         let stopping = *shutdown.borrow();
+        flush_generations.borrow_and_update();
+        let flush_target = flushes.target(stream_id);
+        let flushing = flush_target > flushed;
         // The lane is gone when the destination no longer has it; what it buffered
         // stays in the log, and the stream's worker releases its hold on it.
         let Some(target) = kind.target(&stream.destination) else { return };
@@ -236,7 +246,7 @@ pub(super) async fn run(
         let now_ms = delivery.clock.now_ms();
         let full = buffered.is_some_and(|b| b.bytes >= size_max);
         if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {
-            if full || now_ms >= deadline_ms || (stopping && drained) {
+            if full || now_ms >= deadline_ms || ((stopping || flushing) && drained) {
                 buffered = None;
                 let Some(intent) = decide(&delivery, &progress, &stream, &target, kind, batch, &mut shutdown).await
                 else {
@@ -248,10 +258,15 @@ pub(super) async fn run(
                 continue;
             }
         }
+        if flushing && drained && buffered.is_none() {
+            // Everything stored before the flush was asked for is delivered.
+            flushed = flush_target;
+            flushes.flushed(stream_id, kind.name(), flush_target);
+        }
         if stopping && drained {
             return;
         }
-        if stopping {
+        if stopping || (flushing && !drained) {
             continue;
         }
         let pause = deadline_ms.map_or(IDLE_POLL, |d| Duration::from_millis(d.saturating_sub(now_ms)));
@@ -259,7 +274,17 @@ pub(super) async fn run(
             () = cursor.wait() => {}
             () = tokio::time::sleep(pause.min(IDLE_POLL)) => {}
             _ = shutdown.changed() => {}
+            _ = flush_generations.changed() => {}
         }
+    }
+}
+
+/// Takes a lane off the flush board when it stops, however it stops.
+struct StopsOnDrop(Arc<super::flush::FlushBoard>, u64, &'static str);
+
+impl Drop for StopsOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped(self.1, self.2);
     }
 }
 
@@ -552,6 +577,9 @@ async fn deliver_s3(
                     }
                 }
                 state.metrics.delivery(stream_id, metric, result.is_ok(), n_records, n_bytes);
+                if result.is_ok() {
+                    state.flushes.delivered(stream_id, kind.name(), n_records);
+                }
                 let age_ms = delivery.clock.now_ms().saturating_sub(oldest_ms);
                 match result {
                     Ok(()) => {
@@ -579,6 +607,7 @@ async fn deliver_s3(
             if error.contains("NoSuchBucket") {
                 delivery.note_missing_bucket(stream_id, &intent.bucket);
             }
+            delivery.state.flushes.failed(stream_id, kind.name(), &error);
             tracing::warn!(stream_id, lane = kind.name(), bucket = %intent.bucket, key = %intent.key, attempt, %error, "Delivery to S3 failed; retrying.");
         }
         if *shutdown.borrow() || wait(shutdown, backoff.next_delay(rand::random::<f64>())).await {
@@ -745,13 +774,16 @@ async fn deliver_http(
         }
         drop(permit);
         state.metrics.delivery(stream_id, metric, result.is_ok(), n_records, n_bytes);
+        let lane = LaneKind::Destination.name();
         let failure = match result {
             Ok(()) => {
                 state.metrics.processing(stream_id, &processed.stats);
+                state.flushes.delivered(stream_id, lane, n_records);
                 return true;
             }
             Err(failure) => failure,
         };
+        state.flushes.failed(stream_id, lane, &format!("{}: {}", failure.code, failure.message));
         tracing::warn!(stream_id, request_id, attempt, code = failure.code, error = %failure.message, "Delivery to the HTTP endpoint failed.");
         if failure.permanent {
             break failure;

@@ -8,6 +8,7 @@
 //! blocks ingest.
 
 pub mod encode;
+pub mod flush;
 mod http;
 pub mod key;
 mod lambda;
@@ -206,6 +207,7 @@ async fn supervise(delivery: Arc<Delivery>, mut signal: watch::Receiver<bool>) {
         tokio::select! {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = signal.changed() => {}
+            () = delivery.state.flushes.reconcile_requested() => {}
         }
     }
     let handles: Vec<JoinHandle<()>> = workers.into_values().collect();

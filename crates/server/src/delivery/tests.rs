@@ -47,6 +47,7 @@ impl Harness {
             throttle: crate::throttle::Throttle::new(Default::default()),
             disk: crate::resources::DiskState::new(dir.path().join("wal")),
             installation_id: uuid::Uuid::new_v4(),
+            flushes: Arc::default(),
         });
         Harness { dir, state }
     }
