@@ -45,6 +45,11 @@ def test_boto3_over_https_with_a_test_ca(tmp_path):
         fh.create_delivery_stream(DeliveryStreamName="secure", ExtendedS3DestinationConfiguration=S3_CONFIG)
         wait_active(fh, "secure")
         assert fh.put_record(DeliveryStreamName="secure", Record={"Data": b"over tls"})["RecordId"]
+        # `sluice health` with the server's options asks it over HTTPS.
+        health = subprocess.run([str(sluice_binary()), "health", "--listen", f"127.0.0.1:{port}", "--tls-cert",
+                                 str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+                                capture_output=True, text=True, timeout=30)
+        assert health.returncode == 0, health.stderr
         untrusting = boto3.client("firehose", endpoint_url=endpoint, region_name="us-east-1",
                                   aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
                                   config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
