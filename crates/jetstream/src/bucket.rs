@@ -76,14 +76,7 @@ impl Bucket {
             max_age: max_age.unwrap_or_default(),
             ..kv::Config::default()
         };
-        let store = match connection.jetstream.create_key_value(config).await {
-            Ok(store) => store,
-            Err(_) => connection
-                .jetstream
-                .get_key_value(&bucket)
-                .await
-                .map_err(|e| Error::Request(format!("bucket {bucket}: {e}")))?,
-        };
+        let store = open_consistent(connection, config).await?;
         Ok(Bucket { store, name: bucket })
     }
 
@@ -169,4 +162,28 @@ impl Bucket {
             })
         }))
     }
+}
+
+/// Opens (creating it if missing) a key-value bucket whose reads go to its
+/// stream's leader. The client makes buckets with direct gets allowed, which any
+/// replica answers, a lagging one too (a server catching up after its disk was
+/// lost answered with a delivery position from before the last takeover, and a
+/// batch was delivered again under another key before the stale revision made
+/// its commit fail). Sluice's reads decide what to write next: they must see the
+/// latest write.
+pub(crate) async fn open_consistent(connection: &Connection, config: kv::Config) -> Result<kv::Store, Error> {
+    let bucket = config.bucket.clone();
+    let failed = |e: &dyn std::fmt::Display| Error::Request(format!("bucket {bucket}: {e}"));
+    if let Err(created) = connection.jetstream.create_key_value(config).await {
+        tracing::debug!(%bucket, error = %created, "Opening the existing bucket.");
+    }
+    let stream_name = format!("KV_{bucket}");
+    let mut stream = connection.jetstream.get_stream(&stream_name).await.map_err(|e| failed(&e))?;
+    let info = stream.info().await.map_err(|e| failed(&e))?;
+    if info.config.allow_direct {
+        let config = stream::Config { allow_direct: false, ..info.config.clone() };
+        connection.jetstream.update_stream(config).await.map_err(|e| failed(&e))?;
+    }
+    let store = connection.jetstream.get_key_value(&bucket).await.map_err(|e| failed(&e))?;
+    Ok(store)
 }

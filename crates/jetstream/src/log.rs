@@ -148,14 +148,7 @@ impl StreamLogs {
             storage: stream::StorageType::File,
             ..kv::Config::default()
         };
-        let progress = match connection.jetstream.create_key_value(config).await {
-            Ok(store) => store,
-            Err(_) => connection
-                .jetstream
-                .get_key_value(&bucket)
-                .await
-                .map_err(|e| Error::Request(format!("progress bucket {bucket}: {e}")))?,
-        };
+        let progress = crate::bucket::open_consistent(connection, config).await?;
         Ok(StreamLogs {
             jetstream: connection.jetstream.clone(),
             options: Arc::new(options),
@@ -544,10 +537,17 @@ impl Cursor {
         };
         let info = message.info().map_err(|e| Error::Request(e.to_string()))?;
         let message_seq = info.stream_sequence;
-        self.consumed = self.consumed.max(message_seq);
-        self.pending = Some(info.pending);
+        if message_seq <= self.consumed {
+            // Taken already: its records are read or still in `ready`. A consumer
+            // made again after an error starts at the reader's position, which may
+            // be before messages already taken; taking one twice would hand its
+            // records out twice.
+            return Ok(true);
+        }
         let records = message::decode(&message.payload)
             .map_err(|reason| Error::Request(format!("message {message_seq} of {}: {reason}", self.stream_name)))?;
+        self.consumed = message_seq;
+        self.pending = Some(info.pending);
         for (index, record) in records.into_iter().enumerate() {
             let seq = message::record_seq(message_seq, index);
             if seq >= next_seq {
@@ -605,6 +605,13 @@ impl Cursor {
                 )));
             }
         }
+    }
+
+    /// Drops the consumer as a read error does (tests only): the next read makes a
+    /// new one at the reader's position.
+    #[cfg(feature = "testing")]
+    pub fn drop_consumer(&mut self) {
+        self.messages = None;
     }
 
     /// Resolves when a record at or after the cursor is stored (or after `wait`).

@@ -97,3 +97,22 @@ async fn a_key_not_renewed_expires_in_a_bucket_with_a_maximum_age() {
     }
     assert!(leases.update("lease", Bytes::from("node-a"), revision).await.is_err(), "the old holder cannot renew");
 }
+
+/// Reads that decide what is written next must see the latest write: the buckets
+/// (and the progress bucket) are read through their stream's leader, never by
+/// direct gets, which a lagging replica may answer with an old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_are_read_through_the_leader() {
+    let cluster = Cluster::start(Setup::default());
+    let (connection, options) = connection(&cluster).await;
+    let opened = bucket(&connection, &options, None).await;
+    // Opened again (as a restarted node does) it stays so.
+    let again = bucket(&connection, &options, None).await;
+    let logs = sluice_jetstream::StreamLogs::open(&connection, options.clone(), "n".into()).await.unwrap();
+    drop((again, logs));
+    let jetstream = async_nats::jetstream::new(async_nats::connect(cluster.urls()[0].as_str()).await.unwrap());
+    for name in [opened.name().to_string(), format!("{}_PROGRESS", options.prefix)] {
+        let mut stream = jetstream.get_stream(format!("KV_{name}")).await.unwrap();
+        assert!(!stream.info().await.unwrap().config.allow_direct, "{name} allows direct gets");
+    }
+}

@@ -51,6 +51,33 @@ async fn read_all(logs: &StreamLogs, id: u64, from: u64) -> Vec<sluice_jetstream
     out
 }
 
+/// A consumer made again after a read error starts at the reader's position,
+/// before messages the cursor may already hold: no record is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_again_hands_out_no_record_twice() {
+    let cluster = Cluster::start(Setup::default());
+    let logs = logs(&cluster, "again").await;
+    logs.create_stream(1, None).await.unwrap();
+    for m in 0..3 {
+        let records = (0..10).map(|i| format!("m{m}-{i}").into_bytes()).collect();
+        logs.append(1, records, 1, false).await.unwrap();
+    }
+    let mut cursor = logs.cursor(1, 0, None);
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    while seen.len() < 5 {
+        seen.extend(cursor.read(5 - seen.len(), 1 << 20).await.unwrap().into_iter().map(|r| r.data));
+    }
+    cursor.drop_consumer();
+    while seen.len() < 30 {
+        let records = cursor.read(1000, 1 << 20).await.unwrap();
+        assert!(!records.is_empty(), "the rest is stored: {} of 30 read", seen.len());
+        seen.extend(records.into_iter().map(|r| r.data));
+    }
+    assert!(cursor.read(1000, 1 << 20).await.unwrap().is_empty(), "nothing more");
+    let expected: Vec<Vec<u8>> = (0..3).flat_map(|m| (0..10).map(move |i| format!("m{m}-{i}").into_bytes())).collect();
+    assert_eq!(seen, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_come_back_in_order_and_concurrent_appends_share_messages() {
     let cluster = Cluster::start(Setup::default());
