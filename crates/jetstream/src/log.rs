@@ -160,7 +160,8 @@ impl StreamLogs {
         })
     }
 
-    fn stream_name(&self, id: u64) -> String {
+    /// The JetStream stream that holds delivery stream `id`'s log.
+    pub fn stream_name(&self, id: u64) -> String {
         format!("{}_LOG_{id:016x}", self.options.prefix)
     }
 
@@ -265,6 +266,7 @@ impl StreamLogs {
             timeout: self.options.timeout,
             messages: None,
             ready: std::collections::VecDeque::new(),
+            recent_ids: (std::collections::VecDeque::new(), std::collections::HashSet::new()),
         }
     }
 
@@ -502,7 +504,18 @@ pub struct Cursor {
     ahead_max: i64,
     messages: Option<consumer::pull::Ordered>,
     ready: std::collections::VecDeque<StoredRecord>,
+    /// The `Nats-Msg-Id`s of the last messages taken (at most
+    /// [`RECENT_IDS_MAX`]): a message stored twice under one id is taken once.
+    recent_ids: (std::collections::VecDeque<String>, std::collections::HashSet<String>),
 }
+
+/// Message ids a cursor remembers. A publish retried after its PubAck was lost
+/// carries the id of the first attempt; the stream's duplicate window should drop
+/// it, yet the fault test saw one commit group stored twice, back to back, after a
+/// NATS server lost its disk. The copy lands within moments of the original, so a
+/// short memory suffices; its records were never acknowledged under the copy's
+/// sequence numbers, so dropping it loses nothing.
+const RECENT_IDS_MAX: usize = 4096;
 
 impl Cursor {
     async fn consumer(&mut self) -> Result<&mut consumer::pull::Ordered, Error> {
@@ -548,6 +561,21 @@ impl Cursor {
             .map_err(|reason| Error::Request(format!("message {message_seq} of {}: {reason}", self.stream_name)))?;
         self.consumed = message_seq;
         self.pending = Some(info.pending);
+        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
+        if let Some(id) = id {
+            let (order, ids) = &mut self.recent_ids;
+            if ids.contains(&id) {
+                tracing::warn!(stream = %self.stream_name, message_seq, %id, "A message stored twice under one id: its copy is skipped.");
+                return Ok(true);
+            }
+            if order.len() == RECENT_IDS_MAX {
+                if let Some(oldest) = order.pop_front() {
+                    ids.remove(&oldest);
+                }
+            }
+            order.push_back(id.clone());
+            ids.insert(id);
+        }
         for (index, record) in records.into_iter().enumerate() {
             let seq = message::record_seq(message_seq, index);
             if seq >= next_seq {
