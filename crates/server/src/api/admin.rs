@@ -15,6 +15,7 @@ use axum::response::Response;
 use sluice_protocol::{ApiError, ErrorCode};
 
 use super::{now_ms, respond, AppState, RequestContext};
+use crate::delivery::flush::LaneStatus;
 
 /// The longest a flush waits for its batches, unless `?wait_s=` says otherwise.
 const FLUSH_WAIT_DEFAULT: Duration = Duration::from_secs(60);
@@ -26,11 +27,25 @@ const RESET_LANES_WAIT: Duration = Duration::from_secs(10);
 /// A control request has no body to speak of.
 const BODY_BYTES_MAX: usize = 4096;
 
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find_map(|(k, v)| (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy()))
+/// `POST /_sluice/flush`'s query.
+#[derive(serde::Deserialize)]
+struct FlushQuery {
+    stream: Option<String>,
+    wait_s: Option<u64>,
+}
+
+/// `DELETE /_sluice/state`'s query.
+#[derive(serde::Deserialize)]
+struct ResetQuery {
+    #[serde(default)]
+    buckets: bool,
+}
+
+/// The request's query as `Q`, or InvalidArgumentException.
+fn query<Q: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<Q, ApiError> {
+    axum::extract::Query::try_from_uri(uri)
+        .map(|axum::extract::Query(q)| q)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidArgumentException, e.body_text()))
 }
 
 fn json(request_id: &str, status: StatusCode, body: serde_json::Value) -> Response {
@@ -88,20 +103,21 @@ async fn admit(state: &AppState, request: axum::extract::Request, operation: &st
 /// `POST /_sluice/flush[?stream=NAME][&wait_s=N]`.
 pub(super) async fn flush(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let query = request.uri().query().map(str::to_string);
+    let asked: Result<FlushQuery, ApiError> = query(request.uri());
     let region = match admit(&state, request, "Flush").await {
         Ok(region) => region,
         Err(e) => return refuse(&request_id, &e),
     };
-    let wait = match query_param(query.as_deref(), "wait_s").map(|v| v.parse::<u64>()) {
-        None => FLUSH_WAIT_DEFAULT,
-        Some(Ok(s)) if Duration::from_secs(s) <= FLUSH_WAIT_MAX => Duration::from_secs(s),
-        Some(_) => {
+    let asked = match asked {
+        Ok(asked) if asked.wait_s.is_none_or(|s| Duration::from_secs(s) <= FLUSH_WAIT_MAX) => asked,
+        Ok(_) => {
             let e = ApiError::new(ErrorCode::InvalidArgumentException, "wait_s must be a number of seconds up to 900.");
             return refuse(&request_id, &e);
         }
+        Err(e) => return refuse(&request_id, &e),
     };
-    let streams = match query_param(query.as_deref(), "stream") {
+    let wait = asked.wait_s.map_or(FLUSH_WAIT_DEFAULT, Duration::from_secs);
+    let streams = match asked.stream {
         None => None,
         Some(name) => {
             let ctx = RequestContext { region: region.clone(), access_key_id: None, now_ms: now_ms() };
@@ -112,16 +128,16 @@ pub(super) async fn flush(State(state): State<Arc<AppState>>, request: axum::ext
         }
     };
     let now = now_ms();
-    let active: Vec<u64> =
-        state.catalog.snapshot().streams.values().filter(|s| s.status(now) == "ACTIVE").map(|s| s.id).collect();
+    let catalog = state.catalog.snapshot();
+    let active: Vec<u64> = catalog.streams.values().filter(|s| s.status(now) == "ACTIVE").map(|s| s.id).collect();
     let outcomes = state.flushes.flush(streams.as_deref(), &active, wait).await;
     let names: BTreeMap<u64, (String, String)> =
-        state.catalog.snapshot().streams.values().map(|s| (s.id, (s.name.clone(), s.region.clone()))).collect();
+        catalog.streams.values().map(|s| (s.id, (s.name.clone(), s.region.clone()))).collect();
     let mut by_stream: BTreeMap<u64, Vec<serde_json::Value>> = BTreeMap::new();
     for outcome in &outcomes {
         by_stream.entry(outcome.stream_id).or_default().push(serde_json::to_value(outcome).expect("json"));
     }
-    let done = outcomes.iter().all(|o| o.status == "delivered");
+    let done = outcomes.iter().all(|o| o.status == LaneStatus::Delivered);
     let streams: Vec<serde_json::Value> = by_stream
         .into_iter()
         .map(|(id, lanes)| {
@@ -135,10 +151,14 @@ pub(super) async fn flush(State(state): State<Arc<AppState>>, request: axum::ext
 /// `DELETE /_sluice/state[?buckets=true]`.
 pub(super) async fn reset(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let query = request.uri().query().map(str::to_string);
+    let asked: Result<ResetQuery, ApiError> = query(request.uri());
     if let Err(e) = admit(&state, request, "ResetState").await {
         return refuse(&request_id, &e);
     }
+    let asked = match asked {
+        Ok(asked) => asked,
+        Err(e) => return refuse(&request_id, &e),
+    };
     state.catalog.catch_up().await;
     let streams: Vec<_> = state.catalog.snapshot().streams.values().cloned().collect();
     let mut removed = Vec::new();
@@ -154,7 +174,7 @@ pub(super) async fn reset(State(state): State<Arc<AppState>>, request: axum::ext
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut buckets = Vec::new();
-    if query_param(query.as_deref(), "buckets").is_some_and(|v| v == "true") {
+    if asked.buckets {
         if let Some(root) = state.config.local_buckets_root() {
             match remove_buckets(&root) {
                 Ok(names) => buckets = names,

@@ -61,9 +61,9 @@ pub fn load(path: &Path, options: &ParseOptions) -> Result<Declaration, String> 
             Err(e) => return Err(format!("{}: streams[{i}]: {}: {}", path.display(), e.code.as_str(), e.message)),
         }
     }
-    let mut seen = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
     for (region, input) in &streams {
-        if seen.insert((region.clone(), input.name.clone()), ()).is_some() {
+        if !seen.insert((region, &input.name)) {
             return Err(format!("{}: stream {} is declared twice", path.display(), input.name));
         }
     }

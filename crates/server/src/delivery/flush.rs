@@ -50,11 +50,8 @@ pub struct LaneOutcome {
     pub stream_id: u64,
     /// `destination` or `backup`.
     pub lane: &'static str,
-    /// `delivered` (everything buffered at the request is delivered; maybe
-    /// nothing was), `failed` (an attempt failed: delivery goes on retrying),
-    /// `stopped` (the lane stopped meanwhile: the stream was deleted or changed, or
-    /// the server is stopping) or `pending` (none of these within the wait).
-    pub status: &'static str,
+    /// How it ended.
+    pub status: LaneStatus,
     /// Batches and records this lane delivered while the flush waited.
     pub batches: u64,
     /// Records in those batches.
@@ -62,6 +59,21 @@ pub struct LaneOutcome {
     /// Why the last attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a flush ended for one lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaneStatus {
+    /// Everything buffered at the request is delivered (maybe nothing was).
+    Delivered,
+    /// An attempt failed; delivery goes on retrying.
+    Failed,
+    /// The lane stopped meanwhile: the stream was deleted or changed, or the
+    /// server is stopping.
+    Stopped,
+    /// None of these within the wait.
+    Pending,
 }
 
 impl Default for FlushBoard {
@@ -173,7 +185,7 @@ impl FlushBoard {
         loop {
             let notified = self.reported.notified();
             let outcomes = self.outcomes(&before, generation);
-            let done = outcomes.iter().all(|o| o.status != "pending");
+            let done = outcomes.iter().all(|o| o.status != LaneStatus::Pending);
             if done || tokio::time::Instant::now() >= deadline {
                 return outcomes;
             }
@@ -189,12 +201,12 @@ impl FlushBoard {
                 let now = lanes.get(&(*stream_id, *lane));
                 let (status, error) = match now {
                     // Stopped meanwhile: what it buffered stays in the log.
-                    None => ("stopped", None),
-                    Some(r) if r.flushed >= generation => ("delivered", None),
+                    None => (LaneStatus::Stopped, None),
+                    Some(r) if r.flushed >= generation => (LaneStatus::Delivered, None),
                     Some(LaneReport { error: Some((at, why)), .. }) if *at >= generation => {
-                        ("failed", Some(why.clone()))
+                        (LaneStatus::Failed, Some(why.clone()))
                     }
-                    Some(_) => ("pending", None),
+                    Some(_) => (LaneStatus::Pending, None),
                 };
                 let now = now.cloned().unwrap_or_default();
                 LaneOutcome {
