@@ -21,5 +21,5 @@ pub mod testing;
 pub use bucket::{Bucket, Change, Versioned};
 pub use connect::{check_sync_always, connect, version_at_least, Connection, MIN_SERVER_VERSION};
 pub use error::Error;
-pub use log::{Appended, Cursor, StoredRecord, StreamLogs, STATE_BYTES_MAX};
+pub use log::{Appended, Cursor, StoredRecord, StreamLogs, TakenOver, STATE_BYTES_MAX};
 pub use options::{Credentials, JetStreamOptions, COMMIT_BYTES_MAX};

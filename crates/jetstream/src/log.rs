@@ -16,9 +16,14 @@
 //!
 //! **Progress.** `<prefix>_PROGRESS`, one entry per stream: the acknowledged record
 //! sequence and the consumer's opaque state, replaced with compare-and-set on the
-//! entry's revision, so two writers (a node that lost a stream's lease and the one
-//! that took it) cannot both commit. Messages below the one holding the acknowledged
-//! position are purged after each commit.
+//! entry's revision. Only the latest *tenure* commits: [`StreamLogs::take_over`]
+//! rewrites the entry (moving its revision, so every earlier writer on any node
+//! fails its next compare-and-set) and hands out a token; each commit names its
+//! token and uses the revision that tenure itself last wrote, never one another
+//! tenure on the same node read. So neither a node that lost a stream's lease nor
+//! an earlier delivery worker of the same node (still running a moment after the
+//! stream was handed away and back) can commit over the latest one. Messages below
+//! the one holding the acknowledged position are purged after each commit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,9 +116,30 @@ pub struct StreamLogs {
     /// This process's part of every message id it publishes.
     node_id: String,
     writers: Mutex<HashMap<u64, mpsc::Sender<AppendRequest>>>,
-    /// Last revision of each stream's progress entry this node wrote or read.
-    revisions: Mutex<HashMap<u64, u64>>,
+    /// The latest tenure of each stream on this node (see [`StreamLogs::take_over`]).
+    tenures: Mutex<HashMap<u64, Tenure>>,
+    /// The last tenure token handed out.
+    tenure_tokens: AtomicU64,
     counter: Arc<AtomicU64>,
+}
+
+/// One tenure of a stream's progress on this node: its token, and the revision of
+/// the progress entry it last wrote (`None` while its take-over is in flight).
+#[derive(Debug, Clone, Copy)]
+struct Tenure {
+    token: u64,
+    revision: Option<u64>,
+}
+
+/// What [`StreamLogs::take_over`] found and the right to commit after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenOver {
+    /// Names this tenure in [`StreamLogs::commit`].
+    pub token: u64,
+    /// The acknowledged position, as last committed.
+    pub acked: u64,
+    /// The consumer's state, as last committed.
+    pub state: Option<Vec<u8>>,
 }
 
 /// Appends queued per stream and node before callers wait.
@@ -155,7 +181,8 @@ impl StreamLogs {
             progress,
             node_id: format!("{node_id}-{}", uuid::Uuid::new_v4().simple()),
             writers: Mutex::new(HashMap::new()),
-            revisions: Mutex::new(HashMap::new()),
+            tenures: Mutex::new(HashMap::new()),
+            tenure_tokens: AtomicU64::new(0),
             counter: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -204,7 +231,7 @@ impl StreamLogs {
     /// Deletes the stream's log and progress.
     pub async fn delete_stream(&self, id: u64) -> Result<(), Error> {
         self.writers.lock().expect("lock").remove(&id);
-        self.revisions.lock().expect("lock").remove(&id);
+        self.tenures.lock().expect("lock").remove(&id);
         match self.jetstream.delete_stream(self.stream_name(id)).await {
             Ok(_) => {}
             Err(e) if e.to_string().contains("not found") => {}
@@ -272,66 +299,82 @@ impl StreamLogs {
 
     /// The acknowledged position and the consumer's state, as last committed.
     pub async fn progress(&self, id: u64) -> Result<(u64, Option<Vec<u8>>), Error> {
+        let (_, progress) = self.read_progress(id).await?;
+        Ok((progress.acked, progress.state()))
+    }
+
+    /// The progress entry and its revision (0: none yet).
+    async fn read_progress(&self, id: u64) -> Result<(u64, ProgressEntry), Error> {
         let entry = self
             .progress
             .entry(Self::progress_key(id))
             .await
             .map_err(|e| Error::Request(format!("reading the progress of {id:016x}: {e}")))?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            self.revisions.lock().expect("lock").insert(id, 0);
-            return Ok((0, None));
+            return Ok((0, ProgressEntry::default()));
         };
-        self.revisions.lock().expect("lock").insert(id, entry.revision);
-        let progress: ProgressEntry = serde_json::from_slice(&entry.value)
+        let progress = serde_json::from_slice(&entry.value)
             .map_err(|e| Error::Request(format!("the progress of {id:016x} is unreadable: {e}")))?;
-        Ok((progress.acked, progress.state()))
+        Ok((entry.revision, progress))
+    }
+
+    /// Begins a new tenure of the stream's progress on this node, before delivering
+    /// it: reads the entry afresh and writes it back unchanged, which moves its
+    /// revision, so whoever committed before (a node that may not know yet that it
+    /// lost the stream, or an earlier tenure on this node) fails its next commit
+    /// with [`Error::Fenced`]. Earlier tenures on this node are refused at once,
+    /// before the servers are asked anything.
+    pub async fn take_over(&self, id: u64) -> Result<TakenOver, Error> {
+        let token = self.tenure_tokens.fetch_add(1, Ordering::Relaxed) + 1;
+        self.tenures.lock().expect("lock").insert(id, Tenure { token, revision: None });
+        let (revision, current) = self.read_progress(id).await?;
+        let unchanged = ProgressEntry::with_state(current.acked, current.state());
+        let value = Bytes::from(serde_json::to_vec(&unchanged).expect("serialises"));
+        let written = match revision {
+            0 => self.progress.create(Self::progress_key(id), value).await.map_err(|e| e.to_string()),
+            _ => self.progress.update(Self::progress_key(id), value, revision).await.map_err(|e| e.to_string()),
+        };
+        let revision = written.map_err(|reason| Self::commit_error(id, reason))?;
+        match self.tenures.lock().expect("lock").get_mut(&id) {
+            Some(tenure) if tenure.token == token => tenure.revision = Some(revision),
+            _ => return Err(Error::Fenced(id)),
+        }
+        Ok(TakenOver { token, acked: current.acked, state: current.state() })
+    }
+
+    fn commit_error(id: u64, reason: String) -> Error {
+        if reason.contains("wrong last sequence") || reason.contains("already exists") {
+            Error::Fenced(id)
+        } else {
+            Error::Request(format!("committing {id:016x}: {reason}"))
+        }
     }
 
     /// Acknowledges every record up to `seq` (never moving back) and, with `state`,
     /// replaces the consumer's state, in one compare-and-set on the progress entry
-    /// against the revision this node last saw; then purges the messages below the
-    /// one holding the acknowledged position. [`Error::Fenced`] if another node
-    /// committed since.
-    pub async fn commit(&self, id: u64, seq: u64, state: Option<Vec<u8>>) -> Result<(), Error> {
+    /// against the revision the tenure `token` (from [`StreamLogs::take_over`]) last
+    /// wrote; then purges the messages below the one holding the acknowledged
+    /// position. [`Error::Fenced`] if a later tenure began, here or on another node.
+    pub async fn commit(&self, id: u64, token: u64, seq: u64, state: Option<Vec<u8>>) -> Result<(), Error> {
         if state.as_ref().is_some_and(|s| s.len() > STATE_BYTES_MAX) {
             return Err(Error::Request(format!("consumer state over {STATE_BYTES_MAX} bytes")));
         }
-        let key = Self::progress_key(id);
-        let known = self.revisions.lock().expect("lock").get(&id).copied();
-        let revision = match known {
-            Some(revision) => revision,
-            None => {
-                self.progress(id).await?;
-                self.revisions.lock().expect("lock").get(&id).copied().unwrap_or(0)
-            }
+        let revision = match self.tenures.lock().expect("lock").get(&id) {
+            Some(Tenure { token: latest, revision: Some(revision) }) if *latest == token => *revision,
+            _ => return Err(Error::Fenced(id)),
         };
-        let current = match revision {
-            0 => ProgressEntry::default(),
-            _ => {
-                let entry = self.progress.entry(&key).await.map_err(|e| Error::Request(e.to_string()))?;
-                match entry {
-                    Some(entry) if entry.revision == revision => {
-                        serde_json::from_slice(&entry.value).map_err(|e| Error::Request(e.to_string()))?
-                    }
-                    _ => return Err(Error::Fenced(id)),
-                }
-            }
-        };
+        let (read, current) = self.read_progress(id).await?;
+        if read != revision {
+            return Err(Error::Fenced(id));
+        }
         let acked = current.acked.max(seq);
         let state = state.or_else(|| current.state());
         let value = Bytes::from(serde_json::to_vec(&ProgressEntry::with_state(acked, state)).expect("serialises"));
-        let written = match revision {
-            0 => self.progress.create(&key, value).await.map_err(|e| e.to_string()),
-            _ => self.progress.update(&key, value, revision).await.map_err(|e| e.to_string()),
-        };
-        let new_revision = match written {
-            Ok(revision) => revision,
-            Err(reason) if reason.contains("wrong last sequence") || reason.contains("already exists") => {
-                return Err(Error::Fenced(id))
-            }
-            Err(reason) => return Err(Error::Request(format!("committing {id:016x}: {reason}"))),
-        };
-        self.revisions.lock().expect("lock").insert(id, new_revision);
+        let written = self.progress.update(Self::progress_key(id), value, revision).await;
+        let revision = written.map_err(|e| Self::commit_error(id, e.to_string()))?;
+        if let Some(tenure) = self.tenures.lock().expect("lock").get_mut(&id).filter(|t| t.token == token) {
+            tenure.revision = Some(revision);
+        }
         let keep_from = message::message_seq(acked);
         if keep_from > 1 {
             let stream = self.stream(id).await?;
@@ -342,16 +385,6 @@ impl StreamLogs {
                 .map_err(|e| Error::Request(format!("purging {id:016x} below message {keep_from}: {e}")))?;
         }
         Ok(())
-    }
-
-    /// Makes this node the only one that can commit the stream's progress: reads the
-    /// entry afresh and writes it back unchanged, which moves its revision, so a
-    /// node that committed before (and may not know yet that it lost the stream)
-    /// fails its next commit with [`Error::Fenced`].
-    pub async fn take_over(&self, id: u64) -> Result<(), Error> {
-        self.revisions.lock().expect("lock").remove(&id);
-        let (acked, state) = self.progress(id).await?;
-        self.commit(id, acked, state).await
     }
 
     /// Whether the servers answer JetStream requests (a quorum of the meta group is

@@ -153,20 +153,49 @@ async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
     }
     assert_eq!(a.progress(2).await.unwrap(), (0, None));
     let before = a.retained_bytes(2).await.unwrap();
-    a.commit(2, last - 1, Some(b"lane state".to_vec())).await.unwrap();
+    let a_tenure = a.take_over(2).await.unwrap();
+    assert_eq!((a_tenure.acked, a_tenure.state.clone()), (0, None));
+    a.commit(2, a_tenure.token, last - 1, Some(b"lane state".to_vec())).await.unwrap();
     assert_eq!(b.progress(2).await.unwrap(), (last - 1, Some(b"lane state".to_vec())), "seen from the other node");
     assert!(a.retained_bytes(2).await.unwrap() < before / 4, "messages below the acknowledged one are purged");
     // b takes the stream over: the progress entry's revision moves, and a's next
     // commit fails, whatever a believes it still holds.
-    b.take_over(2).await.unwrap();
-    assert!(matches!(a.commit(2, last, None).await, Err(Error::Fenced(2))));
-    b.commit(2, last - 1, Some(b"b's state".to_vec())).await.unwrap();
+    let b_tenure = b.take_over(2).await.unwrap();
+    assert_eq!((b_tenure.acked, b_tenure.state), (last - 1, Some(b"lane state".to_vec())));
+    assert!(matches!(a.commit(2, a_tenure.token, last, None).await, Err(Error::Fenced(2))));
+    b.commit(2, b_tenure.token, last - 1, Some(b"b's state".to_vec())).await.unwrap();
     assert_eq!(b.progress(2).await.unwrap(), (last - 1, Some(b"b's state".to_vec())));
     // A commit never moves the position back, and keeps the state when given none.
-    b.commit(2, 3, None).await.unwrap();
+    b.commit(2, b_tenure.token, 3, None).await.unwrap();
     assert_eq!(b.progress(2).await.unwrap(), (last - 1, Some(b"b's state".to_vec())));
     let left = read_all(&b, 2, last).await;
     assert_eq!(left.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![last], "the unacknowledged record is still there");
+}
+
+/// The cluster's fault test once saw two overlapping batches delivered: a node
+/// handed a stream away and got it back, and its earlier delivery worker, still
+/// running with the old position, committed through the revision its new worker's
+/// take-over had just read. Each tenure now commits only through its own revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_tenure_on_the_same_node_cannot_commit_after_a_take_over() {
+    let cluster = Cluster::start(Setup::default());
+    let a = logs(&cluster, "a").await;
+    let b = logs(&cluster, "b").await;
+    a.create_stream(3, None).await.unwrap();
+    let first = a.take_over(3).await.unwrap();
+    a.commit(3, first.token, 0, Some(b"old worker".to_vec())).await.unwrap();
+    // The stream goes to b, which commits, and comes back to a.
+    let on_b = b.take_over(3).await.unwrap();
+    b.commit(3, on_b.token, 0, Some(b"b delivered more".to_vec())).await.unwrap();
+    let second = a.take_over(3).await.unwrap();
+    assert_eq!(second.state.as_deref(), Some(&b"b delivered more"[..]));
+    // a's first worker has not stopped yet: its commit must fail, before and after
+    // the second tenure's own commits.
+    assert!(matches!(a.commit(3, first.token, 0, Some(b"stale".to_vec())).await, Err(Error::Fenced(3))));
+    a.commit(3, second.token, 0, Some(b"new worker".to_vec())).await.unwrap();
+    assert!(matches!(a.commit(3, first.token, 0, Some(b"stale".to_vec())).await, Err(Error::Fenced(3))));
+    assert!(matches!(b.commit(3, on_b.token, 0, Some(b"stale".to_vec())).await, Err(Error::Fenced(3))));
+    assert_eq!(a.progress(3).await.unwrap().1.as_deref(), Some(&b"new worker"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

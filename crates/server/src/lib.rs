@@ -300,7 +300,7 @@ async fn open_embedded(
     let missing: u64 = report.gaps.iter().map(|g| g.last_seq - g.first_seq + 1).sum();
     ::metrics::counter!("sluice_wal_missing_records").absolute(missing);
     ::metrics::gauge!("sluice_wal_unavailable_streams").set(wal.failed_streams().len() as f64);
-    Ok(Storage { log: Arc::new(WalLog(wal.clone())), catalog: Arc::new(catalog), wal: Some(wal), ownership: None })
+    Ok(Storage { log: Arc::new(WalLog::new(wal.clone())), catalog: Arc::new(catalog), wal: Some(wal), ownership: None })
 }
 
 /// Cluster mode: the log, catalog and leases in NATS JetStream, after checking

@@ -354,6 +354,7 @@ async fn decide(
     loop {
         match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
             Ok(()) => return Some(intent),
+            Err(LogError::Fenced(_)) => return None,
             Err(error) => {
                 tracing::error!(stream = %stream.name, %error, "Recording the batch failed; retrying.");
                 if wait(shutdown, RETRY_DELAY_MIN).await {
@@ -410,6 +411,7 @@ async fn deliver(
                 delivery.state.metrics.oldest_undelivered(stream_id, metric, None);
                 return true;
             }
+            Err(LogError::Fenced(_)) => return false,
             Err(error) => {
                 tracing::error!(stream_id, %error, "Committing a delivered batch failed; retrying.");
                 if wait(shutdown, RETRY_DELAY_MIN).await {
@@ -512,6 +514,10 @@ async fn deliver_s3(
         if state.catalog.get_by_id(stream_id).is_none() {
             // Deleted while retrying: its records went with it.
             tracing::info!(stream_id, "Stream deleted; its delivery stops.");
+            return false;
+        }
+        // Another delivery of the stream took over: it redoes this batch.
+        if progress.fenced() {
             return false;
         }
         attempt += 1;
@@ -722,6 +728,9 @@ async fn deliver_http(
             tracing::info!(stream_id, "Stream deleted; its delivery stops.");
             return false;
         };
+        if progress.fenced() {
+            return false;
+        }
         attempt += 1;
         let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
         let batch = match abort_stale_uploads(delivery, progress, kind).await {

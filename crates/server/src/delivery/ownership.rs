@@ -14,9 +14,11 @@
 //!   preferred node's streams are taken over). A node holding more than its fair
 //!   share gives back, one per round, a stream whose preferred node is another live
 //!   node.
-//! * Taking a stream over first rewrites its progress entry in the log
-//!   ([`crate::log::RecordLog::take_over`]): its revision moves, so a former owner
-//!   that has not yet noticed it lost the lease cannot commit anything more.
+//! * The node's delivery worker for a stream it took begins by rewriting the
+//!   stream's progress entry in the log ([`crate::log::RecordLog::take_over`]): its
+//!   revision moves, so a former owner that has not yet noticed it lost the lease
+//!   (or an earlier worker of this node, if the stream went away and came back)
+//!   cannot commit anything more.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -187,12 +189,8 @@ impl Ownership {
             }
             match self.leases.create(&lease_key(stream), Bytes::from(self.node_id.clone())).await {
                 Ok(revision) => {
-                    // Fence the former owner before delivering anything.
-                    if let Err(error) = state.log.take_over(stream).await {
-                        tracing::warn!(stream, %error, "Could not take a stream over; giving the lease back.");
-                        let _ = self.leases.delete(&lease_key(stream), revision).await;
-                        continue;
-                    }
+                    // The worker the engine starts now fences the former owner
+                    // before it delivers anything.
                     tracing::info!(stream, node = %self.node_id, "Took over a stream's delivery.");
                     free_since.remove(&stream);
                     self.held.write().expect("lock").insert(stream, revision);

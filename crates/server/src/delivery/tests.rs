@@ -40,7 +40,7 @@ impl Harness {
         let state = Arc::new(AppState {
             catalog: Arc::new(Catalog::open(dir.path()).unwrap()),
             config,
-            log: Arc::new(WalLog(Arc::new(wal))),
+            log: Arc::new(WalLog::new(Arc::new(wal))),
             keys,
             metrics: Metrics::install(),
             body_kib_in_flight: tokio::sync::Semaphore::new(1),
@@ -295,5 +295,29 @@ async fn http_retries_back_off_until_the_retry_duration_then_go_to_s3() {
     // last wait ends at 300 s: ten attempts in all.
     assert_eq!(record["attemptsMade"], 10);
     assert_eq!(h.progress(id).await.acknowledged_seq(), 1);
+    engine.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_taken_over_stops_and_the_next_one_delivers_once() {
+    let h = Harness::new(86_400);
+    let bucket = h.bucket("fenced");
+    let id = h
+        .create(
+            "fenced",
+            json!({"BucketARN": "arn:aws:s3:::fenced", "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60}}),
+        )
+        .await;
+    h.put(id, &[b"one,", b"two"]).await;
+    let engine = h.start();
+    sleep(Duration::from_secs(1)).await;
+    // A later delivery of the stream begins (as a node taking the stream over
+    // would): the running worker's commits are refused from now on.
+    let later = h.state.log.take_over(id).await.unwrap();
+    let refused = h.state.log.commit(crate::log::Tenure { stream: id, token: later.tenure.token - 1 }, 2, Vec::new());
+    assert!(matches!(refused.await, Err(crate::log::LogError::Fenced(_))), "an earlier tenure commits nothing");
+    sleep(Duration::from_secs(65)).await;
+    assert_eq!(bodies(&bucket), vec![b"one,two".to_vec()], "delivered by the engine's next worker, once");
+    assert_eq!(h.progress(id).await.acknowledged_seq(), 2);
     engine.stop(Duration::from_secs(5)).await;
 }

@@ -4,6 +4,7 @@
 //! record only once every lane has delivered it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{watch, Mutex};
@@ -13,17 +14,27 @@ use super::lane::{self, LaneKind, IDLE_POLL};
 use super::progress::{LaneProgress, Progress};
 use super::Delivery;
 use crate::api::AppState;
-use crate::log::LogError;
+use crate::log::{LogError, Tenure};
 
 /// A stream's delivery progress, shared by its lanes. Commits are serialised, so
-/// the state the log keeps is always the latest.
+/// the state the log keeps is always the latest, and made under this worker's
+/// tenure: once a later worker (here or on another node) took the stream over,
+/// every commit fails and the worker and its lanes stop.
 pub(super) struct StreamProgress {
     pub(super) stream_id: u64,
     state: Arc<AppState>,
+    tenure: Tenure,
     progress: Mutex<Progress>,
+    fenced: AtomicBool,
 }
 
 impl StreamProgress {
+    /// Whether a later tenure took the stream over: nothing this worker does
+    /// will be committed any more.
+    pub(super) fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
     /// One lane's progress.
     pub(super) async fn lane(&self, lane: &str) -> LaneProgress {
         self.progress.lock().await.lanes.get(lane).cloned().unwrap_or_default()
@@ -56,15 +67,21 @@ impl StreamProgress {
                 next.lanes.entry(kind.name().to_string()).or_default();
             }
         }
-        self.state.log.commit(self.stream_id, next.acknowledged_seq(), next.encode()).await?;
+        let committed = self.state.log.commit(self.tenure, next.acknowledged_seq(), next.encode()).await;
+        if let Err(LogError::Fenced(_)) = committed {
+            self.fenced.store(true, Ordering::Relaxed);
+        }
+        committed?;
         *progress = next;
         Ok(())
     }
 }
 
 pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: watch::Receiver<bool>) {
-    let blob = match delivery.state.log.state(stream_id).await {
-        Ok(blob) => blob,
+    // Fences every earlier delivery of the stream (another node's, or a worker of
+    // this node that is still winding down) before reading where it got to.
+    let taken = match delivery.state.log.take_over(stream_id).await {
+        Ok(taken) => taken,
         Err(LogError::StreamUnavailable(reason)) => {
             // Start-up said why at ERROR. Parked until shutdown or deletion: a
             // restarted worker would only fail again.
@@ -77,18 +94,25 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
             return;
         }
         Err(error) => {
-            tracing::error!(stream_id, %error, "Cannot read the stream's log; its delivery stops.");
+            // The engine starts a worker again on its next pass.
+            tracing::error!(stream_id, %error, "Cannot take the stream's delivery over; trying again.");
             return;
         }
     };
     let progress = Arc::new(StreamProgress {
         stream_id,
         state: delivery.state.clone(),
-        progress: Mutex::new(Progress::decode(stream_id, blob.as_deref())),
+        tenure: taken.tenure,
+        progress: Mutex::new(Progress::decode(stream_id, taken.state.as_deref())),
+        fenced: AtomicBool::new(false),
     });
     // Aborted with the worker (a stream handed to another node), not left running.
     let mut lanes = Lanes(HashMap::new());
     while let Some(stream) = delivery.state.catalog.get_by_id(stream_id) {
+        if progress.fenced() {
+            tracing::warn!(stream_id, "A later delivery took this stream over; this worker stops.");
+            break;
+        }
         for kind in LaneKind::ALL {
             let recorded = progress.progress.lock().await.lanes.get(kind.name()).cloned();
             let lanes = &mut lanes.0;
@@ -116,6 +140,10 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
         if lane::wait(&mut shutdown, IDLE_POLL).await {
             break;
         }
+    }
+    if progress.fenced() {
+        // Nothing the lanes do would count any more: dropping `lanes` aborts them.
+        return;
     }
     // Lanes watch the same shutdown signal (or the stream's deletion) and end by
     // themselves; the engine bounds how long this may take.

@@ -1,9 +1,11 @@
 //! The embedded write-ahead log (`sluice-wal`) as a [`RecordLog`]: one node, the
 //! default backend.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::{Appended, BoxFuture, Encryption, LogCursor, LogError, RecordLog, StoredRecord};
+use super::{Appended, BoxFuture, Encryption, LogCursor, LogError, RecordLog, StoredRecord, TakenOver, Tenure};
 
 fn log_error(error: sluice_wal::Error) -> LogError {
     match error {
@@ -17,7 +19,21 @@ fn log_error(error: sluice_wal::Error) -> LogError {
 }
 
 /// The embedded write-ahead log as a [`RecordLog`].
-pub struct WalLog(pub Arc<sluice_wal::Wal>);
+pub struct WalLog {
+    wal: Arc<sluice_wal::Wal>,
+    /// The latest tenure token of each stream: one node, so fencing earlier
+    /// tenures (a delivery worker restarted while its predecessor winds down)
+    /// needs no more than this.
+    tenures: Mutex<HashMap<u64, u64>>,
+    tenure_tokens: AtomicU64,
+}
+
+impl WalLog {
+    /// The log as a [`RecordLog`].
+    pub fn new(wal: Arc<sluice_wal::Wal>) -> WalLog {
+        WalLog { wal, tenures: Mutex::new(HashMap::new()), tenure_tokens: AtomicU64::new(0) }
+    }
+}
 
 struct WalCursor(Option<sluice_wal::Reader>);
 
@@ -55,17 +71,17 @@ async fn blocking<T: Send + 'static>(
 
 impl RecordLog for WalLog {
     fn create_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
-        let wal = self.0.clone();
+        let wal = self.wal.clone();
         Box::pin(blocking(move || wal.create_stream(stream, &definition)))
     }
 
     fn define_stream(&self, stream: u64, definition: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
-        let wal = self.0.clone();
+        let wal = self.wal.clone();
         Box::pin(blocking(move || wal.define_stream(stream, &definition)))
     }
 
     fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
-        let wal = self.0.clone();
+        let wal = self.wal.clone();
         Box::pin(blocking(move || wal.delete_stream(stream)))
     }
 
@@ -75,40 +91,49 @@ impl RecordLog for WalLog {
         records: Vec<Vec<u8>>,
         encryption: Encryption,
     ) -> BoxFuture<'_, Result<Appended, LogError>> {
-        Box::pin(async move { self.0.append(stream, records, encryption).await.map_err(log_error) })
+        Box::pin(async move { self.wal.append(stream, records, encryption).await.map_err(log_error) })
     }
 
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError> {
-        Ok(Box::new(WalCursor(Some(self.0.reader(stream, from).map_err(log_error)?))))
+        Ok(Box::new(WalCursor(Some(self.wal.reader(stream, from).map_err(log_error)?))))
     }
 
-    fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
-        let wal = self.0.clone();
-        Box::pin(blocking(move || wal.commit(stream, seq, state)))
+    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<TakenOver, LogError>> {
+        let token = self.tenure_tokens.fetch_add(1, Ordering::Relaxed) + 1;
+        self.tenures.lock().expect("lock").insert(stream, token);
+        let state = self.wal.state(stream).map_err(log_error);
+        Box::pin(std::future::ready(state.map(|state| TakenOver { tenure: Tenure { stream, token }, state })))
     }
 
-    fn take_over(&self, _stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn commit(&self, tenure: Tenure, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        let wal = self.wal.clone();
+        let current = self.tenures.lock().expect("lock").get(&tenure.stream) == Some(&tenure.token);
+        Box::pin(async move {
+            if !current {
+                return Err(LogError::Fenced(tenure.stream));
+            }
+            blocking(move || wal.commit(tenure.stream, seq, state)).await
+        })
     }
 
     fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>> {
-        Box::pin(std::future::ready(self.0.state(stream).map_err(log_error)))
+        Box::pin(std::future::ready(self.wal.state(stream).map_err(log_error)))
     }
 
     fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError> {
-        self.0.undelivered_bytes(stream).map_err(log_error)
+        self.wal.undelivered_bytes(stream).map_err(log_error)
     }
 
     fn undelivered_bytes_total(&self) -> u64 {
-        self.0.undelivered_bytes_total()
+        self.wal.undelivered_bytes_total()
     }
 
     fn fatal(&self) -> Option<String> {
-        self.0.fatal().borrow().clone()
+        self.wal.fatal().borrow().clone()
     }
 
     fn health(&self) -> Result<(), String> {
-        match &*self.0.fatal().borrow() {
+        match &*self.wal.fatal().borrow() {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }

@@ -29,7 +29,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sluice_jetstream::{Error as JsError, StreamLogs};
 use sluice_wal::{KeyWrapper, DATA_KEY_BYTES};
 
-use super::{Appended, BoxFuture, Encryption, LogCursor, LogError, RecordLog, StoredRecord};
+use super::{Appended, BoxFuture, Encryption, LogCursor, LogError, RecordLog, StoredRecord, TakenOver, Tenure};
 
 /// How often bytes held and health are refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -37,6 +37,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 fn log_error(error: JsError) -> LogError {
     match error {
         JsError::UnknownStream(id) => LogError::UnknownStream(id),
+        JsError::Fenced(id) => LogError::Fenced(id),
         other @ JsError::Full(_) => LogError::Unavailable(format!("the stream's log is at its size limit: {other}")),
         other => LogError::Unavailable(other.to_string()),
     }
@@ -287,12 +288,17 @@ impl RecordLog for JetStreamLog {
         Ok(self.cursor_to(stream, from, Some(last)))
     }
 
-    fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
-        Box::pin(async move { self.logs.commit(stream, seq, Some(state)).await.map_err(log_error) })
+    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<TakenOver, LogError>> {
+        Box::pin(async move {
+            let taken = self.logs.take_over(stream).await.map_err(log_error)?;
+            Ok(TakenOver { tenure: Tenure { stream, token: taken.token }, state: taken.state })
+        })
     }
 
-    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
-        Box::pin(async move { self.logs.take_over(stream).await.map_err(log_error) })
+    fn commit(&self, tenure: Tenure, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(
+            async move { self.logs.commit(tenure.stream, tenure.token, seq, Some(state)).await.map_err(log_error) },
+        )
     }
 
     fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>> {

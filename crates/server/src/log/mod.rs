@@ -51,6 +51,29 @@ pub enum LogError {
     /// The stream has no log.
     #[error("no log for stream {0}")]
     UnknownStream(u64),
+    /// A later tenure of the stream's delivery began (see [`RecordLog::take_over`]):
+    /// this caller no longer delivers it and must stop.
+    #[error("stream {0}: a later delivery of this stream took it over")]
+    Fenced(u64),
+}
+
+/// The right to commit a stream's delivery progress, from one
+/// [`RecordLog::take_over`] until the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenure {
+    /// The stream.
+    pub stream: u64,
+    /// Which take-over (the backend's own numbering).
+    pub token: u64,
+}
+
+/// A tenure begun, and the delivery state last committed before it.
+#[derive(Debug)]
+pub struct TakenOver {
+    /// The right to commit.
+    pub tenure: Tenure,
+    /// The delivery state, if any was committed.
+    pub state: Option<Vec<u8>>,
 }
 
 /// A position in one stream's log, read forward.
@@ -88,15 +111,19 @@ pub trait RecordLog: Send + Sync + 'static {
     fn cursor_range(&self, stream: u64, from: u64, _last: u64) -> Result<Box<dyn LogCursor>, LogError> {
         self.cursor(stream, from)
     }
+    /// Begins a tenure of the stream's delivery: from now on the log accepts commits
+    /// only under the returned tenure, so a former owner (another node that has
+    /// not noticed yet that it lost the stream, or an earlier delivery worker of
+    /// this node still winding down) fails its next commit with
+    /// [`LogError::Fenced`]. Returns the delivery state last committed, read
+    /// after every earlier tenure was fenced.
+    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<TakenOver, LogError>>;
     /// In one durable, atomic step: acknowledges every record up to and including
     /// `seq` (never moving back; the log may then drop them) and replaces the
     /// delivery state, an opaque blob of at most 64 KiB (empty for none).
-    fn commit(&self, stream: u64, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
-    /// Makes this node the only one whose commits the stream's log accepts, before
-    /// it delivers a stream another node delivered (cluster mode); a former owner's
-    /// later commits fail. Nothing to do for a log only one node uses.
-    fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>>;
-    /// The delivery state last committed, if any.
+    /// [`LogError::Fenced`] if a later tenure of the stream began.
+    fn commit(&self, tenure: Tenure, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>>;
+    /// The delivery state last committed, if any (a read; it begins no tenure).
     fn state(&self, stream: u64) -> BoxFuture<'_, Result<Option<Vec<u8>>, LogError>>;
     /// Bytes the log holds for a stream's records not yet acknowledged (for
     /// back-pressure; delivered records never count).
