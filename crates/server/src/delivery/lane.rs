@@ -376,6 +376,21 @@ async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Res
         }
         batch.extend(records.into_iter().take_while(|r| r.seq <= intent.last_seq));
     }
+    // The batch was decided on records the log handed out: if it cannot hand
+    // them out again, the log lost records it had acknowledged. Said loudly,
+    // never hidden: what is left is still delivered.
+    let (first, last) = (batch.first().map(|r| r.seq), batch.last().map(|r| r.seq));
+    if !batch.is_empty() && (first != Some(intent.first_seq) || last != Some(intent.last_seq)) {
+        tracing::error!(
+            stream_id,
+            intent.first_seq,
+            intent.last_seq,
+            read_first = first.unwrap_or(0),
+            read_last = last.unwrap_or(0),
+            n_read = batch.len(),
+            "The log no longer holds all records of a decided batch: records it acknowledged are lost."
+        );
+    }
     Ok(batch)
 }
 
@@ -539,7 +554,7 @@ async fn deliver_s3(
             Err(error) => Err(error),
             Ok(batch) if batch.is_empty() => {
                 // Cannot happen while lanes hold the log; said loudly if it does.
-                tracing::error!(stream_id, key = %intent.key, "The batch's records are no longer in the log.");
+                tracing::error!(stream_id, key = %intent.key, intent.first_seq, intent.last_seq, "The batch's records are no longer in the log: records it acknowledged are lost.");
                 return true;
             }
             Ok(mut batch) => {
