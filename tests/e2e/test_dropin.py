@@ -74,4 +74,5 @@ def test_a_missing_bucket_is_logged_once_per_stream_with_the_command_that_create
     assert logs.count("Delivery to S3 failed; retrying.") >= 6, logs
     hints = [line for line in logs.splitlines() if "does not exist; delivery retries until it does" in line]
     assert len(hints) == 2, hints
+    assert all(f"aws --endpoint-url {server.endpoint} s3 mb s3://absent" in line for line in hints), hints
     assert all(f"mkdir -p '{server.data_dir / 'buckets' / 'absent'}'" in line for line in hints), hints

@@ -1,5 +1,6 @@
 //! The HTTP edge: one `POST /` route for the Firehose API (AWS JSON 1.1), plus
-//! `GET /health`, `GET /metrics` and the test controls under `/_sluice/`. It reads the body within its limit, parses it
+//! `GET /health`, `GET /metrics` and the test controls under `/_sluice/`; every
+//! other request goes to the S3 API over the local buckets (`s3`). It reads the body within its limit, parses it
 //! into a typed [`Operation`], dispatches to the operation's handler (one file
 //! each), and turns the result or [`ApiError`] into the response. Handlers never see
 //! headers or JSON; the error-to-status mapping lives in `sluice_protocol`.
@@ -14,6 +15,7 @@ mod list_delivery_streams;
 mod list_tags_for_delivery_stream;
 mod put_record;
 mod put_record_batch;
+mod s3;
 mod start_delivery_stream_encryption;
 mod stop_delivery_stream_encryption;
 mod tag_delivery_stream;
@@ -88,13 +90,17 @@ pub(crate) fn ok<T: Serialize>(output: &T) -> Reply {
 
 /// The router of the whole server.
 pub fn router(state: Arc<AppState>) -> Router {
+    let s3 = s3::build(&state.config);
     Router::new()
         .route("/", post(firehose))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/_sluice/flush", post(admin::flush))
         .route("/_sluice/state", axum::routing::delete(admin::reset))
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
+        // Whatever is not Firehose's or Sluice's own is S3's (see `s3`).
+        .layer(axum::middleware::from_fn_with_state(s3, s3::dispatch))
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -115,7 +115,7 @@ impl Delivery {
             }
             _ => store::LocalBuckets::new(state.config.data_dir.join("buckets")),
         };
-        let store = Store::new(local, state.config.s3.clone());
+        let store = Store::new(local, state.config.s3.clone()).with_api_endpoint(api_endpoint(&state.config));
         match store.clean_temporary_files() {
             Ok(0) => {}
             Ok(n) => tracing::info!(n_files = n, "Removed temporary files of object writes a crash interrupted."),
@@ -145,6 +145,16 @@ impl Delivery {
             missing_buckets: std::sync::Mutex::default(),
         })
     }
+}
+
+/// Where a client on this machine reaches the server (and its S3 API).
+fn api_endpoint(config: &crate::config::Config) -> String {
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let mut address = config.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{address}")
 }
 
 /// The running delivery workers.

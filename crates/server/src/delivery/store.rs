@@ -62,7 +62,7 @@ pub struct LocalBuckets {
 }
 
 /// The temporary directory's name under the buckets' root.
-const TMP_DIR: &str = ".sluice-tmp";
+pub const TMP_DIR: &str = ".sluice-tmp";
 
 impl LocalBuckets {
     /// Buckets live under `root` (`<data-dir>/buckets`).
@@ -235,12 +235,20 @@ pub struct Store {
     local: LocalBuckets,
     s3: S3Config,
     clients: Mutex<HashMap<String, Arc<AmazonS3>>>,
+    /// Where Sluice's own S3 API answers, for the hint how to make a local bucket.
+    api_endpoint: Option<String>,
 }
 
 impl Store {
     /// Local buckets are `local`; the others where `s3` says.
     pub fn new(local: LocalBuckets, s3: S3Config) -> Store {
-        Store { local, s3, clients: Mutex::default() }
+        Store { local, s3, clients: Mutex::default(), api_endpoint: None }
+    }
+
+    /// Names the S3 API's endpoint (`http://HOST:PORT`) in hints.
+    pub fn with_api_endpoint(mut self, endpoint: String) -> Store {
+        self.api_endpoint = Some(endpoint);
+        self
     }
 
     /// Removes the temporary files of local writes a crash interrupted.
@@ -256,9 +264,14 @@ impl Store {
     /// The command that creates `bucket` where this store looks for it, for the log
     /// line that says it is missing.
     pub fn create_bucket_command(&self, bucket: &str) -> String {
-        match &self.s3.target(bucket).endpoint {
-            Some(endpoint) => format!("aws --endpoint-url {endpoint} s3 mb s3://{bucket}"),
-            None => format!("mkdir -p '{}'", self.local.root.join(bucket).display()),
+        match (&self.s3.target(bucket).endpoint, &self.api_endpoint) {
+            (Some(endpoint), _) => format!("aws --endpoint-url {endpoint} s3 mb s3://{bucket}"),
+            // Local buckets are served by Sluice's own S3 API.
+            (None, Some(api)) => format!(
+                "aws --endpoint-url {api} s3 mb s3://{bucket} (or mkdir -p '{}')",
+                self.local.root.join(bucket).display()
+            ),
+            (None, None) => format!("mkdir -p '{}'", self.local.root.join(bucket).display()),
         }
     }
 
