@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import pytest
@@ -338,3 +339,18 @@ def test_listing_while_delivering_and_after_kill_shows_only_whole_objects(tmp_pa
     server.stop()
     assert not broken, broken[:5]
     assert len(seen) >= 5, "objects were listed and read while delivery ran"
+
+
+def test_the_javascript_s3_client_stores_lists_and_reads_objects(tmp_path):
+    """@aws-sdk/client-s3 (installed by .ci/run into tests/js), without keys and with."""
+    script = Path(__file__).resolve().parent.parent / "js" / "s3.mjs"
+    assert (script.parent / "node_modules" / "@aws-sdk" / "client-s3").is_dir(), "run: cd tests/js && npm ci"
+    keys = '[auth]\n[[auth.keys]]\naccess_key_id = "AKIDJS"\nsecret_access_key = "js-secret"\n'
+    for extra, credentials in (("", []), (keys, ["AKIDJS", "js-secret"])):
+        server = Server(tmp_path / f"data{len(credentials)}", extra_config=extra).start()
+        try:
+            run = subprocess.run(["node", str(script), server.endpoint, *credentials],
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
+        finally:
+            server.stop()
