@@ -191,6 +191,24 @@ def test_streaming_uploads_with_trailing_checksums_are_stored_as_sent(server):
     assert s3.get_object(Bucket="chunked", Key="by-hand")["Body"].read() == b"hello world"
 
 
+def test_presigned_urls_work_without_keys(server):
+    import urllib.request
+    s3 = s3_client(server)
+    s3.create_bucket(Bucket="presigned")
+    put = s3.generate_presigned_url("put_object", Params={"Bucket": "presigned", "Key": "p"}, ExpiresIn=60)
+    with urllib.request.urlopen(urllib.request.Request(put, data=b"by url", method="PUT"), timeout=30) as r:
+        assert r.status == 200
+    get = s3.generate_presigned_url("get_object", Params={"Bucket": "presigned", "Key": "p"}, ExpiresIn=60)
+    with urllib.request.urlopen(get, timeout=30) as r:
+        assert r.read() == b"by url"
+    # SigV4 presigning too.
+    v4 = s3_client(server, signature_version="s3v4")
+    get = v4.generate_presigned_url("get_object", Params={"Bucket": "presigned", "Key": "p"}, ExpiresIn=60)
+    assert "X-Amz-Signature=" in get
+    with urllib.request.urlopen(get, timeout=30) as r:
+        assert r.read() == b"by url"
+
+
 def test_virtual_hosted_requests_name_the_bucket_in_the_host(server):
     s3 = s3_client(server)
     s3.create_bucket(Bucket="vhost")

@@ -20,6 +20,28 @@ const LINE_BYTES_MAX: usize = 4096;
 
 /// Removes a request's signature, and undoes the `aws-chunked` framing of its body.
 pub(crate) fn strip_signature(mut request: HttpRequest) -> HttpRequest {
+    // A presigned URL carries its signature in the query (SigV4, or SigV2 as
+    // boto3 still presigns S3 URLs by default).
+    let signed_query = |q: &&str| q.contains("X-Amz-Signature") || q.contains("Signature=");
+    if let Some(query) = request.uri().query().filter(signed_query) {
+        let sigv2 = ["AWSAccessKeyId=", "Signature=", "Expires="];
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.starts_with("X-Amz-") && !sigv2.iter().any(|p| pair.starts_with(p)))
+            .collect();
+        let path_and_query = if kept.is_empty() {
+            request.uri().path().to_string()
+        } else {
+            format!("{}?{}", request.uri().path(), kept.join("&"))
+        };
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(path_and_query) = path_and_query.parse() {
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
     let headers = request.headers_mut();
     headers.remove(AUTHORIZATION);
     let streaming =
