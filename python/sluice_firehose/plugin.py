@@ -8,6 +8,9 @@ buckets), so every test starts clean:
         sluice.firehose.put_record(DeliveryStreamName="events", Record={"Data": b"x"})
         sluice.flush()
         assert list(sluice.objects("my-bucket").values()) == [b"x"]
+
+The objects can also be read through the server's S3 API (`sluice.s3`, or the
+`sluice_s3` fixture): the same endpoint serves S3 for its local buckets.
 """
 
 import pytest
@@ -28,3 +31,9 @@ def sluice(sluice_server):
     """The session's Sluice server, emptied before the test."""
     sluice_server.reset()
     return sluice_server
+
+
+@pytest.fixture
+def sluice_s3(sluice):
+    """A boto3 S3 client for the (emptied) server's S3 API."""
+    return sluice.s3

@@ -121,6 +121,12 @@ class SluiceServer:
     def firehose(self):
         return self.client("firehose")
 
+    @property
+    def s3(self):
+        """A boto3 S3 client for the server's own S3 API (its local buckets)."""
+        from botocore.config import Config
+        return self.client("s3", config=Config(s3={"addressing_style": "path"}))
+
     def __enter__(self):
         return self.start()
 

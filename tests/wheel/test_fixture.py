@@ -54,3 +54,14 @@ def test_each_test_starts_clean(sluice):
 
 def test_sluice_health_answers_for_the_fixture(sluice):
     assert subprocess.run(["sluice", "health", "--endpoint", sluice.endpoint]).returncode == 0
+
+
+def test_objects_are_read_back_through_the_same_endpoint(sluice, sluice_s3):
+    sluice_s3.create_bucket(Bucket="through-s3")
+    sluice.firehose.create_delivery_stream(
+        DeliveryStreamName="s3-api",
+        ExtendedS3DestinationConfiguration={"RoleARN": ROLE, "BucketARN": "arn:aws:s3:::through-s3"})
+    sluice.firehose.put_record(DeliveryStreamName="s3-api", Record={"Data": b"one record\n"})
+    sluice.flush()
+    [listed] = sluice_s3.list_objects_v2(Bucket="through-s3")["Contents"]
+    assert sluice_s3.get_object(Bucket="through-s3", Key=listed["Key"])["Body"].read() == b"one record\n"
