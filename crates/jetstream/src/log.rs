@@ -406,8 +406,13 @@ impl StreamLogs {
 
     /// Bytes the stream's log holds (its messages not yet purged).
     pub async fn retained_bytes(&self, id: u64) -> Result<u64, Error> {
+        Ok(self.stream_state(id).await?.0)
+    }
+
+    /// Bytes the stream's log holds, and the sequence of its last message.
+    pub async fn stream_state(&self, id: u64) -> Result<(u64, u64), Error> {
         let info = self.stream(id).await?.get_info().await.map_err(|e| Error::Request(e.to_string()))?;
-        Ok(info.state.bytes)
+        Ok((info.state.bytes, info.state.last_sequence))
     }
 
     async fn stream(&self, id: u64) -> Result<stream::Stream, Error> {

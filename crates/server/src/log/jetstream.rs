@@ -52,6 +52,9 @@ pub struct JetStreamLog {
     retained: Arc<RwLock<HashMap<u64, u64>>>,
     /// `Err(reason)` while JetStream does not answer.
     health: Arc<RwLock<Result<(), String>>>,
+    /// The last message of each stream a PubAck confirmed to this node: the stream
+    /// must never be found to end before it.
+    acknowledged: Arc<RwLock<HashMap<u64, u64>>>,
 }
 
 impl JetStreamLog {
@@ -66,8 +69,11 @@ impl JetStreamLog {
             keys,
             retained: Arc::new(RwLock::new(HashMap::new())),
             health: Arc::new(RwLock::new(Ok(()))),
+            acknowledged: Arc::new(RwLock::new(HashMap::new())),
         };
         let (logs, retained, health) = (log.logs.clone(), log.retained.clone(), log.health.clone());
+        let acknowledged = log.acknowledged.clone();
+        let mut reported: HashMap<u64, u64> = HashMap::new();
         let refresh = async move {
             loop {
                 let answer = logs.ping().await.map_err(|e| e.to_string());
@@ -77,9 +83,21 @@ impl JetStreamLog {
                 *health.write().expect("lock") = answer;
                 let ids: Vec<u64> = retained.read().expect("lock").keys().copied().collect();
                 for id in ids {
-                    match logs.retained_bytes(id).await {
-                        Ok(bytes) => {
+                    // Read before the request: every message acknowledged by then is
+                    // at or before the last one the answer names.
+                    let confirmed = acknowledged.read().expect("lock").get(&id).copied().unwrap_or(0);
+                    match logs.stream_state(id).await {
+                        Ok((bytes, last_message)) => {
                             retained.write().expect("lock").insert(id, bytes);
+                            if last_message < confirmed && reported.get(&id) != Some(&confirmed) {
+                                reported.insert(id, confirmed);
+                                tracing::error!(
+                                    stream_id = id,
+                                    last_message,
+                                    acknowledged_message = confirmed,
+                                    "JetStream lost messages it had acknowledged: the stream ends before a message whose PubAck this node received."
+                                );
+                            }
                         }
                         Err(JsError::UnknownStream(_)) => {
                             retained.write().expect("lock").remove(&id);
@@ -249,6 +267,7 @@ impl RecordLog for JetStreamLog {
     fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move {
             self.retained.write().expect("lock").remove(&stream);
+            self.acknowledged.write().expect("lock").remove(&stream);
             self.logs.delete_stream(stream).await.map_err(log_error)
         })
     }
@@ -276,6 +295,11 @@ impl RecordLog for JetStreamLog {
             // (waiting for the group included): what cluster mode adds to a put.
             ::metrics::histogram!("sluice_jetstream_publish_seconds").record(started.elapsed().as_secs_f64());
             self.track(stream, n_bytes);
+            let message = sluice_jetstream::message::message_seq(appended.last_seq);
+            let mut acknowledged = self.acknowledged.write().expect("lock");
+            let last = acknowledged.entry(stream).or_insert(0);
+            *last = (*last).max(message);
+            drop(acknowledged);
             Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: sealed })
         })
     }
