@@ -187,8 +187,24 @@ def test_streaming_uploads_with_trailing_checksums_are_stored_as_sent(server):
     conn.request("PUT", "/chunked/by-hand", body=framed, headers={
         "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "Content-Encoding": "aws-chunked",
         "x-amz-decoded-content-length": "11", "Content-Length": str(len(framed))})
-    assert conn.getresponse().status == 200
+    response = conn.getresponse()
+    assert response.status == 200
+    response.read()
     assert s3.get_object(Bucket="chunked", Key="by-hand")["Body"].read() == b"hello world"
+    # A trailing checksum is checked: the right CRC32 of "hello world" is DUoRhQ==.
+    for crc, status in (("DUoRhQ==", 200), ("AAAAAA==", 400)):
+        framed = b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:" + crc.encode() + b"\r\n\r\n"
+        conn.request("PUT", f"/chunked/trailer-{status}", body=framed, headers={
+            "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "Content-Encoding": "aws-chunked",
+            "x-amz-decoded-content-length": "11", "x-amz-trailer": "x-amz-checksum-crc32",
+            "Content-Length": str(len(framed))})
+        response = conn.getresponse()
+        answer = response.read()
+        assert response.status == status and (status == 200 or b"<Code>BadDigest</Code>" in answer), answer
+    assert error_of(lambda: s3.head_object(Bucket="chunked", Key="trailer-400"))[1] == 404, "refused: not stored"
+    assert error_of(lambda: s3.put_object(Bucket="chunked", Key="bad-header", Body=b"abc",
+                                          ChecksumCRC32="AAAAAA=="))[0] == "BadDigest"
+    assert s3.put_object(Bucket="chunked", Key="good-header", Body=b"hello world", ChecksumCRC32="DUoRhQ==")
 
 
 def test_presigned_urls_work_without_keys(server):

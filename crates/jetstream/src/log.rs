@@ -284,6 +284,7 @@ impl StreamLogs {
         let span =
             last.map_or(u64::MAX, |last| message::message_seq(last).saturating_sub(message::message_seq(from)) + 1);
         Cursor {
+            until: last,
             ahead_max: i64::try_from(span).unwrap_or(i64::MAX).min(CURSOR_MESSAGES_AHEAD_MAX),
             jetstream: self.jetstream.clone(),
             stream_name: self.stream_name(id),
@@ -538,6 +539,9 @@ pub struct Cursor {
     pending: Option<u64>,
     /// How long a message known to be stored may take to arrive.
     timeout: Duration,
+    /// For a batch read back, its last record: everything up to it is known to be
+    /// stored, so the cursor waits for it rather than ending early.
+    until: Option<u64>,
     /// Messages the consumer pulls ahead of the reader.
     ahead_max: i64,
     messages: Option<consumer::pull::Ordered>,
@@ -657,9 +661,12 @@ impl Cursor {
             if !out.is_empty() {
                 return Ok(out);
             }
-            let stored_past = match self.pending {
-                Some(pending) => pending > 0,
-                None => last_message(self.jetstream.clone(), self.stream_name.clone()).await? > self.consumed,
+            let stored_past = match (self.until, self.pending) {
+                // A batch read back: its records were handed out before, so they are
+                // there, whatever a consumer on a replica behind its leader says.
+                (Some(until), _) => self.next_seq <= until,
+                (None, Some(pending)) => pending > 0,
+                (None, None) => last_message(self.jetstream.clone(), self.stream_name.clone()).await? > self.consumed,
             };
             if !stored_past {
                 return Ok(out);

@@ -44,37 +44,157 @@ impl LocalS3 {
         }
     }
 
-    /// Writes a request body into a temporary file.
-    async fn receive(&self, body: Option<StreamingBlob>) -> S3Result<TempFile> {
+    /// Writes a request body into a temporary file, computing the checksum the
+    /// client sends (in a header or a trailer) on the way, and refuses the body
+    /// with `BadDigest` if they differ.
+    async fn receive<T>(&self, body: Option<StreamingBlob>, req: &S3Request<T>, headers: Sums) -> S3Result<TempFile> {
         let mut file = self.run(|b| b.temp_file()).await?;
-        let Some(mut body) = body else { return Ok(file) };
-        let mut pending: Vec<Bytes> = Vec::new();
-        let mut pending_bytes = 0usize;
-        loop {
-            let chunk = body.next().await;
-            let end = chunk.is_none();
-            if let Some(chunk) = chunk {
-                let chunk = chunk.map_err(|e| S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string()))?;
-                pending_bytes += chunk.len();
-                pending.push(chunk);
-            }
-            if pending_bytes >= WRITE_CHUNK_BYTES || (end && pending_bytes > 0) {
-                let chunks = std::mem::take(&mut pending);
-                pending_bytes = 0;
-                file = self
-                    .run(move |_| {
-                        for chunk in chunks {
-                            file.write(&chunk)?;
-                        }
-                        Ok(file)
-                    })
-                    .await?;
-            }
-            if end {
-                return Ok(file);
+        let algorithm = headers.algorithm(req);
+        let mut hasher = algorithm.map(Algorithm::hasher);
+        if let Some(mut body) = body {
+            let mut pending: Vec<Bytes> = Vec::new();
+            let mut pending_bytes = 0usize;
+            loop {
+                let chunk = body.next().await;
+                let end = chunk.is_none();
+                if let Some(chunk) = chunk {
+                    let chunk = chunk.map_err(|e| S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string()))?;
+                    pending_bytes += chunk.len();
+                    pending.push(chunk);
+                }
+                if pending_bytes >= WRITE_CHUNK_BYTES || (end && pending_bytes > 0) {
+                    let chunks = std::mem::take(&mut pending);
+                    pending_bytes = 0;
+                    let mut sum = hasher.take();
+                    (file, hasher) = self
+                        .run(move |_| {
+                            for chunk in chunks {
+                                if let Some(sum) = sum.as_mut() {
+                                    sum.update(&chunk);
+                                }
+                                file.write(&chunk)?;
+                            }
+                            Ok((file, sum))
+                        })
+                        .await?;
+                }
+                if end {
+                    break;
+                }
             }
         }
+        if let (Some(algorithm), Some(hasher)) = (algorithm, hasher) {
+            let expected = headers.value(algorithm).or_else(|| trailer(req, algorithm));
+            let computed = algorithm.pick(hasher.finalize());
+            if expected.is_some_and(|expected| Some(expected) != computed) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::BadDigest,
+                    format!("The {} you specified did not match the calculated checksum.", algorithm.name()),
+                ));
+            }
+        }
+        Ok(file)
     }
+}
+
+/// The checksum headers of an upload.
+#[derive(Default)]
+struct Sums {
+    crc32: Option<String>,
+    crc32c: Option<String>,
+    crc64nvme: Option<String>,
+    sha1: Option<String>,
+    sha256: Option<String>,
+    /// `x-amz-sdk-checksum-algorithm`: which one a trailer will carry.
+    algorithm: Option<ChecksumAlgorithm>,
+}
+
+/// The checksums S3 takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Crc32,
+    Crc32c,
+    Crc64Nvme,
+    Sha1,
+    Sha256,
+}
+
+impl Algorithm {
+    const ALL: [Algorithm; 5] =
+        [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64Nvme, Algorithm::Sha1, Algorithm::Sha256];
+
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Crc32 => "CRC32",
+            Algorithm::Crc32c => "CRC32C",
+            Algorithm::Crc64Nvme => "CRC64NVME",
+            Algorithm::Sha1 => "SHA1",
+            Algorithm::Sha256 => "SHA256",
+        }
+    }
+
+    fn header(self) -> String {
+        format!("x-amz-checksum-{}", self.name().to_ascii_lowercase())
+    }
+
+    fn hasher(self) -> s3s::checksum::ChecksumHasher {
+        let mut hasher = s3s::checksum::ChecksumHasher::default();
+        match self {
+            Algorithm::Crc32 => hasher.crc32 = Some(Default::default()),
+            Algorithm::Crc32c => hasher.crc32c = Some(Default::default()),
+            Algorithm::Crc64Nvme => hasher.crc64nvme = Some(Default::default()),
+            Algorithm::Sha1 => hasher.sha1 = Some(Default::default()),
+            Algorithm::Sha256 => hasher.sha256 = Some(Default::default()),
+        }
+        hasher
+    }
+
+    fn pick(self, sums: Checksum) -> Option<String> {
+        match self {
+            Algorithm::Crc32 => sums.checksum_crc32,
+            Algorithm::Crc32c => sums.checksum_crc32c,
+            Algorithm::Crc64Nvme => sums.checksum_crc64nvme,
+            Algorithm::Sha1 => sums.checksum_sha1,
+            Algorithm::Sha256 => sums.checksum_sha256,
+        }
+    }
+}
+
+impl Sums {
+    fn value(&self, algorithm: Algorithm) -> Option<String> {
+        match algorithm {
+            Algorithm::Crc32 => self.crc32.clone(),
+            Algorithm::Crc32c => self.crc32c.clone(),
+            Algorithm::Crc64Nvme => self.crc64nvme.clone(),
+            Algorithm::Sha1 => self.sha1.clone(),
+            Algorithm::Sha256 => self.sha256.clone(),
+        }
+    }
+
+    /// The algorithm of a checksum header, else of the trailer the request
+    /// announces, else the one the SDK says it uses.
+    fn algorithm<T>(&self, req: &S3Request<T>) -> Option<Algorithm> {
+        if let Some(algorithm) = Algorithm::ALL.into_iter().find(|a| self.value(*a).is_some()) {
+            return Some(algorithm);
+        }
+        let trailer = req.headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+        if let Some(algorithm) = Algorithm::ALL.into_iter().find(|a| trailer.as_deref() == Some(a.header().as_str())) {
+            return Some(algorithm);
+        }
+        let named = self.algorithm.as_ref()?.as_str().to_ascii_uppercase();
+        Algorithm::ALL.into_iter().find(|a| a.name() == named)
+    }
+}
+
+/// The checksum a trailer carried, once the body is read (decoded by `s3s` when it
+/// verified the chunk signatures, else by `unsigned`).
+fn trailer<T>(req: &S3Request<T>, algorithm: Algorithm) -> Option<String> {
+    let name = algorithm.header();
+    let read = |headers: &http::HeaderMap| headers.get(&name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(value) = req.trailing_headers.as_ref().and_then(|t| t.read(read)).flatten() {
+        return Some(value);
+    }
+    req.extensions.get::<crate::unsigned::Trailers>().and_then(|t| t.0.lock().expect("lock").as_ref().and_then(read))
 }
 
 /// The one mapping from store failures to S3's error codes.
@@ -379,13 +499,22 @@ impl S3 for LocalS3 {
         }))
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        let input = req.input;
-        let md5 = content_md5(input.content_md5.as_ref())?;
+    async fn put_object(&self, mut req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let md5 = content_md5(req.input.content_md5.as_ref())?;
         // Fail fast, before the body is read, if the object cannot be stored.
-        let (bucket, key) = (input.bucket.clone(), input.key.clone());
-        self.run(move |b| b.head_bucket(&bucket).map(|()| key)).await?;
-        let file = self.receive(input.body).await?;
+        let bucket = req.input.bucket.clone();
+        self.run(move |b| b.head_bucket(&bucket)).await?;
+        let body = req.input.body.take();
+        let sums = Sums {
+            crc32: req.input.checksum_crc32.clone(),
+            crc32c: req.input.checksum_crc32c.clone(),
+            crc64nvme: req.input.checksum_crc64nvme.clone(),
+            sha1: req.input.checksum_sha1.clone(),
+            sha256: req.input.checksum_sha256.clone(),
+            algorithm: req.input.checksum_algorithm.clone(),
+        };
+        let file = self.receive(body, &req, sums).await?;
+        let input = req.input;
         let headers = headers_of(
             input.content_type,
             input.content_encoding,
@@ -496,13 +625,22 @@ impl S3 for LocalS3 {
         }))
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
-        let input = req.input;
-        let md5 = content_md5(input.content_md5.as_ref())?;
-        let (bucket, key, upload_id) = (input.bucket.clone(), input.key.clone(), input.upload_id.clone());
+    async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let md5 = content_md5(req.input.content_md5.as_ref())?;
+        let (bucket, key, upload_id) = (req.input.bucket.clone(), req.input.key.clone(), req.input.upload_id.clone());
         // The upload must exist before its part is read.
         self.run(move |b| b.list_parts(&bucket, &key, &upload_id).map(|_| ())).await?;
-        let file = self.receive(input.body).await?;
+        let body = req.input.body.take();
+        let sums = Sums {
+            crc32: req.input.checksum_crc32.clone(),
+            crc32c: req.input.checksum_crc32c.clone(),
+            crc64nvme: req.input.checksum_crc64nvme.clone(),
+            sha1: req.input.checksum_sha1.clone(),
+            sha256: req.input.checksum_sha256.clone(),
+            algorithm: req.input.checksum_algorithm.clone(),
+        };
+        let file = self.receive(body, &req, sums).await?;
+        let input = req.input;
         let (bucket, key, upload_id, number) = (input.bucket, input.key, input.upload_id, input.part_number);
         let part_etag = self.run(move |b| b.put_part(&bucket, &key, &upload_id, number, file, md5)).await?;
         Ok(S3Response::new(UploadPartOutput { e_tag: Some(etag(&part_etag)), ..Default::default() }))

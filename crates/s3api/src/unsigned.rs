@@ -9,14 +9,21 @@
 //! <hex size>[;chunk-signature=<sig>]\r\n<size bytes>\r\n ... 0[;...]\r\n[<trailer>\r\n]*\r\n
 //! ```
 
+use std::sync::{Arc, Mutex};
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 
 use crate::{Body, HttpRequest};
 
 /// The longest chunk header line (a size and a signature) or trailer line accepted.
 const LINE_BYTES_MAX: usize = 4096;
+
+/// The trailing headers of a body whose framing was undone here (its trailing
+/// checksum), once the body is read; in the request's extensions.
+#[derive(Clone, Default)]
+pub(crate) struct Trailers(pub(crate) Arc<Mutex<Option<HeaderMap>>>);
 
 /// Removes a request's signature, and undoes the `aws-chunked` framing of its body.
 pub(crate) fn strip_signature(mut request: HttpRequest) -> HttpRequest {
@@ -53,7 +60,6 @@ pub(crate) fn strip_signature(mut request: HttpRequest) -> HttpRequest {
     if let Some(length) = headers.remove("x-amz-decoded-content-length") {
         headers.insert(CONTENT_LENGTH, length);
     }
-    headers.remove("x-amz-trailer");
     let encoding = headers.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|v| {
         v.split(',').map(str::trim).filter(|e| !e.is_empty() && *e != "aws-chunked").collect::<Vec<_>>().join(",")
     });
@@ -65,9 +71,19 @@ pub(crate) fn strip_signature(mut request: HttpRequest) -> HttpRequest {
             headers.remove(CONTENT_ENCODING);
         }
     }
+    let trailers = Trailers::default();
+    request.extensions_mut().insert(trailers.clone());
     let body = std::mem::take(request.body_mut());
-    *request.body_mut() = Body::from(s3s::dto::StreamingBlob::wrap(decode(body)));
+    *request.body_mut() = Body::from(s3s::dto::StreamingBlob::wrap(decode(body, trailers)));
     request
+}
+
+fn keep_trailer(trailers: &Trailers, line: &[u8]) {
+    let Some(colon) = line.iter().position(|b| *b == b':') else { return };
+    let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        trailers.0.lock().expect("lock").get_or_insert_with(HeaderMap::new).insert(name, value);
+    }
 }
 
 fn framing(what: &str) -> std::io::Error {
@@ -87,10 +103,13 @@ enum State {
 }
 
 /// The body without its framing.
-fn decode(body: Body) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+fn decode(
+    body: Body,
+    trailers: Trailers,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
     futures_util::stream::try_unfold(
-        (body, BytesMut::new(), State::Header, false),
-        |(mut body, mut buffer, mut state, mut ended)| async move {
+        (body, BytesMut::new(), State::Header, false, trailers),
+        |(mut body, mut buffer, mut state, mut ended, trailers)| async move {
             loop {
                 match state {
                     State::Done => return Ok(None),
@@ -98,7 +117,7 @@ fn decode(body: Body) -> impl futures_util::Stream<Item = Result<Bytes, std::io:
                         let n = left.min(buffer.len());
                         let data = buffer.split_to(n).freeze();
                         state = if n == left { State::DataEnd } else { State::Data(left - n) };
-                        return Ok(Some((data, (body, buffer, state, ended))));
+                        return Ok(Some((data, (body, buffer, state, ended, trailers))));
                     }
                     State::DataEnd if buffer.len() >= 2 => {
                         if &buffer[..2] != b"\r\n" {
@@ -126,8 +145,11 @@ fn decode(body: Body) -> impl futures_util::Stream<Item = Result<Bytes, std::io:
                                     }
                                 }
                                 _ if line.is_empty() => State::Done,
-                                // A trailing checksum or trailer signature: not kept.
-                                _ => State::Trailer,
+                                // A trailing checksum (or the trailer's signature).
+                                _ => {
+                                    keep_trailer(&trailers, line);
+                                    State::Trailer
+                                }
                             };
                             continue;
                         }
@@ -161,7 +183,7 @@ mod tests {
     async fn decoded(parts: &[&[u8]]) -> Result<Vec<u8>, String> {
         let chunks: Vec<Result<Bytes, std::io::Error>> = parts.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect();
         let body = Body::from(s3s::dto::StreamingBlob::wrap(futures_util::stream::iter(chunks)));
-        let mut stream = Box::pin(decode(body));
+        let mut stream = Box::pin(decode(body, Trailers::default()));
         let mut out = Vec::new();
         while let Some(bytes) = stream.next().await {
             out.extend_from_slice(&bytes.map_err(|e| e.to_string())?);
@@ -174,6 +196,14 @@ mod tests {
         let signed =
             b"5;chunk-signature=abc\r\nhello\r\n6;chunk-signature=def\r\n world\r\n0;chunk-signature=ghi\r\n\r\n";
         let trailer = b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\n";
+        let kept = Trailers::default();
+        let body = Body::from(s3s::dto::StreamingBlob::wrap(futures_util::stream::iter([Ok::<_, std::io::Error>(
+            Bytes::from_static(trailer),
+        )])));
+        let mut stream = Box::pin(decode(body, kept.clone()));
+        while stream.next().await.is_some() {}
+        let value = kept.0.lock().unwrap().as_ref().and_then(|h| h.get("x-amz-checksum-crc32").cloned());
+        assert_eq!(value.as_ref().map(|v| v.as_bytes()), Some(&b"DUoRhQ=="[..]), "the trailing checksum is kept");
         for framed in [&signed[..], &trailer[..]] {
             assert_eq!(decoded(&[framed]).await.unwrap(), b"hello world");
             for split in 1..framed.len() {
