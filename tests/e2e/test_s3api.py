@@ -139,12 +139,12 @@ def test_listings_page_by_prefix_delimiter_and_token(server):
 def test_multipart_uploads_complete_abort_and_list_parts(server):
     s3 = s3_client(server)
     s3.create_bucket(Bucket="multipart")
-    data = os.urandom(13 << 20)
+    data = os.urandom(20 << 20)
     s3.upload_fileobj(io.BytesIO(data), "multipart", "big.bin",
                       Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))
     head = s3.head_object(Bucket="multipart", Key="big.bin")
     digests = b"".join(hashlib.md5(data[i:i + (5 << 20)]).digest() for i in range(0, len(data), 5 << 20))
-    assert head["ETag"] == f'"{hashlib.md5(digests).hexdigest()}-3"'
+    assert head["ETag"] == f'"{hashlib.md5(digests).hexdigest()}-4"'
     assert head["ContentLength"] == len(data)
     out = io.BytesIO()
     s3.download_fileobj("multipart", "big.bin", out)
@@ -265,6 +265,10 @@ def test_the_aws_cli_makes_a_bucket_copies_and_lists(server, tmp_path):
     back = tmp_path / "back.txt"
     assert run("cp", "s3://cli-bucket/in/file.txt", str(back)).returncode == 0
     assert back.read_bytes() == source.read_bytes()
+    assert run("cp", str(source), "s3://cli-bucket/second.txt").returncode == 0
+    rm = run("rm", "s3://cli-bucket/second.txt")
+    assert rm.returncode == 0 and "delete: s3://cli-bucket/second.txt" in rm.stdout, rm.stderr
+    assert "second.txt" not in run("ls", "--recursive", "s3://cli-bucket").stdout
     removed = run("rb", "--force", "s3://cli-bucket")
     assert removed.returncode == 0, removed.stderr
     assert not (server.data_dir / "buckets" / "cli-bucket").exists()
@@ -388,3 +392,33 @@ def test_the_javascript_s3_client_stores_lists_and_reads_objects(tmp_path):
             assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
         finally:
             server.stop()
+
+
+def test_a_test_written_for_an_emulator_runs_with_only_the_endpoint_changed(tmp_path):
+    """Such tests create the bucket, put with the default buffering hints (300 s)
+    and poll the bucket for a few seconds. `--buffer-interval-max 1` (or
+    SLUICE_BUFFER_INTERVAL_MAX) delivers within a second without changing what the
+    stream is described with."""
+    server = Server(tmp_path / "data", env={"SLUICE_BUFFER_INTERVAL_MAX": "1"}).start()
+    try:
+        s3, fh = s3_client(server), server.client()
+        s3.create_bucket(Bucket="ported")
+        fh.create_delivery_stream(DeliveryStreamName="ported", ExtendedS3DestinationConfiguration={
+            "RoleARN": "arn:aws:iam::000000000000:role/firehose", "BucketARN": "arn:aws:s3:::ported"})
+        deadline = time.time() + 10
+        while fh.describe_delivery_stream(DeliveryStreamName="ported")["DeliveryStreamDescription"][
+                "DeliveryStreamStatus"] != "ACTIVE":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        fh.put_record(DeliveryStreamName="ported", Record={"Data": b"ported\n"})
+        keys, deadline = [], time.time() + 10
+        while not keys and time.time() < deadline:
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ported").get("Contents", [])]
+            time.sleep(0.2)
+        assert len(keys) == 1, "delivered within the capped interval"
+        assert s3.get_object(Bucket="ported", Key=keys[0])["Body"].read() == b"ported\n"
+        hints = fh.describe_delivery_stream(DeliveryStreamName="ported")["DeliveryStreamDescription"][
+            "Destinations"][0]["ExtendedS3DestinationDescription"]["BufferingHints"]
+        assert hints == {"SizeInMBs": 5, "IntervalInSeconds": 300}, "described as created"
+    finally:
+        server.stop()

@@ -63,8 +63,30 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// Starts the servers and waits until each listens.
+    /// Starts the servers and waits until each listens. Ports are chosen free but
+    /// may be taken by another test's server starting at the same moment (tests
+    /// run in parallel); a server that exits at start is such a collision, and the
+    /// cluster starts again on new ports.
     pub fn start(setup: Setup) -> Cluster {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut cluster = Cluster::start_once(&setup);
+            let exited = cluster
+                .servers
+                .iter_mut()
+                .position(|s| s.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()));
+            match exited {
+                None => return cluster,
+                Some(i) if attempt < 5 => {
+                    eprintln!("nats-server n{i} exited at start (a port taken?); starting the cluster again");
+                }
+                Some(i) => panic!("nats-server n{i} exited at start: {}", cluster.servers[i].log()),
+            }
+        }
+    }
+
+    fn start_once(setup: &Setup) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports: Vec<(u16, u16, u16)> = (0..setup.nodes).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, _, route)| format!("nats://127.0.0.1:{route}")).collect();
@@ -101,6 +123,9 @@ impl Cluster {
         for server in &cluster.servers {
             server.wait_listening();
         }
+        // A route port taken makes a server exit right after it starts listening
+        // for clients: give it the moment it takes.
+        std::thread::sleep(Duration::from_millis(200));
         cluster
     }
 
@@ -140,6 +165,9 @@ impl Server {
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            if !self.log().is_empty() && self.log().contains("address already in use") {
+                return;
+            }
             assert!(Instant::now() < deadline, "nats-server did not listen: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -190,6 +190,9 @@ async fn the_rust_s3_client_stores_lists_and_reads_objects() {
         let server = Server::start_with(auth);
         let s3 = server.s3("AKIDS3", "s3-secret");
         s3.create_bucket().bucket("rust-bucket").send().await.unwrap();
+        s3.head_bucket().bucket("rust-bucket").send().await.unwrap();
+        let location = s3.get_bucket_location().bucket("rust-bucket").send().await.unwrap();
+        assert!(location.location_constraint().is_none_or(|c| c.as_str().is_empty()), "{location:?}");
         let body: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
         s3.put_object()
             .bucket("rust-bucket")
@@ -248,6 +251,34 @@ async fn the_rust_s3_client_stores_lists_and_reads_objects() {
         let head = s3.head_object().bucket("rust-bucket").key("data/two.bin").send().await.unwrap();
         assert_eq!(head.content_length(), Some((5 << 20) + 1000));
         assert!(head.e_tag().unwrap().ends_with("-2\""), "{:?}", head.e_tag());
+
+        // Copied, listed with version 1, and an upload listed then aborted.
+        s3.copy_object()
+            .bucket("rust-bucket")
+            .key("copy.bin")
+            .copy_source("rust-bucket/data/one.bin")
+            .send()
+            .await
+            .unwrap();
+        let copy = s3.head_object().bucket("rust-bucket").key("copy.bin").send().await.unwrap();
+        assert_eq!(copy.content_length(), Some(body.len() as i64));
+        let v1 = s3.list_objects().bucket("rust-bucket").prefix("copy").send().await.unwrap();
+        assert_eq!(v1.contents().iter().filter_map(|o| o.key()).collect::<Vec<_>>(), ["copy.bin"]);
+        s3.delete_object().bucket("rust-bucket").key("copy.bin").send().await.unwrap();
+        let aborted = s3.create_multipart_upload().bucket("rust-bucket").key("aborted").send().await.unwrap();
+        let aborted_id = aborted.upload_id().unwrap();
+        s3.upload_part()
+            .bucket("rust-bucket")
+            .key("aborted")
+            .upload_id(aborted_id)
+            .part_number(1)
+            .body(ByteStream::from_static(b"part"))
+            .send()
+            .await
+            .unwrap();
+        let parts = s3.list_parts().bucket("rust-bucket").key("aborted").upload_id(aborted_id).send().await.unwrap();
+        assert_eq!(parts.parts().iter().filter_map(|p| p.part_number()).collect::<Vec<_>>(), [1]);
+        s3.abort_multipart_upload().bucket("rust-bucket").key("aborted").upload_id(aborted_id).send().await.unwrap();
 
         let listed = s3.list_objects_v2().bucket("rust-bucket").prefix("data/").send().await.unwrap();
         let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();

@@ -522,6 +522,11 @@ pub struct RawDeliveryConfig {
     /// How long a record may wait for a successful delivery, in seconds, counted
     /// from its arrival. Default 86400 (24 hours, as Firehose).
     pub retention_s: Option<u64>,
+    /// Caps every stream's `IntervalInSeconds` as delivery applies it (what
+    /// `DescribeDeliveryStream` shows does not change): for tests ported from
+    /// emulators that deliver at once and poll the bucket for a few seconds.
+    /// Default none (Firehose's buffering as configured).
+    pub buffer_interval_s_max: Option<u64>,
 }
 
 /// `[encryption]`.
@@ -581,6 +586,9 @@ pub struct Config {
     pub s3: S3Config,
     /// How long delivery retries a record before giving it up, in milliseconds.
     pub retention_ms: u64,
+    /// The longest buffering interval delivery applies, in seconds (`None`: each
+    /// stream's own).
+    pub buffer_interval_s_max: Option<u64>,
     /// Access key ids that put as CloudWatch Logs.
     pub cloudwatch_logs_access_key_ids: Vec<String>,
     /// HTTP endpoint delivery.
@@ -957,6 +965,7 @@ impl RawConfig {
             http,
             s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,
+            buffer_interval_s_max: self.delivery.buffer_interval_s_max,
             listen: listen.or(self.listen).unwrap_or_else(|| "127.0.0.1:4573".parse().expect("valid address")),
             master_key_file: self.encryption.master_key_file.unwrap_or_else(|| data_dir.join("master.key")),
             data_dir,

@@ -82,6 +82,10 @@ struct ServeArgs {
     /// restart: `{"buckets": [...], "streams": [<CreateDeliveryStream request>...]}`.
     #[arg(long, env = "SLUICE_STREAMS")]
     streams: Option<PathBuf>,
+    /// Deliver every batch within this many seconds, whatever a stream's
+    /// IntervalInSeconds (for tests written for emulators that deliver at once).
+    #[arg(long, env = "SLUICE_BUFFER_INTERVAL_MAX")]
+    buffer_interval_max: Option<u64>,
 }
 
 #[derive(Args)]
@@ -119,6 +123,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
     config.allow_anonymous |= args.allow_anonymous;
     if args.streams.is_some() {
         config.streams_file = args.streams.clone();
+    }
+    if args.buffer_interval_max.is_some() {
+        config.buffer_interval_s_max = args.buffer_interval_max;
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some((cert.clone(), key.clone()));

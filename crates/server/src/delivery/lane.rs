@@ -242,7 +242,12 @@ pub(super) async fn run(
         }
         let metrics = &delivery.state.metrics;
         metrics.oldest_undelivered(stream_id, metric, buffered.map(|b| b.oldest_arrival_ms));
-        let deadline_ms = buffered.map(|b| b.oldest_arrival_ms + target.buffer_interval_s() * 1000);
+        let interval_s = delivery
+            .state
+            .config
+            .buffer_interval_s_max
+            .map_or(target.buffer_interval_s(), |cap| target.buffer_interval_s().min(cap));
+        let deadline_ms = buffered.map(|b| b.oldest_arrival_ms + interval_s * 1000);
         let now_ms = delivery.clock.now_ms();
         let full = buffered.is_some_and(|b| b.bytes >= size_max);
         if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {

@@ -30,7 +30,7 @@ impl Harness {
     fn new(retention_s: u64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let raw = RawConfig {
-            delivery: RawDeliveryConfig { retention_s: Some(retention_s) },
+            delivery: RawDeliveryConfig { retention_s: Some(retention_s), ..RawDeliveryConfig::default() },
             http: RawHttpConfig { allow_http: Some(true), ..RawHttpConfig::default() },
             ..RawConfig::default()
         };
