@@ -74,12 +74,22 @@ pub struct BucketStore {
     /// may have recorded a newer revision before the view shows its record, and a
     /// decision made on the older record must not be written over it.
     revisions: Mutex<HashMap<String, (u64, Arc<StreamRecord>)>>,
+    /// The highest revision of each entry applied to the view, deletions included:
+    /// the watch may deliver a change after this node already applied a newer one
+    /// (read back after a lost race, or written itself), and must not put the
+    /// view back (the older record would be decided on again and lose again).
+    latest: Mutex<HashMap<String, u64>>,
 }
 
 impl BucketStore {
     /// The catalog in `bucket`.
     pub fn new(bucket: Bucket) -> BucketStore {
-        BucketStore { bucket, revisions: Mutex::new(HashMap::new()), applied: tokio::sync::watch::Sender::new(0) }
+        BucketStore {
+            bucket,
+            revisions: Mutex::new(HashMap::new()),
+            latest: Mutex::new(HashMap::new()),
+            applied: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     pub(super) async fn load(&self) -> Result<CatalogState, CatalogError> {
@@ -90,27 +100,58 @@ impl BucketStore {
             let stream = Arc::new(decode(&value.key, &value.value)?);
             state.next_stream_id = state.next_stream_id.max(stream.id + 1);
             self.revisions.lock().expect("lock").insert(value.key.clone(), (value.revision, stream.clone()));
+            self.latest.lock().expect("lock").insert(value.key.clone(), value.revision);
             state.streams.insert((region, name), stream);
         }
         Ok(state)
     }
 
     /// The stream as the bucket holds it now (`None`: there is none).
-    pub(super) async fn fetch(&self, region: &str, name: &str) -> Result<Option<Arc<StreamRecord>>, CatalogError> {
+    pub(super) async fn refresh(&self, catalog: &Catalog, region: &str, name: &str) -> Result<(), CatalogError> {
         let key = key_of(region, name);
-        let current = self.bucket.get(&key).await.map_err(bucket_error)?;
-        let mut revisions = self.revisions.lock().expect("lock");
-        match current {
+        match self.bucket.get(&key).await.map_err(bucket_error)? {
             Some(value) => {
                 let stream = Arc::new(decode(&key, &value.value)?);
-                revisions.insert(key.clone(), (value.revision, stream.clone()));
-                Ok(Some(stream))
+                self.apply_newer(catalog, &key, value.revision, Some(stream));
             }
             None => {
-                revisions.remove(&key);
-                Ok(None)
+                self.revisions.lock().expect("lock").remove(&key);
+                catalog.apply_remote(region, name, None);
             }
         }
+        Ok(())
+    }
+
+    /// The stream as the bucket holds it now, its revision recorded as the watch
+    /// records it, without touching a view (tests of the revision rules).
+    #[cfg(test)]
+    async fn fetch(&self, region: &str, name: &str) -> Result<Option<Arc<StreamRecord>>, CatalogError> {
+        let key = key_of(region, name);
+        let Some(value) = self.bucket.get(&key).await.map_err(bucket_error)? else { return Ok(None) };
+        let stream = Arc::new(decode(&key, &value.value)?);
+        self.revisions.lock().expect("lock").insert(key, (value.revision, stream.clone()));
+        Ok(Some(stream))
+    }
+
+    /// Applies an entry read at `revision` (`None`: deleted) to the view, unless
+    /// the view already has a newer one.
+    fn apply_newer(&self, catalog: &Catalog, key: &str, revision: u64, stream: Option<Arc<StreamRecord>>) {
+        let Some((region, name)) = parse_key(key) else { return };
+        let mut latest = self.latest.lock().expect("lock");
+        if latest.get(key).is_some_and(|known| *known >= revision) {
+            return;
+        }
+        latest.insert(key.to_string(), revision);
+        match &stream {
+            Some(stream) => {
+                self.revisions.lock().expect("lock").insert(key.to_string(), (revision, stream.clone()));
+            }
+            None => {
+                self.revisions.lock().expect("lock").remove(key);
+            }
+        }
+        // Still under `latest`: an older change cannot be applied in between.
+        catalog.apply_remote(&region, &name, stream);
     }
 
     /// Writes what changed between `before` and `after`, each stream conditionally.
@@ -139,6 +180,7 @@ impl BucketStore {
             };
             match written {
                 Ok(revision) => {
+                    self.latest.lock().expect("lock").insert(name.clone(), revision);
                     self.revisions.lock().expect("lock").insert(name, (revision, stream.clone()));
                 }
                 Err(JsError::Conflict(_)) => lost.push(key.clone()),
@@ -246,15 +288,9 @@ impl BucketStore {
                     Some(Ok(Change::Put(value))) => {
                         from = from.max(value.revision);
                         self.advance(value.revision);
-                        let Some((region, name)) = parse_key(&value.key) else { continue };
                         match decode(&value.key, &value.value) {
                             Ok(stream) => {
-                                let stream = Arc::new(stream);
-                                self.revisions
-                                    .lock()
-                                    .expect("lock")
-                                    .insert(value.key, (value.revision, stream.clone()));
-                                catalog.apply_remote(&region, &name, Some(stream));
+                                self.apply_newer(catalog, &value.key, value.revision, Some(Arc::new(stream)));
                             }
                             Err(error) => tracing::error!(%error, "Skipping a catalog entry this node cannot read."),
                         }
@@ -262,9 +298,7 @@ impl BucketStore {
                     Some(Ok(Change::Deleted { key, revision })) => {
                         from = from.max(revision);
                         self.advance(revision);
-                        let Some((region, name)) = parse_key(&key) else { continue };
-                        self.revisions.lock().expect("lock").remove(&key);
-                        catalog.apply_remote(&region, &name, None);
+                        self.apply_newer(catalog, &key, revision, None);
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "The catalog watch failed; watching again.");
@@ -361,6 +395,25 @@ mod tests {
         );
         let stored = theirs.fetch("us-east-1", "s").await.unwrap().unwrap();
         assert_eq!(stored.version_id, 2, "the other node's change stands");
+    }
+
+    /// Under load the watch lagged: it applied a stream's older revision after this
+    /// node had read back the newer one (having lost a race), so the node decided
+    /// on the older record again and lost again, until it gave up with "kept
+    /// changing" instead of answering with the stale VersionId's error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_view_never_goes_back_to_an_older_revision() {
+        let cluster = Cluster::start(Setup::default());
+        let catalog = Catalog::open_bucket(BucketStore::new(open_bucket(&cluster).await)).await.unwrap();
+        let crate::catalog::Store::Bucket(store) = &catalog.store else { panic!("a bucket catalog") };
+        let key = super::key_of("us-east-1", "s");
+        let v2 = Arc::new(StreamRecord { version_id: 2, ..record(1, "s") });
+        store.apply_newer(&catalog, &key, 10, Some(v2));
+        store.apply_newer(&catalog, &key, 5, Some(Arc::new(record(1, "s"))));
+        assert_eq!(catalog.get("us-east-1", "s").unwrap().version_id, 2, "an older change arriving late is ignored");
+        store.apply_newer(&catalog, &key, 11, None);
+        store.apply_newer(&catalog, &key, 9, Some(Arc::new(record(1, "s"))));
+        assert!(catalog.get("us-east-1", "s").is_none(), "nor brings a deleted stream back");
     }
 
     async fn node(cluster: &Cluster) -> (Arc<Catalog>, tokio::sync::watch::Sender<bool>) {

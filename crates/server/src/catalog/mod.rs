@@ -357,8 +357,7 @@ impl Catalog {
                     // Another node won: read what it wrote, then decide again.
                     if let Store::Bucket(store) = &self.store {
                         for (region, name) in keys {
-                            let current = store.fetch(&region, &name).await?;
-                            self.apply_remote(&region, &name, current);
+                            store.refresh(self, &region, &name).await?;
                         }
                     }
                 }
