@@ -82,6 +82,7 @@ impl RecordLog for WalLog {
 
     fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
         let wal = self.wal.clone();
+        self.tenures.lock().expect("lock").remove(&stream);
         Box::pin(blocking(move || wal.delete_stream(stream)))
     }
 
