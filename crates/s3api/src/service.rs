@@ -197,6 +197,35 @@ fn trailer<T>(req: &S3Request<T>, algorithm: Algorithm) -> Option<String> {
     req.extensions.get::<crate::unsigned::Trailers>().and_then(|t| t.0.lock().expect("lock").as_ref().and_then(read))
 }
 
+/// The checksum headers of an upload's input (PutObject and UploadPart name them alike).
+macro_rules! sums_of {
+    ($input:expr) => {
+        Sums {
+            crc32: $input.checksum_crc32.clone(),
+            crc32c: $input.checksum_crc32c.clone(),
+            crc64nvme: $input.checksum_crc64nvme.clone(),
+            sha1: $input.checksum_sha1.clone(),
+            sha256: $input.checksum_sha256.clone(),
+            algorithm: $input.checksum_algorithm.clone(),
+        }
+    };
+}
+
+/// The headers S3 keeps, taken from an input that sets them (PutObject, CopyObject
+/// with REPLACE, CreateMultipartUpload name them alike).
+macro_rules! headers_from {
+    ($input:expr) => {
+        headers_of(
+            $input.content_type,
+            $input.content_encoding,
+            $input.content_disposition,
+            $input.content_language,
+            $input.cache_control,
+            $input.metadata,
+        )
+    };
+}
+
 /// The one mapping from store failures to S3's error codes.
 fn s3_error(error: StoreError) -> S3Error {
     let code = match &error {
@@ -505,24 +534,10 @@ impl S3 for LocalS3 {
         let bucket = req.input.bucket.clone();
         self.run(move |b| b.head_bucket(&bucket)).await?;
         let body = req.input.body.take();
-        let sums = Sums {
-            crc32: req.input.checksum_crc32.clone(),
-            crc32c: req.input.checksum_crc32c.clone(),
-            crc64nvme: req.input.checksum_crc64nvme.clone(),
-            sha1: req.input.checksum_sha1.clone(),
-            sha256: req.input.checksum_sha256.clone(),
-            algorithm: req.input.checksum_algorithm.clone(),
-        };
+        let sums = sums_of!(req.input);
         let file = self.receive(body, &req, sums).await?;
         let input = req.input;
-        let headers = headers_of(
-            input.content_type,
-            input.content_encoding,
-            input.content_disposition,
-            input.content_language,
-            input.cache_control,
-            input.metadata,
-        );
+        let headers = headers_from!(input);
         let (bucket, key) = (input.bucket, input.key);
         let info = self.run(move |b| b.put_object(&bucket, &key, file, headers, md5)).await?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag(&info.etag)), ..Default::default() }))
@@ -534,16 +549,7 @@ impl S3 for LocalS3 {
             return Err(S3Error::with_message(S3ErrorCode::InvalidArgument, "Copy sources must be bucket/key."));
         };
         let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let headers = replace.then(|| {
-            headers_of(
-                input.content_type,
-                input.content_encoding,
-                input.content_disposition,
-                input.content_language,
-                input.cache_control,
-                input.metadata,
-            )
-        });
+        let headers = replace.then(|| headers_from!(input));
         let (to_bucket, to_key) = (input.bucket, input.key);
         let info = self
             .run(move |b| {
@@ -607,14 +613,7 @@ impl S3 for LocalS3 {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        let headers = headers_of(
-            input.content_type,
-            input.content_encoding,
-            input.content_disposition,
-            input.content_language,
-            input.cache_control,
-            input.metadata,
-        );
+        let headers = headers_from!(input);
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
         let upload_id = self.run(move |b| b.create_upload(&bucket, &key, headers)).await?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
@@ -631,14 +630,7 @@ impl S3 for LocalS3 {
         // The upload must exist before its part is read.
         self.run(move |b| b.list_parts(&bucket, &key, &upload_id).map(|_| ())).await?;
         let body = req.input.body.take();
-        let sums = Sums {
-            crc32: req.input.checksum_crc32.clone(),
-            crc32c: req.input.checksum_crc32c.clone(),
-            crc64nvme: req.input.checksum_crc64nvme.clone(),
-            sha1: req.input.checksum_sha1.clone(),
-            sha256: req.input.checksum_sha256.clone(),
-            algorithm: req.input.checksum_algorithm.clone(),
-        };
+        let sums = sums_of!(req.input);
         let file = self.receive(body, &req, sums).await?;
         let input = req.input;
         let (bucket, key, upload_id, number) = (input.bucket, input.key, input.upload_id, input.part_number);

@@ -229,7 +229,9 @@ pub struct Buckets {
     etags: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
 }
 
-/// Whether `name` is a bucket name S3 accepts (and so a safe directory name).
+/// Whether `name` is a bucket name S3 accepts (3 to 63 lowercase letters, digits,
+/// dots and hyphens, starting and ending with a letter or digit, no `..`), and so
+/// a safe directory name. The one rule for every place Sluice makes a bucket.
 pub fn valid_bucket_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     (3..=63).contains(&bytes.len())

@@ -638,6 +638,20 @@ pub struct S3Config {
 }
 
 impl Config {
+    /// Where a client on this machine reaches the server: its listen address, on
+    /// loopback when it listens on every address.
+    pub fn local_endpoint(&self) -> String {
+        let mut address = self.listen;
+        if address.ip().is_unspecified() {
+            address.set_ip(match address {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{address}")
+    }
+
     /// The directory local buckets live in: `<data-dir>/buckets`, in cluster mode
     /// the one every node shares (`None` when there is none).
     pub fn local_buckets_root(&self) -> Option<PathBuf> {

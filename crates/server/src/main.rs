@@ -189,23 +189,12 @@ async fn health(args: HealthArgs) -> anyhow::Result<()> {
     let endpoint = match args.endpoint {
         Some(endpoint) => endpoint,
         None => {
-            // A server listening on every address answers on loopback.
-            let mut addr = config.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(match addr {
-                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
+            // The server's own address: whether its certificate would verify is
+            // not the question a liveness check asks.
+            if config.tls.is_some() {
+                client = client.danger_accept_invalid_certs(true);
             }
-            match &config.tls {
-                // The server's own address: whether its certificate would verify
-                // is not the question a liveness check asks.
-                Some(_) => {
-                    client = client.danger_accept_invalid_certs(true);
-                    format!("https://{addr}")
-                }
-                None => format!("http://{addr}"),
-            }
+            config.local_endpoint()
         }
     };
     let url = format!("{}/health", endpoint.trim_end_matches('/'));

@@ -42,7 +42,7 @@ pub fn load(path: &Path, options: &ParseOptions) -> Result<Declaration, String> 
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let raw: RawDeclaration = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     for bucket in &raw.buckets {
-        if !valid_bucket_name(bucket) {
+        if !sluice_s3api::store::valid_bucket_name(bucket) {
             return Err(format!("{}: {bucket:?} is not a valid bucket name", path.display()));
         }
     }
@@ -68,16 +68,6 @@ pub fn load(path: &Path, options: &ParseOptions) -> Result<Declaration, String> 
         }
     }
     Ok(Declaration { buckets: raw.buckets, streams })
-}
-
-/// S3's rules for a bucket name: 3 to 63 lowercase letters, digits, dots and
-/// hyphens, starting and ending with a letter or digit.
-fn valid_bucket_name(name: &str) -> bool {
-    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (3..=63).contains(&name.len())
-        && name.chars().all(|c| alnum(c) || c == '.' || c == '-')
-        && name.starts_with(alnum)
-        && name.ends_with(alnum)
 }
 
 /// Makes the declared buckets and streams exist as declared. Streams not in the

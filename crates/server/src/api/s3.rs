@@ -18,13 +18,16 @@ pub(crate) type S3Api = Option<Arc<sluice_s3api::S3Api>>;
 /// Builds the S3 API over the local buckets (none in cluster mode without a
 /// shared bucket directory). Every configured key may use it.
 pub(crate) fn build(config: &Config) -> S3Api {
-    let root = config.local_buckets_root()?;
-    let tmp = match &config.cluster {
-        Some(cluster) => root.join(crate::delivery::store::TMP_DIR).join(&cluster.node_id),
-        None => root.join(crate::delivery::store::TMP_DIR),
-    };
+    config.local_buckets_root()?;
+    // The directories delivery writes into, staging where it stages.
+    let local = crate::delivery::store::LocalBuckets::of(config);
     let keys = config.auth_keys.iter().map(|key| (key.id.clone(), key.secret.clone())).collect();
-    let options = S3ApiOptions { root, tmp, region: config.region.clone(), keys };
+    let options = S3ApiOptions {
+        root: local.root().to_path_buf(),
+        tmp: local.tmp().to_path_buf(),
+        region: config.region.clone(),
+        keys,
+    };
     Some(Arc::new(sluice_s3api::build(options)))
 }
 

@@ -108,14 +108,8 @@ impl Delivery {
     /// Delivery for `state`'s streams, to the stores its configuration names. Fails
     /// if the HTTP client cannot be set up (an unreadable extra CA).
     pub fn new(state: Arc<AppState>, clock: Clock) -> Result<Delivery, String> {
-        // In cluster mode, local buckets live only in the directory every node shares.
-        let local = match &state.config.cluster {
-            Some(crate::config::ClusterConfig { shared_buckets_dir: Some(dir), node_id, .. }) => {
-                store::LocalBuckets::shared(dir.clone(), node_id)
-            }
-            _ => store::LocalBuckets::new(state.config.data_dir.join("buckets")),
-        };
-        let store = Store::new(local, state.config.s3.clone()).with_api_endpoint(api_endpoint(&state.config));
+        let local = store::LocalBuckets::of(&state.config);
+        let store = Store::new(local, state.config.s3.clone()).with_api_endpoint(state.config.local_endpoint());
         match store.clean_temporary_files() {
             Ok(0) => {}
             Ok(n) => tracing::info!(n_files = n, "Removed temporary files of object writes a crash interrupted."),
@@ -145,16 +139,6 @@ impl Delivery {
             missing_buckets: std::sync::Mutex::default(),
         })
     }
-}
-
-/// Where a client on this machine reaches the server (and its S3 API).
-fn api_endpoint(config: &crate::config::Config) -> String {
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let mut address = config.listen;
-    if address.ip().is_unspecified() {
-        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    format!("{scheme}://{address}")
 }
 
 /// The running delivery workers.

@@ -62,7 +62,7 @@ pub struct LocalBuckets {
 }
 
 /// The temporary directory's name under the buckets' root.
-pub const TMP_DIR: &str = ".sluice-tmp";
+const TMP_DIR: &str = ".sluice-tmp";
 
 impl LocalBuckets {
     /// Buckets live under `root` (`<data-dir>/buckets`).
@@ -77,6 +77,27 @@ impl LocalBuckets {
     pub fn shared(root: PathBuf, node_id: &str) -> LocalBuckets {
         let tmp = root.join(TMP_DIR).join(node_id);
         LocalBuckets { root, tmp }
+    }
+
+    /// The local buckets `config` names: in cluster mode only the directory every
+    /// node shares (with this node's own temporary directory).
+    pub fn of(config: &crate::config::Config) -> LocalBuckets {
+        match &config.cluster {
+            Some(crate::config::ClusterConfig { shared_buckets_dir: Some(dir), node_id, .. }) => {
+                LocalBuckets::shared(dir.clone(), node_id)
+            }
+            _ => LocalBuckets::new(config.data_dir.join("buckets")),
+        }
+    }
+
+    /// The buckets' root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where writes are staged before they are renamed into a bucket.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
     }
 
     /// Removes whatever temporary files a crash left (none of them was ever an

@@ -48,13 +48,21 @@ pub struct JetStreamLog {
     logs: Arc<StreamLogs>,
     /// Wraps and unwraps the appends' data keys.
     keys: Arc<dyn KeyWrapper>,
-    /// Bytes each stream's log holds, as last polled (plus appends since).
-    retained: Arc<RwLock<HashMap<u64, u64>>>,
+    /// What this node knows of each stream's log it appended to.
+    figures: Arc<RwLock<HashMap<u64, Figures>>>,
     /// `Err(reason)` while JetStream does not answer.
     health: Arc<RwLock<Result<(), String>>>,
-    /// The last message of each stream a PubAck confirmed to this node: the stream
-    /// must never be found to end before it.
-    acknowledged: Arc<RwLock<HashMap<u64, u64>>>,
+}
+
+/// One stream's log as this node knows it, kept up to date by each append (one
+/// lock per append) and the poll.
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    /// Bytes it holds, as last polled (plus appends since).
+    retained_bytes: u64,
+    /// The last message a PubAck confirmed to this node: the stream must never be
+    /// found to end before it.
+    acknowledged_message: u64,
 }
 
 impl JetStreamLog {
@@ -67,12 +75,10 @@ impl JetStreamLog {
         let log = JetStreamLog {
             logs: Arc::new(logs),
             keys,
-            retained: Arc::new(RwLock::new(HashMap::new())),
+            figures: Arc::new(RwLock::new(HashMap::new())),
             health: Arc::new(RwLock::new(Ok(()))),
-            acknowledged: Arc::new(RwLock::new(HashMap::new())),
         };
-        let (logs, retained, health) = (log.logs.clone(), log.retained.clone(), log.health.clone());
-        let acknowledged = log.acknowledged.clone();
+        let (logs, figures, health) = (log.logs.clone(), log.figures.clone(), log.health.clone());
         let mut reported: HashMap<u64, u64> = HashMap::new();
         let refresh = async move {
             loop {
@@ -81,14 +87,16 @@ impl JetStreamLog {
                     tracing::warn!(%reason, "JetStream is unreachable: /health answers 503 and puts are refused.");
                 }
                 *health.write().expect("lock") = answer;
-                let ids: Vec<u64> = retained.read().expect("lock").keys().copied().collect();
-                for id in ids {
-                    // Read before the request: every message acknowledged by then is
-                    // at or before the last one the answer names.
-                    let confirmed = acknowledged.read().expect("lock").get(&id).copied().unwrap_or(0);
+                let known: Vec<(u64, Figures)> =
+                    figures.read().expect("lock").iter().map(|(id, f)| (*id, *f)).collect();
+                // Read before the requests: every message acknowledged by then is at
+                // or before the last one the answer names.
+                for (id, Figures { acknowledged_message: confirmed, .. }) in known {
                     match logs.stream_state(id).await {
                         Ok((bytes, last_message)) => {
-                            retained.write().expect("lock").insert(id, bytes);
+                            if let Some(known) = figures.write().expect("lock").get_mut(&id) {
+                                known.retained_bytes = bytes;
+                            }
                             if last_message < confirmed && reported.get(&id) != Some(&confirmed) {
                                 reported.insert(id, confirmed);
                                 tracing::error!(
@@ -100,7 +108,7 @@ impl JetStreamLog {
                             }
                         }
                         Err(JsError::UnknownStream(_)) => {
-                            retained.write().expect("lock").remove(&id);
+                            figures.write().expect("lock").remove(&id);
                         }
                         Err(_) => {}
                     }
@@ -121,10 +129,6 @@ impl JetStreamLog {
             stream,
             last_key: None,
         })
-    }
-
-    fn track(&self, stream: u64, bytes: u64) {
-        *self.retained.write().expect("lock").entry(stream).or_insert(0) += bytes;
     }
 }
 
@@ -254,7 +258,7 @@ impl RecordLog for JetStreamLog {
             // stream. Back-pressure comes from the retained bytes polled below, as
             // the put path checks them against `buffer_mib_per_stream_max`.
             self.logs.create_stream(stream, None).await.map_err(log_error)?;
-            self.track(stream, 0);
+            self.figures.write().expect("lock").entry(stream).or_default();
             Ok(())
         })
     }
@@ -266,8 +270,7 @@ impl RecordLog for JetStreamLog {
 
     fn delete_stream(&self, stream: u64) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move {
-            self.retained.write().expect("lock").remove(&stream);
-            self.acknowledged.write().expect("lock").remove(&stream);
+            self.figures.write().expect("lock").remove(&stream);
             self.logs.delete_stream(stream).await.map_err(log_error)
         })
     }
@@ -294,12 +297,12 @@ impl RecordLog for JetStreamLog {
             // From the put's arrival in the log to the PubAck of its commit group
             // (waiting for the group included): what cluster mode adds to a put.
             ::metrics::histogram!("sluice_jetstream_publish_seconds").record(started.elapsed().as_secs_f64());
-            self.track(stream, n_bytes);
             let message = sluice_jetstream::message::message_seq(appended.last_seq);
-            let mut acknowledged = self.acknowledged.write().expect("lock");
-            let last = acknowledged.entry(stream).or_insert(0);
-            *last = (*last).max(message);
-            drop(acknowledged);
+            let mut figures = self.figures.write().expect("lock");
+            let known = figures.entry(stream).or_default();
+            known.retained_bytes += n_bytes;
+            known.acknowledged_message = known.acknowledged_message.max(message);
+            drop(figures);
             Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: sealed })
         })
     }
@@ -330,11 +333,11 @@ impl RecordLog for JetStreamLog {
     }
 
     fn undelivered_bytes(&self, stream: u64) -> Result<u64, LogError> {
-        Ok(self.retained.read().expect("lock").get(&stream).copied().unwrap_or(0))
+        Ok(self.figures.read().expect("lock").get(&stream).map_or(0, |f| f.retained_bytes))
     }
 
     fn undelivered_bytes_total(&self) -> u64 {
-        self.retained.read().expect("lock").values().sum()
+        self.figures.read().expect("lock").values().map(|f| f.retained_bytes).sum()
     }
 
     fn fatal(&self) -> Option<String> {
