@@ -39,8 +39,23 @@ struct Tag {
     value: Option<String>,
 }
 
+/// One user record of an aggregate, with its partition key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The partition key the producer gave it.
+    pub partition_key: String,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
 /// The user records of an aggregate; `Ok(None)` when `data` is not one.
 pub(crate) fn deaggregate(data: &[u8]) -> Result<Option<Vec<Vec<u8>>>, String> {
+    Ok(user_records(data)?.map(|records| records.into_iter().map(|r| r.data).collect()))
+}
+
+/// The user records of an aggregate with their partition keys; `Ok(None)` when
+/// `data` is not one, `Err` for an aggregate whose checksum or protobuf is wrong.
+pub fn user_records(data: &[u8]) -> Result<Option<Vec<UserRecord>>, String> {
     if !data.starts_with(&MAGIC) {
         return Ok(None);
     }
@@ -53,13 +68,12 @@ pub(crate) fn deaggregate(data: &[u8]) -> Result<Option<Vec<Vec<u8>>>, String> {
     }
     let aggregate = AggregatedRecord::decode(protobuf)
         .map_err(|e| format!("A KPL aggregated record's protobuf cannot be decoded: {e}"))?;
-    let n_keys = aggregate.partition_key_table.len() as u64;
     let mut records = Vec::with_capacity(aggregate.records.len());
     for record in aggregate.records {
-        if record.partition_key_index >= n_keys {
+        let Some(key) = aggregate.partition_key_table.get(record.partition_key_index as usize) else {
             return Err("A KPL aggregated record refers to a partition key it does not hold.".into());
-        }
-        records.push(record.data);
+        };
+        records.push(UserRecord { partition_key: key.clone(), data: record.data });
     }
     Ok(Some(records))
 }

@@ -12,7 +12,7 @@
 
 mod cloudwatch;
 pub mod jq;
-mod kpl;
+pub mod kpl;
 mod split;
 
 use std::io::Read;

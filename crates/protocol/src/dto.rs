@@ -39,12 +39,38 @@ pub struct CreateDeliveryStreamInput {
     pub throughput_hint_mbs: Option<i64>,
     /// Source configurations present (other than DirectPut), by member name.
     pub other_sources: Vec<&'static str>,
+    /// `KinesisStreamSourceConfiguration`, if given.
+    pub kinesis_source: Option<KinesisStreamSource>,
     /// Server-side encryption requested at creation.
     pub encryption: Option<EncryptionInput>,
     /// Every destination configuration given (the API allows exactly one).
     pub destinations: Vec<Destination>,
     /// Tags.
     pub tags: Vec<Tag>,
+}
+
+/// `KinesisStreamSourceConfiguration`: the Kinesis data stream a
+/// `KinesisStreamAsSource` delivery stream reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KinesisStreamSource {
+    /// `KinesisStreamARN`.
+    #[serde(rename = "KinesisStreamARN")]
+    pub stream_arn: String,
+    /// `RoleARN` (kept and described; Sluice signs with its configured credentials).
+    #[serde(rename = "RoleARN")]
+    pub role_arn: String,
+}
+
+impl KinesisStreamSource {
+    /// The data stream's name, the last part of its ARN (`...:stream/NAME`).
+    pub fn stream_name(&self) -> &str {
+        self.stream_arn.rsplit_once(":stream/").map_or(self.stream_arn.as_str(), |(_, name)| name)
+    }
+
+    /// The data stream's region, from its ARN.
+    pub fn region(&self) -> Option<&str> {
+        self.stream_arn.split(':').nth(3).filter(|r| !r.is_empty())
+    }
 }
 
 /// DeleteDeliveryStream.
@@ -197,8 +223,10 @@ pub struct DeliveryStreamDescription {
     pub delivery_stream_arn: String,
     /// Status.
     pub delivery_stream_status: String,
-    /// Encryption state.
-    pub delivery_stream_encryption_configuration: EncryptionDescription,
+    /// Encryption state; absent for a Kinesis-sourced stream, as AWS shows it (the
+    /// data stream's own encryption applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_stream_encryption_configuration: Option<EncryptionDescription>,
     /// Type.
     pub delivery_stream_type: String,
     /// Version.

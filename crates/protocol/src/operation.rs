@@ -162,6 +162,10 @@ fn parse_create(mut map: Map<String, Value>) -> Result<Operation, ApiError> {
         .into_iter()
         .filter(|s| map.get(*s).is_some_and(|v| !v.is_null()))
         .collect();
+    let kinesis_source = match map.remove("KinesisStreamSourceConfiguration") {
+        Some(Value::Null) | None => None,
+        Some(config) => Some(from_value(config)?),
+    };
     let encryption = map.remove("DeliveryStreamEncryptionConfigurationInput").map(from_value).transpose()?;
     let tags = map.remove("Tags").map(from_value).transpose()?.unwrap_or_default();
     let destinations = DestinationKind::ALL
@@ -176,6 +180,7 @@ fn parse_create(mut map: Map<String, Value>) -> Result<Operation, ApiError> {
         stream_type,
         throughput_hint_mbs,
         other_sources,
+        kinesis_source,
         encryption,
         destinations,
         tags,

@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// The Lambda API that transformation functions are invoked through.
     #[serde(default)]
     pub lambda: RawLambdaConfig,
+    /// The Kinesis API that `KinesisStreamAsSource` streams read from.
+    #[serde(default)]
+    pub kinesis: RawKinesisConfig,
     /// Who may call the API.
     #[serde(default)]
     pub auth: RawAuthConfig,
@@ -395,6 +398,147 @@ impl LambdaConfig {
     }
 }
 
+/// `[kinesis]`: where `KinesisStreamAsSource` streams read their data streams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKinesisConfig {
+    /// The Kinesis API endpoint. Default `https://kinesis.<region>.amazonaws.com`,
+    /// the region taken from the data stream's ARN.
+    pub endpoint: Option<String>,
+    /// Signing region. Default: the data stream ARN's region.
+    pub region: Option<String>,
+    /// Access key id for signing; unset: `AWS_ACCESS_KEY_ID` (and unsigned without it).
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Or a file holding it.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Per-data-stream endpoints (`[kinesis.streams."NAME-OR-ARN"] endpoint = ...`).
+    #[serde(default)]
+    pub streams: std::collections::BTreeMap<String, RawKinesisStream>,
+}
+
+/// `[kinesis.streams."NAME-OR-ARN"]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKinesisStream {
+    /// The Kinesis API endpoint for this data stream.
+    pub endpoint: Option<String>,
+    /// Its signing region.
+    pub region: Option<String>,
+    /// Its own access key id (with a secret below); unset: `[kinesis]`'s.
+    pub access_key_id: Option<String>,
+    /// Its own secret access key.
+    pub secret_access_key: Option<String>,
+    /// Or a file holding it.
+    pub secret_access_key_file: Option<PathBuf>,
+}
+
+/// `[kinesis]`, validated.
+#[derive(Clone, Default)]
+pub struct KinesisConfig {
+    /// Default endpoint; `None`: AWS's, by the data stream's region.
+    pub endpoint: Option<String>,
+    /// Default signing region; `None`: the data stream's.
+    pub region: Option<String>,
+    /// `(access key id, secret)`; `None`: signed with a placeholder key (emulators take it).
+    pub credentials: Option<(String, String)>,
+    /// Per data stream (name or ARN): `(endpoint, region, credentials)` overrides.
+    pub streams: std::collections::BTreeMap<String, KinesisStreamConfig>,
+}
+
+/// `[kinesis.streams."NAME-OR-ARN"]`, validated.
+#[derive(Clone, Default)]
+pub struct KinesisStreamConfig {
+    /// Endpoint.
+    pub endpoint: Option<String>,
+    /// Signing region.
+    pub region: Option<String>,
+    /// Credentials.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for KinesisConfig {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KinesisConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
+            .field("streams", &self.streams.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KinesisConfig {
+    /// How to call the Kinesis API for the data stream `arn` (named `name`): the
+    /// per-stream settings (by ARN, then by name), then `[kinesis]`'s, then AWS's
+    /// endpoint in the ARN's region.
+    pub fn client_for(&self, arn: &str, name: &str, server_region: &str) -> sluice_kinesis::ClientConfig {
+        let own = self.streams.get(arn).or_else(|| self.streams.get(name));
+        let arn_region = arn.split(':').nth(3).filter(|r| !r.is_empty());
+        let region = own
+            .and_then(|s| s.region.clone())
+            .or_else(|| self.region.clone())
+            .or_else(|| arn_region.map(str::to_string))
+            .unwrap_or_else(|| server_region.to_string());
+        let endpoint = own
+            .and_then(|s| s.endpoint.clone())
+            .or_else(|| self.endpoint.clone())
+            .unwrap_or_else(|| format!("https://kinesis.{region}.amazonaws.com"));
+        let credentials = own.and_then(|s| s.credentials.clone()).or_else(|| self.credentials.clone());
+        sluice_kinesis::ClientConfig { endpoint, region, credentials, timeout: std::time::Duration::from_secs(30) }
+    }
+}
+
+impl RawKinesisConfig {
+    fn validate(self) -> Result<KinesisConfig, ConfigError> {
+        let endpoint_of = |what: &str, endpoint: Option<String>| match endpoint {
+            Some(e) if !e.starts_with("http://") && !e.starts_with("https://") => {
+                Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {e:?}")))
+            }
+            e => Ok(e.map(|e| e.trim_end_matches('/').to_string())),
+        };
+        // The same rules as [s3]'s credentials.
+        let credentials_of = |what: &str, id: Option<String>, secret: Option<String>, file: Option<PathBuf>| {
+            let target = RawS3Target {
+                access_key_id: id,
+                secret_access_key: secret,
+                secret_access_key_file: file,
+                ..RawS3Target::default()
+            };
+            target.validate(what, "").map(|t| t.credentials)
+        };
+        let mut streams = std::collections::BTreeMap::new();
+        for (name, stream) in self.streams {
+            let what = format!("kinesis.streams.{name}");
+            let config = KinesisStreamConfig {
+                endpoint: endpoint_of(&what, stream.endpoint)?,
+                region: stream.region,
+                credentials: credentials_of(
+                    &what,
+                    stream.access_key_id,
+                    stream.secret_access_key,
+                    stream.secret_access_key_file,
+                )?,
+            };
+            streams.insert(name, config);
+        }
+        let credentials =
+            credentials_of("kinesis", self.access_key_id, self.secret_access_key, self.secret_access_key_file)?
+                .or_else(|| {
+                    let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+                    Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
+                });
+        Ok(KinesisConfig {
+            endpoint: endpoint_of("kinesis", self.endpoint)?,
+            region: self.region,
+            credentials,
+            streams,
+        })
+    }
+}
+
 /// `[http]`: how Sluice connects to HTTP endpoint destinations.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -595,6 +739,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Lambda invocations.
     pub lambda: LambdaConfig,
+    /// The Kinesis API, for `KinesisStreamAsSource` streams.
+    pub kinesis: KinesisConfig,
     /// Access keys; empty: requests are not verified.
     pub auth_keys: Vec<crate::auth::AccessKey>,
     /// Regions credential scopes may name; empty: any.
@@ -891,6 +1037,7 @@ impl RawConfig {
             response_timeout_s: self.http.response_timeout_s.unwrap_or(180).max(1),
         };
         let lambda = self.lambda.validate(&region)?;
+        let kinesis = self.kinesis.validate()?;
         let mut auth_keys = Vec::new();
         for key in self.auth.keys {
             let what = format!("auth.keys {:?}", key.access_key_id);
@@ -976,6 +1123,7 @@ impl RawConfig {
             allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
             admin_enabled: self.admin.enabled.unwrap_or(false),
             lambda,
+            kinesis,
             http,
             s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,

@@ -86,6 +86,10 @@ struct ServeArgs {
     /// IntervalInSeconds (for tests written for emulators that deliver at once).
     #[arg(long, env = "SLUICE_BUFFER_INTERVAL_MAX")]
     buffer_interval_max: Option<u64>,
+    /// Read KinesisStreamAsSource streams' data streams through this Kinesis API
+    /// endpoint (kinesalite, LocalStack, ...) instead of AWS's; see `[kinesis]`.
+    #[arg(long, env = "SLUICE_KINESIS_ENDPOINT")]
+    kinesis_endpoint: Option<String>,
 }
 
 #[derive(Args)]
@@ -126,6 +130,13 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
     }
     if args.buffer_interval_max.is_some() {
         config.buffer_interval_s_max = args.buffer_interval_max;
+    }
+    if let Some(endpoint) = &args.kinesis_endpoint {
+        anyhow::ensure!(
+            endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+            "--kinesis-endpoint must be an http(s) URL, got {endpoint:?}"
+        );
+        config.kinesis.endpoint = Some(endpoint.trim_end_matches('/').to_string());
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some((cert.clone(), key.clone()));

@@ -61,6 +61,8 @@ pub struct Metrics {
     names: RwLock<HashMap<u64, String>>,
     /// By stream id and metric prefix (`DeliveryToS3`, `BackupToS3`).
     oldest_undelivered_ms: RwLock<HashMap<(u64, &'static str), Option<u64>>>,
+    /// Kinesis-sourced streams: how far behind each shard's last read was.
+    kinesis_behind_ms: RwLock<HashMap<u64, HashMap<String, u64>>>,
 }
 
 impl Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             streams: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
             oldest_undelivered_ms: RwLock::new(HashMap::new()),
+            kinesis_behind_ms: RwLock::new(HashMap::new()),
         }
     }
 
@@ -182,6 +185,40 @@ impl Metrics {
         metrics::counter!("sluice_records_expired", &[("DeliveryStreamName", name)]).increment(n_records);
     }
 
+    /// Records read from a stream's Kinesis data stream
+    /// (`DataReadFromKinesisStream.Records` / `.Bytes`).
+    pub fn kinesis_read(&self, stream_id: u64, n_records: u64, n_bytes: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("DataReadFromKinesisStream.Records", &labels).increment(n_records);
+        metrics::counter!("DataReadFromKinesisStream.Bytes", &labels).increment(n_bytes);
+    }
+
+    /// How far behind its shard's tip a read was; `KinesisMillisBehindLatest` is the
+    /// most any shard of the stream is behind.
+    pub fn kinesis_behind(&self, stream_id: u64, shard_id: &str, millis: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let mut behind = self.kinesis_behind_ms.write().expect("lock");
+        let shards = behind.entry(stream_id).or_default();
+        shards.insert(shard_id.to_string(), millis);
+        let most = shards.values().copied().max().unwrap_or(0);
+        metrics::gauge!("KinesisMillisBehindLatest", &[("DeliveryStreamName", name)]).set(most as f64);
+    }
+
+    /// A shard read to its end no longer counts for `KinesisMillisBehindLatest`.
+    pub fn kinesis_shard_ended(&self, stream_id: u64, shard_id: &str) {
+        if let Some(shards) = self.kinesis_behind_ms.write().expect("lock").get_mut(&stream_id) {
+            shards.remove(shard_id);
+        }
+    }
+
+    /// A throttled Kinesis call (`ThrottledGetRecords`, `ThrottledGetShardIterator`,
+    /// `ThrottledDescribeStream`).
+    pub fn kinesis_throttled(&self, stream_id: u64, metric: &'static str) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        metrics::counter!(metric, &[("DeliveryStreamName", name)]).increment(1);
+    }
+
     /// Registers every series a stream has, at zero where nothing happened yet, so a
     /// stream's metrics exist from its creation (and from start-up for existing
     /// streams) rather than from its first put or delivery.
@@ -195,6 +232,18 @@ impl Metrics {
             destination.backup_s3_settings().map(|_| "BackupToS3"),
         ];
         let labels = [("DeliveryStreamName", stream.name.clone())];
+        if stream.reads_kinesis() {
+            for series in [
+                "DataReadFromKinesisStream.Records",
+                "DataReadFromKinesisStream.Bytes",
+                "ThrottledGetRecords",
+                "ThrottledGetShardIterator",
+                "ThrottledDescribeStream",
+            ] {
+                metrics::counter!(series, &labels).increment(0);
+            }
+            metrics::gauge!("KinesisMillisBehindLatest", &labels).set(0.0);
+        }
         for prefix in prefixes.into_iter().flatten() {
             for series in ["Attempts", "Success", "Records", "Bytes"] {
                 metrics::counter!(format!("{prefix}.{series}"), &labels).increment(0);

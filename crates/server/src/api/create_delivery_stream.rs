@@ -33,6 +33,44 @@ pub(super) fn check_encryption(
     }
 }
 
+/// The source: a direct put, or a Kinesis data stream (whose configuration
+/// excludes the direct-put-only settings, as on Firehose).
+fn check_source(input: &CreateDeliveryStreamInput) -> Result<(), ApiError> {
+    match input.stream_type.as_str() {
+        "DirectPut" => {
+            if let Some(source) = input.other_sources.first() {
+                return Err(invalid(format!("{source} is not supported for a DirectPut delivery stream.")));
+            }
+        }
+        "KinesisStreamAsSource" => {
+            if input.kinesis_source.is_none() {
+                return Err(invalid(
+                    "KinesisStreamSourceConfiguration is required for a KinesisStreamAsSource delivery stream.",
+                ));
+            }
+            if let Some(source) = input.other_sources.iter().find(|s| **s != "KinesisStreamSourceConfiguration") {
+                return Err(invalid(format!("{source} is not supported for a KinesisStreamAsSource delivery stream.")));
+            }
+            if input.throughput_hint_mbs.is_some() {
+                return Err(invalid(
+                    "DirectPutSourceConfiguration is not supported for a KinesisStreamAsSource delivery stream.",
+                ));
+            }
+            if input.encryption.is_some() {
+                return Err(invalid(
+                    "DeliveryStreamEncryptionConfigurationInput is not supported for a KinesisStreamAsSource delivery stream; the Kinesis data stream's own encryption applies.",
+                ));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "Sluice does not support the source type {other}; DirectPut and KinesisStreamAsSource delivery streams can be created."
+            )))
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: CreateDeliveryStreamInput) -> Reply {
     let arn = create(state, ctx, input, state.config.transition_ms).await?;
     ok(&CreateDeliveryStreamOutput { arn })
@@ -46,14 +84,11 @@ pub(super) async fn create(
     input: CreateDeliveryStreamInput,
     transition_ms: u64,
 ) -> Result<String, ApiError> {
-    if input.stream_type != "DirectPut" {
-        return Err(invalid(format!(
-            "Sluice does not support the source type {}; only DirectPut delivery streams can be created.",
-            input.stream_type
-        )));
-    }
-    if let Some(source) = input.other_sources.first() {
-        return Err(invalid(format!("{source} is not supported for a DirectPut delivery stream.")));
+    check_source(&input)?;
+    if input.kinesis_source.is_some() && state.config.cluster.is_some() {
+        return Err(invalid(
+            "Sluice reads Kinesis data streams on a single node only for now: KinesisStreamAsSource delivery streams cannot be created in cluster mode.",
+        ));
     }
     let [destination] = &input.destinations[..] else {
         return Err(invalid("Exactly one destination configuration is supported for a Firehose"));
@@ -110,6 +145,7 @@ pub(super) async fn create(
         region: ctx.region.clone(),
         name: input.name.clone(),
         stream_type: input.stream_type.clone(),
+        kinesis_source: input.kinesis_source.clone(),
         created_ms: ctx.now_ms,
         active_at_ms: ctx.now_ms + transition_ms,
         last_update_ms: None,

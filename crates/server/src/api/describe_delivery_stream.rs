@@ -16,6 +16,21 @@ pub(super) fn encryption_description(state: &AppState, stream: &StreamRecord, no
     }
 }
 
+/// `Source`: the Kinesis data stream read, from when; or the direct-put hint if one
+/// was given.
+fn source_description(stream: &StreamRecord) -> Option<serde_json::Value> {
+    if let Some(kinesis) = &stream.kinesis_source {
+        return Some(serde_json::json!({"KinesisStreamSourceDescription": {
+            "KinesisStreamARN": kinesis.stream_arn,
+            "RoleARN": kinesis.role_arn,
+            "DeliveryStartTimestamp": stream.created_ms as f64 / 1000.0,
+        }}));
+    }
+    stream
+        .throughput_hint_mbs
+        .map(|hint| serde_json::json!({"DirectPutSourceDescription": {"ThroughputHintInMBs": hint}}))
+}
+
 pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DescribeDeliveryStreamInput) -> Reply {
     let stream = state.stream(ctx, &input.name)?;
     let seconds = |ms: u64| ms as f64 / 1000.0;
@@ -25,14 +40,13 @@ pub(super) fn handle(state: &AppState, ctx: &RequestContext, input: DescribeDeli
         delivery_stream_name: stream.name.clone(),
         delivery_stream_arn: state.arn(&stream.region, &stream.name),
         delivery_stream_status: stream.status(ctx.now_ms).to_string(),
-        delivery_stream_encryption_configuration: encryption_description(state, &stream, ctx.now_ms),
+        delivery_stream_encryption_configuration: (!stream.reads_kinesis())
+            .then(|| encryption_description(state, &stream, ctx.now_ms)),
         delivery_stream_type: stream.stream_type.clone(),
         version_id: stream.version_id.to_string(),
         create_timestamp: seconds(stream.created_ms),
         last_update_timestamp: stream.last_update_ms.map(seconds),
-        source: stream
-            .throughput_hint_mbs
-            .map(|hint| serde_json::json!({"DirectPutSourceDescription": {"ThroughputHintInMBs": hint}})),
+        source: source_description(&stream),
         destinations,
         has_more_destinations: false,
     };

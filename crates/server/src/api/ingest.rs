@@ -36,6 +36,9 @@ pub(super) async fn ingest(
     partial: bool,
 ) -> Result<Ingested, ApiError> {
     let stream = state.stream(ctx, name)?;
+    if stream.reads_kinesis() {
+        return Err(not_permitted_on_kinesis_source());
+    }
     let status = stream.status(ctx.now_ms);
     if status != "ACTIVE" {
         let account = &state.config.account_id;
@@ -100,6 +103,15 @@ fn check_source(state: &AppState, ctx: &RequestContext, stream: &StreamRecord) -
         state.config.account_id, stream.name
     );
     Err(ApiError::new(ErrorCode::InvalidSourceException, message))
+}
+
+/// Firehose's answer to a put (or an encryption change) on a stream that reads a
+/// Kinesis data stream.
+pub(super) fn not_permitted_on_kinesis_source() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidArgumentException,
+        "This operation is not permitted on KinesisStreamAsSource delivery stream type.",
+    )
 }
 
 /// Back-pressure: refuses a put that would take the stream's (or Sluice's) held,

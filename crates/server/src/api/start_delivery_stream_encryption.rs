@@ -19,6 +19,9 @@ pub(super) fn check_can_change(
     ctx: &RequestContext,
     stream: &StreamRecord,
 ) -> Result<Vec<u64>, ApiError> {
+    if stream.reads_kinesis() {
+        return Err(super::ingest::not_permitted_on_kinesis_source());
+    }
     let status = stream.encryption.status(ctx.now_ms, state.config.transition_ms);
     if stream.status(ctx.now_ms) != "ACTIVE" || status.ends_with("ING") {
         let message = format!(

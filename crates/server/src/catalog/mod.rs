@@ -72,8 +72,11 @@ pub struct StreamRecord {
     pub region: String,
     /// Name.
     pub name: String,
-    /// `DirectPut`.
+    /// `DirectPut` or `KinesisStreamAsSource`.
     pub stream_type: String,
+    /// The Kinesis data stream a `KinesisStreamAsSource` stream reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinesis_source: Option<sluice_protocol::dto::KinesisStreamSource>,
     /// Creation time, Unix ms.
     pub created_ms: u64,
     /// The stream is `CREATING` before this time and `ACTIVE` from it.
@@ -108,6 +111,7 @@ impl StreamRecord {
             region: "us-east-1".into(),
             name: name.into(),
             stream_type: "DirectPut".into(),
+            kinesis_source: None,
             created_ms: 0,
             active_at_ms: 0,
             last_update_ms: None,
@@ -119,6 +123,11 @@ impl StreamRecord {
             encryption: Default::default(),
             revision: 1,
         }
+    }
+
+    /// Whether records come from a Kinesis data stream rather than from puts.
+    pub fn reads_kinesis(&self) -> bool {
+        self.kinesis_source.is_some()
     }
 
     /// `CREATING` or `ACTIVE` at `now_ms`.

@@ -28,6 +28,7 @@ use super::worker::StreamProgress;
 use super::Delivery;
 use crate::catalog::StreamRecord;
 use crate::log::{LogError, StoredRecord};
+use sluice_kinesis::{Header, Positions};
 
 /// The `!{firehose:error-output-type}` of records that outlived the retention period
 /// (Firehose drops those; Sluice writes them under the error prefix when it can).
@@ -155,12 +156,14 @@ impl Backoff {
 }
 
 /// What a lane has read and not yet put in a batch: counts, not records.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Buffered {
     first_seq: u64,
     last_seq: u64,
     oldest_arrival_ms: u64,
     bytes: u64,
+    /// A Kinesis-sourced stream: the last record of each shard.
+    source: Positions,
 }
 
 /// Resolves `true` if shutdown was requested while waiting.
@@ -211,7 +214,7 @@ pub(super) async fn run(
         let Some(target) = kind.target(&stream.destination) else { return };
         let metric = kind.metric(matches!(target, Target::Http(_)));
         let size_max = target.buffer_bytes_max();
-        let bytes = buffered.map_or(0, |b| b.bytes);
+        let bytes = buffered.as_ref().map_or(0, |b| b.bytes);
         // Whether the log has nothing more for this batch right now: when stopping,
         // the batch is cut only then (a backend may hand records over in several
         // reads), so that a shutdown does not split what one batch would hold.
@@ -221,14 +224,20 @@ pub(super) async fn run(
                 Ok(records) => {
                     drained = records.is_empty();
                     for record in &records {
-                        let b = buffered.get_or_insert(Buffered {
+                        // A Kinesis record counts with its own arrival and bytes.
+                        let header = stream.reads_kinesis().then(|| Header::parse(&record.data).ok()).flatten();
+                        let arrival_ms = header.map_or(record.arrival_ms, |h| h.arrival_ms);
+                        let b = buffered.get_or_insert_with(|| Buffered {
                             first_seq: record.seq,
-                            last_seq: record.seq,
-                            oldest_arrival_ms: record.arrival_ms,
-                            bytes: 0,
+                            oldest_arrival_ms: arrival_ms,
+                            ..Buffered::default()
                         });
                         b.last_seq = record.seq;
-                        b.bytes += record.data.len() as u64;
+                        b.oldest_arrival_ms = b.oldest_arrival_ms.min(arrival_ms);
+                        b.bytes += (record.data.len() - header.map_or(0, |h| h.data_offset)) as u64;
+                        if let Some(header) = header {
+                            b.source.advance(header.shard_id, header.sequence_number);
+                        }
                     }
                 }
                 Err(error) => {
@@ -241,18 +250,18 @@ pub(super) async fn run(
             }
         }
         let metrics = &delivery.state.metrics;
-        metrics.oldest_undelivered(stream_id, metric, buffered.map(|b| b.oldest_arrival_ms));
+        metrics.oldest_undelivered(stream_id, metric, buffered.as_ref().map(|b| b.oldest_arrival_ms));
         let interval_s = delivery
             .state
             .config
             .buffer_interval_s_max
             .map_or(target.buffer_interval_s(), |cap| target.buffer_interval_s().min(cap));
-        let deadline_ms = buffered.map(|b| b.oldest_arrival_ms + interval_s * 1000);
+        let deadline_ms = buffered.as_ref().map(|b| b.oldest_arrival_ms + interval_s * 1000);
         let now_ms = delivery.clock.now_ms();
-        let full = buffered.is_some_and(|b| b.bytes >= size_max);
-        if let (Some(batch), Some(deadline_ms)) = (buffered, deadline_ms) {
+        let full = buffered.as_ref().is_some_and(|b| b.bytes >= size_max);
+        if let Some(deadline_ms) = deadline_ms {
             if full || now_ms >= deadline_ms || ((stopping || flushing) && drained) {
-                buffered = None;
+                let batch = buffered.take().expect("a deadline means a buffered batch");
                 let Some(intent) = decide(&delivery, &progress, &stream, &target, kind, batch, &mut shutdown).await
                 else {
                     return;
@@ -355,6 +364,7 @@ async fn decide(
         oldest_arrival_ms: batch.oldest_arrival_ms,
         namespace: Some(delivery.namespace.hyphenated().to_string()),
         uploads: BTreeMap::new(),
+        source: batch.source,
     };
     loop {
         match progress.update(kind.name(), |lane| lane.batch = Some(intent.clone())).await {
@@ -385,6 +395,9 @@ async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Res
             break;
         }
         batch.extend(records.into_iter().take_while(|r| r.seq <= intent.last_seq));
+    }
+    if delivery.state.catalog.get_by_id(stream_id).is_some_and(|s| s.reads_kinesis()) {
+        super::source::unwrap_records(stream_id, &mut batch);
     }
     let (first, last) = (batch.first().map(|r| r.seq), batch.last().map(|r| r.seq));
     if first == Some(intent.first_seq) && last == Some(intent.last_seq) {
@@ -438,6 +451,7 @@ async fn deliver(
             .update(kind.name(), |lane| {
                 lane.batch = None;
                 lane.delivered_seq = Some(intent.last_seq);
+                lane.source.merge(&intent.source);
             })
             .await;
         match done {

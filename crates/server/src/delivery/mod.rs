@@ -16,6 +16,7 @@ mod lane;
 pub mod ownership;
 mod process;
 mod progress;
+mod source;
 pub mod store;
 #[cfg(test)]
 mod tests;

@@ -5,12 +5,14 @@
 //! commit to the log (state and acknowledged position together).
 //!
 //! Format (JSON): `{"format_version": 2, "lanes": {"destination": {"delivered_seq":
-//! 41, "batch": {...}}, "backup": {...}}}`. Version 1 was a bare batch description
-//! (one lane, the destination) and is still read.
+//! 41, "batch": {...}, "source": {"shardId-000000000000": "4959..."}}, "backup":
+//! {...}}}` (`source` only for a Kinesis-sourced stream). Version 1 was a bare batch
+//! description (one lane, the destination) and is still read.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sluice_kinesis::Positions;
 
 use super::key::DESTINATION_LANE;
 
@@ -63,6 +65,9 @@ pub(super) struct Intent {
     /// batch is tried again (after a failure or a crash), so no parts are left.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) uploads: BTreeMap<String, String>,
+    /// A Kinesis-sourced stream: the last Kinesis record of each shard in the batch.
+    #[serde(default, skip_serializing_if = "Positions::is_empty")]
+    pub(super) source: Positions,
 }
 
 impl Intent {
@@ -89,6 +94,11 @@ pub(super) struct LaneProgress {
     pub(super) delivered_seq: Option<u64>,
     /// The batch being delivered.
     pub(super) batch: Option<Intent>,
+    /// A Kinesis-sourced stream: the last Kinesis record of each shard this lane
+    /// has delivered (with the log's records after `delivered_seq`, where reading
+    /// the data stream resumes; see `source`).
+    #[serde(default, skip_serializing_if = "Positions::is_empty")]
+    pub(super) source: Positions,
 }
 
 /// Every lane's progress.
@@ -117,7 +127,7 @@ impl Progress {
             }
         }
         if let Ok(intent) = serde_json::from_slice::<Intent>(blob) {
-            let lane = LaneProgress { delivered_seq: None, batch: Some(intent) };
+            let lane = LaneProgress { delivered_seq: None, batch: Some(intent), source: Positions::default() };
             return Progress {
                 format_version: PROGRESS_FORMAT_VERSION,
                 lanes: [(DESTINATION_LANE.into(), lane)].into(),
@@ -159,6 +169,7 @@ mod tests {
             oldest_arrival_ms: 1,
             namespace: None,
             uploads: BTreeMap::new(),
+            source: Positions::default(),
         }
     }
 
@@ -166,7 +177,9 @@ mod tests {
     fn the_slowest_lane_holds_the_log() {
         let mut progress = Progress::default();
         assert_eq!(progress.acknowledged_seq(), 0);
-        progress.lanes.insert("destination".into(), LaneProgress { delivered_seq: Some(40), batch: None });
+        progress
+            .lanes
+            .insert("destination".into(), LaneProgress { delivered_seq: Some(40), ..LaneProgress::default() });
         assert_eq!(progress.acknowledged_seq(), 40);
         progress.lanes.insert("backup".into(), LaneProgress::default());
         assert_eq!(progress.acknowledged_seq(), 0, "a lane that delivered nothing yet holds everything");
@@ -177,7 +190,10 @@ mod tests {
     #[test]
     fn round_trips_and_reads_the_single_batch_format() {
         let mut progress = Progress::default();
-        progress.lanes.insert("backup".into(), LaneProgress { delivered_seq: Some(3), batch: Some(intent(4, 9)) });
+        progress.lanes.insert(
+            "backup".into(),
+            LaneProgress { delivered_seq: Some(3), batch: Some(intent(4, 9)), source: Positions::default() },
+        );
         assert_eq!(Progress::decode(1, Some(&progress.encode())), progress);
         let old = serde_json::to_vec(&intent(5, 8)).unwrap();
         let read = Progress::decode(1, Some(&old));

@@ -35,6 +35,16 @@ impl StreamProgress {
         self.fenced.load(Ordering::Relaxed)
     }
 
+    /// The tenure this worker delivers under.
+    pub(super) fn tenure(&self) -> Tenure {
+        self.tenure
+    }
+
+    /// Every lane's progress, as last committed.
+    pub(super) async fn snapshot(&self) -> Progress {
+        self.progress.lock().await.clone()
+    }
+
     /// One lane's progress.
     pub(super) async fn lane(&self, lane: &str) -> LaneProgress {
         self.progress.lock().await.lanes.get(lane).cloned().unwrap_or_default()
@@ -108,6 +118,11 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
     });
     // Aborted with the worker (a stream handed to another node), not left running.
     let mut lanes = Lanes(HashMap::new());
+    // A Kinesis-sourced stream's reading runs beside its lanes, under the same tenure.
+    let source = delivery.state.catalog.get_by_id(stream_id).filter(|s| s.reads_kinesis()).map(|_| {
+        let task = super::source::run(delivery.clone(), progress.clone(), shutdown.clone());
+        AbortOnDrop(tokio::spawn(task))
+    });
     while let Some(stream) = delivery.state.catalog.get_by_id(stream_id) {
         if progress.fenced() {
             tracing::warn!(stream_id, "A later delivery took this stream over; this worker stops.");
@@ -145,10 +160,22 @@ pub(super) async fn run(delivery: Arc<Delivery>, stream_id: u64, mut shutdown: w
         // Nothing the lanes do would count any more: dropping `lanes` aborts them.
         return;
     }
-    // Lanes watch the same shutdown signal (or the stream's deletion) and end by
-    // themselves; the engine bounds how long this may take.
+    // The source and the lanes watch the same shutdown signal (or the stream's
+    // deletion) and end by themselves; the engine bounds how long this may take.
+    if let Some(mut source) = source {
+        let _ = (&mut source.0).await;
+    }
     for lane in std::mem::take(&mut lanes.0).into_values() {
         let _ = lane.await;
+    }
+}
+
+/// A task aborted if its handle is dropped before it was awaited.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -21,17 +21,28 @@ fn log_error(error: sluice_wal::Error) -> LogError {
 /// The embedded write-ahead log as a [`RecordLog`].
 pub struct WalLog {
     wal: Arc<sluice_wal::Wal>,
-    /// The latest tenure token of each stream: one node, so fencing earlier
-    /// tenures (a delivery worker restarted while its predecessor winds down)
-    /// needs no more than this.
-    tenures: Mutex<HashMap<u64, u64>>,
+    /// Each stream's tenures: one node, so fencing earlier tenures (a delivery
+    /// worker restarted while its predecessor winds down) needs no more than this.
+    tenures: Mutex<HashMap<u64, Arc<TenureGate>>>,
     tenure_tokens: AtomicU64,
+}
+
+/// A stream's latest tenure, and the lock that keeps a take-over from overlapping
+/// an append made under a tenure ([`RecordLog::append_under`]).
+#[derive(Default)]
+struct TenureGate {
+    token: AtomicU64,
+    appends: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl WalLog {
     /// The log as a [`RecordLog`].
     pub fn new(wal: Arc<sluice_wal::Wal>) -> WalLog {
         WalLog { wal, tenures: Mutex::new(HashMap::new()), tenure_tokens: AtomicU64::new(0) }
+    }
+
+    fn gate(&self, stream: u64) -> Arc<TenureGate> {
+        self.tenures.lock().expect("lock").entry(stream).or_default().clone()
     }
 }
 
@@ -99,16 +110,43 @@ impl RecordLog for WalLog {
         Ok(Box::new(WalCursor(Some(self.wal.reader(stream, from).map_err(log_error)?))))
     }
 
+    fn append_under(&self, tenure: Tenure, records: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Appended, LogError>> {
+        let gate = self.gate(tenure.stream);
+        let wal = self.wal.clone();
+        Box::pin(async move {
+            let held = gate.appends.clone().lock_owned().await;
+            if gate.token.load(Ordering::Acquire) != tenure.token {
+                return Err(LogError::Fenced(tenure.stream));
+            }
+            // The append finishes, holding the gate, even if its caller goes away
+            // (a worker aborted): a take-over then waits for it instead of reading
+            // the log while it may still land.
+            let append = tokio::spawn(async move {
+                let appended = wal.append(tenure.stream, records, Encryption::None).await;
+                drop(held);
+                appended
+            });
+            append.await.map_err(|e| LogError::Unavailable(e.to_string()))?.map_err(log_error)
+        })
+    }
+
     fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<TakenOver, LogError>> {
         let token = self.tenure_tokens.fetch_add(1, Ordering::Relaxed) + 1;
-        self.tenures.lock().expect("lock").insert(stream, token);
-        let state = self.wal.state(stream).map_err(log_error);
-        Box::pin(std::future::ready(state.map(|state| TakenOver { tenure: Tenure { stream, token }, state })))
+        let gate = self.gate(stream);
+        Box::pin(async move {
+            // No append under an earlier tenure is in flight once this is held, and
+            // none succeeds after the token moved.
+            let _held = gate.appends.lock().await;
+            gate.token.store(token, Ordering::Release);
+            let state = self.wal.state(stream).map_err(log_error)?;
+            Ok(TakenOver { tenure: Tenure { stream, token }, state })
+        })
     }
 
     fn commit(&self, tenure: Tenure, seq: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), LogError>> {
         let wal = self.wal.clone();
-        let current = self.tenures.lock().expect("lock").get(&tenure.stream) == Some(&tenure.token);
+        let current = self.tenures.lock().expect("lock").get(&tenure.stream).map(|g| g.token.load(Ordering::Acquire))
+            == Some(tenure.token);
         Box::pin(async move {
             if !current {
                 return Err(LogError::Fenced(tenure.stream));

@@ -275,6 +275,15 @@ impl RecordLog for JetStreamLog {
         })
     }
 
+    fn append_under(&self, tenure: Tenure, _records: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Appended, LogError>> {
+        // Refused at create (`api::create_delivery_stream`): no Kinesis-sourced
+        // stream exists in cluster mode to call this.
+        Box::pin(std::future::ready(Err(LogError::Unavailable(format!(
+            "stream {}: appends under a tenure (a Kinesis source) are not available in cluster mode yet",
+            tenure.stream
+        )))))
+    }
+
     fn append(
         &self,
         stream: u64,

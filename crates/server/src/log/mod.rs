@@ -104,6 +104,13 @@ pub trait RecordLog: Send + Sync + 'static {
         records: Vec<Vec<u8>>,
         encryption: Encryption,
     ) -> BoxFuture<'_, Result<Appended, LogError>>;
+    /// Appends records (unencrypted) only while `tenure` is the stream's latest:
+    /// for a source the stream's delivery owner reads into the log (a Kinesis data
+    /// stream), so that a former owner's late append cannot add records the new
+    /// owner, which derived where to read from the log, reads again. Once
+    /// [`RecordLog::take_over`] returned, no append under an earlier tenure is in
+    /// flight or can succeed ([`LogError::Fenced`]).
+    fn append_under(&self, tenure: Tenure, records: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Appended, LogError>>;
     /// A cursor at `from`, or after the acknowledged records if later.
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError>;
     /// A cursor for reading records `from..=last` back (a decided batch): a

@@ -1,0 +1,181 @@
+//! A `KinesisStreamAsSource` stream's source: the stream's delivery worker reads the
+//! Kinesis data stream (`sluice-kinesis`) into the stream's log, where its lanes
+//! deliver from as for direct puts. Records are copied into the log, not re-read
+//! from Kinesis when a batch is redone, so that every delivery path (batches decided
+//! and committed before upload, redone under the same key, retries for the retention
+//! period, backups, flushes) is the one direct puts use (ARCHITECTURE.md says why).
+//!
+//! Exactly once from Kinesis to the bucket: where each shard's reading resumes is
+//! derived, never stored separately, from what the log holds: the Kinesis positions
+//! each lane committed with the batches it delivered (the log dropped those records)
+//! merged with the records still in the log. The reader appends under the worker's
+//! tenure, so after a take-over no earlier worker's append can land behind the new
+//! one's back: a record is in the log once, and the lanes deliver it once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_kinesis::reader::{BoxFuture, Call};
+use sluice_kinesis::{Client, Ended, Header, Positions, ReaderOptions, Sink, SinkError, SourceRecord};
+use tokio::sync::watch;
+
+use super::lane::wait;
+use super::worker::StreamProgress;
+use super::Delivery;
+use crate::api::AppState;
+use crate::log::{LogError, StoredRecord, Tenure};
+
+/// Records read per call when scanning the log for positions.
+const SCAN_RECORDS_MAX: usize = 10_000;
+/// Pause before reading again after the reader stopped on an error.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Replaces each record of a Kinesis-sourced stream, as the log holds it, by its
+/// data, with Kinesis's arrival time.
+pub(super) fn unwrap_records(stream_id: u64, records: &mut [StoredRecord]) {
+    for record in records {
+        let (arrival_ms, data_offset) = match Header::parse(&record.data) {
+            Ok(header) => (header.arrival_ms, header.data_offset),
+            Err(error) => {
+                // Only this module appends to such a stream; delivered as it is.
+                tracing::error!(stream_id, seq = record.seq, %error, "A record of a Kinesis-sourced stream is not in the source format.");
+                continue;
+            }
+        };
+        record.arrival_ms = arrival_ms;
+        record.data.drain(..data_offset);
+    }
+}
+
+/// Reads the stream's Kinesis data stream into its log until shutdown, deletion
+/// or a later tenure.
+pub(super) async fn run(delivery: Arc<Delivery>, progress: Arc<StreamProgress>, mut shutdown: watch::Receiver<bool>) {
+    let stream_id = progress.stream_id;
+    loop {
+        let Some(stream) = delivery.state.catalog.get_by_id(stream_id) else { return };
+        let Some(source) = stream.kinesis_source.clone() else { return };
+        if progress.fenced() || *shutdown.borrow() {
+            return;
+        }
+        let positions = match positions(&delivery, &progress).await {
+            Ok(positions) => positions,
+            Err(error) => {
+                tracing::error!(stream = %stream.name, %error, "Cannot read the log to find where reading the Kinesis stream resumes; retrying.");
+                if wait(&mut shutdown, RESTART_DELAY).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let config = &delivery.state.config;
+        let client_config = config.kinesis.client_for(&source.stream_arn, source.stream_name(), &config.region);
+        let client = match Client::new(client_config) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(stream = %stream.name, %error, "Cannot set up the Kinesis client; retrying.");
+                if wait(&mut shutdown, RESTART_DELAY).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::info!(
+            stream = %stream.name,
+            kinesis_stream = %source.stream_arn,
+            n_shards_positioned = positions.0.len(),
+            "Reading the Kinesis data stream."
+        );
+        let sink = Arc::new(LogSink { state: delivery.state.clone(), tenure: progress.tenure(), stream_id });
+        let options = ReaderOptions::new(source.stream_name(), stream.created_ms);
+        match sluice_kinesis::run(client, options, positions, sink, shutdown.clone()).await {
+            Ended::Shutdown => return,
+            Ended::Stopped(reason) => {
+                tracing::warn!(stream = %stream.name, %reason, "Reading the Kinesis stream stopped; resuming from what the log holds.");
+                if wait(&mut shutdown, RESTART_DELAY).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Where each shard's reading resumes: after the last record of it the stream
+/// ever took into its log (delivered, in a lane's progress, or still in the log).
+async fn positions(delivery: &Delivery, progress: &StreamProgress) -> Result<Positions, LogError> {
+    // Lanes deliver meanwhile, and the log may drop records the scan has not reached
+    // yet: the lanes' positions are taken after the scan, so they cover whatever it
+    // missed.
+    let from = progress.snapshot().await.acknowledged_seq().saturating_add(1);
+    let mut positions = Positions::default();
+    let mut cursor = delivery.state.log.cursor(progress.stream_id, from)?;
+    loop {
+        let records = cursor.read(SCAN_RECORDS_MAX, usize::MAX).await?;
+        if records.is_empty() {
+            break;
+        }
+        for record in &records {
+            if let Ok(header) = Header::parse(&record.data) {
+                positions.advance(header.shard_id, header.sequence_number);
+            }
+        }
+    }
+    for lane in progress.snapshot().await.lanes.values() {
+        positions.merge(&lane.source);
+    }
+    Ok(positions)
+}
+
+/// The stream's log as the reader's sink.
+struct LogSink {
+    state: Arc<AppState>,
+    tenure: Tenure,
+    stream_id: u64,
+}
+
+impl Sink for LogSink {
+    fn append<'a>(&'a self, records: &'a [SourceRecord]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let encoded: Vec<Vec<u8>> = records.iter().map(SourceRecord::encode).collect();
+            // Back-pressure as for puts: while delivery is behind by the configured
+            // limit, the records wait in Kinesis rather than on this disk.
+            let n_bytes: u64 = encoded.iter().map(|r| r.len() as u64).sum();
+            let config = &self.state.config;
+            let held = self.state.log.undelivered_bytes(self.stream_id).unwrap_or(0);
+            if held + n_bytes > config.buffer_bytes_per_stream_max
+                || self.state.log.undelivered_bytes_total() + n_bytes > config.buffer_bytes_max
+            {
+                return Err(SinkError::Retry(format!("the stream holds {held} bytes not yet delivered, its limit")));
+            }
+            match self.state.log.append_under(self.tenure, encoded).await {
+                Ok(_) => Ok(()),
+                // Nothing was stored: the same records are offered again.
+                Err(error @ (LogError::Unavailable(_) | LogError::NoSpace(_))) => {
+                    Err(SinkError::Retry(error.to_string()))
+                }
+                Err(error) => Err(SinkError::Stop(error.to_string())),
+            }
+        })
+    }
+
+    fn read(&self, n_records: u64, n_bytes: u64) {
+        self.state.metrics.kinesis_read(self.stream_id, n_records, n_bytes);
+    }
+
+    fn behind(&self, shard_id: &str, millis: u64) {
+        self.state.metrics.kinesis_behind(self.stream_id, shard_id, millis);
+    }
+
+    fn throttled(&self, call: Call) {
+        let metric = match call {
+            Call::DescribeStream => "ThrottledDescribeStream",
+            Call::GetShardIterator => "ThrottledGetShardIterator",
+            Call::GetRecords => "ThrottledGetRecords",
+        };
+        self.state.metrics.kinesis_throttled(self.stream_id, metric);
+    }
+
+    fn shard_ended(&self, shard_id: &str) {
+        self.state.metrics.kinesis_shard_ended(self.stream_id, shard_id);
+        tracing::info!(stream_id = self.stream_id, shard = shard_id, "A closed Kinesis shard is read to its end.");
+    }
+}
