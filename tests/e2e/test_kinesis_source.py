@@ -1,0 +1,320 @@
+"""Kinesis Data Streams as a source (issue 13), against kinesalite (a real Kinesis API
+server, see kinesis.py): records put with boto3's Kinesis client reach the bucket
+each exactly once and in order per partition key, through processing, with two
+delivery streams on one data stream, across a split and a merge, across repeated
+kill -9 of Sluice, and across an outage of the Kinesis endpoint; KPL aggregates made
+by aws-kinesis-agg come out as their user records. The control plane answers as
+Firehose does for this source type."""
+
+import json
+import os
+import random
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+
+import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
+from botocore.exceptions import ClientError
+
+from conftest import S3_CONFIG, Server, wait_active
+from kinesis import Kinesalite, arn
+from lambda_server import LambdaServer
+from test_lambda import FUNCTION, SECRET
+
+ROLE = "arn:aws:iam::000000000000:role/firehose"
+KILLS = int(os.environ.get("SLUICE_KINESIS_KILLS", "10"))
+NOT_PERMITTED = "This operation is not permitted on KinesisStreamAsSource delivery stream type."
+
+
+@pytest.fixture
+def kinesalite(tmp_path):
+    k = Kinesalite(tmp_path / "kinesalite").start()
+    yield k
+    k.stop()
+
+
+def start_server(tmp_path, kinesalite, extra_config=""):
+    server = Server(tmp_path / "data", extra_config=extra_config,
+                    env={"SLUICE_KINESIS_ENDPOINT": kinesalite.endpoint, "SLUICE_BUFFER_INTERVAL_MAX": "1"}).start()
+    (server.data_dir / "buckets" / "bucket").mkdir(parents=True)
+    return server
+
+
+@pytest.fixture
+def server(tmp_path, kinesalite):
+    s = start_server(tmp_path, kinesalite)
+    yield s
+    if s.proc.poll() is None:
+        assert s.stop() == 0, s.logs()
+
+
+def source_stream(fh, name, kinesis_stream, **destination):
+    fh.create_delivery_stream(
+        DeliveryStreamName=name, DeliveryStreamType="KinesisStreamAsSource",
+        KinesisStreamSourceConfiguration={"KinesisStreamARN": arn(kinesis_stream), "RoleARN": ROLE},
+        ExtendedS3DestinationConfiguration=dict(S3_CONFIG, **destination))
+    return wait_active(fh, name)
+
+
+def record(key, n):
+    return json.dumps({"k": key, "n": n}).encode() + b"\n"
+
+
+def put(kc, stream, records):
+    """Puts `(partition key, data)` pairs in order, 500 per call."""
+    for i in range(0, len(records), 500):
+        chunk = records[i:i + 500]
+        out = kc.put_records(StreamName=stream, Records=[{"PartitionKey": k, "Data": d} for k, d in chunk])
+        assert out["FailedRecordCount"] == 0, out
+
+
+def produce(kc, stream, n, keys=20, start=0):
+    records = [(f"key-{i % keys}", record(f"key-{i % keys}", i)) for i in range(start, start + n)]
+    put(kc, stream, records)
+    return records
+
+
+def delivered(server, bucket="bucket", prefix=""):
+    """Every record line in the bucket's objects, objects in the order they were
+    written (one lane writes them one after another)."""
+    root = server.data_dir / "buckets" / bucket / prefix
+    files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    return [line for p in files for line in p.read_bytes().splitlines(keepends=True)]
+
+
+def wait_delivered(server, n, bucket="bucket", timeout=90, prefix=""):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = delivered(server, bucket, prefix)
+        if len(found) >= n:
+            # Anything more (a duplicate) would be in the log by now: one more flush.
+            flush(server)
+            return delivered(server, bucket, prefix)
+        time.sleep(0.2)
+    raise AssertionError(f"{len(delivered(server, bucket, prefix))} of {n} records delivered after {timeout}s:\n"
+                         + server.logs()[-3000:])
+
+
+def flush(server):
+    request = urllib.request.Request(server.endpoint + "/_sluice/flush", method="POST")
+    with urllib.request.urlopen(request, timeout=120) as r:
+        assert r.status == 200
+
+
+def assert_once_in_order(lines, records):
+    counts = Counter(lines)
+    expected = Counter(data for _, data in records)
+    missing = expected - counts
+    extra = counts - expected
+    assert not missing and not extra, f"{sum(missing.values())} missing, {sum(extra.values())} extra: " \
+                                      f"{list(missing)[:3]} {list(extra)[:3]}"
+    by_key = defaultdict(list)
+    for line in lines:
+        value = json.loads(line)
+        by_key[value["k"]].append(value["n"])
+    for key, ns in by_key.items():
+        assert ns == sorted(ns), f"{key} out of order: {ns[:20]}"
+
+
+def test_the_control_plane_answers_as_firehose_for_a_kinesis_source(server, kinesalite):
+    kinesalite.create_stream("src", 1)
+    fh = server.client()
+    d = source_stream(fh, "from-kinesis", "src")
+    assert d["DeliveryStreamType"] == "KinesisStreamAsSource"
+    source = d["Source"]["KinesisStreamSourceDescription"]
+    assert source["KinesisStreamARN"] == arn("src") and source["RoleARN"] == ROLE
+    assert source["DeliveryStartTimestamp"] == d["CreateTimestamp"]
+    assert "DeliveryStreamEncryptionConfiguration" not in d
+    for call in (lambda: fh.put_record(DeliveryStreamName="from-kinesis", Record={"Data": b"x"}),
+                 lambda: fh.put_record_batch(DeliveryStreamName="from-kinesis", Records=[{"Data": b"x"}]),
+                 lambda: fh.start_delivery_stream_encryption(DeliveryStreamName="from-kinesis"),
+                 lambda: fh.stop_delivery_stream_encryption(DeliveryStreamName="from-kinesis")):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert e.value.response["Error"] == {"Code": "InvalidArgumentException", "Message": NOT_PERMITTED}
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    fh.create_delivery_stream(DeliveryStreamName="direct", ExtendedS3DestinationConfiguration=S3_CONFIG)
+    listed = lambda kind: fh.list_delivery_streams(DeliveryStreamType=kind)["DeliveryStreamNames"]
+    assert listed("KinesisStreamAsSource") == ["from-kinesis"]
+    assert listed("DirectPut") == ["direct"]
+    assert sorted(fh.list_delivery_streams()["DeliveryStreamNames"]) == ["direct", "from-kinesis"]
+    refusals = [
+        (dict(DeliveryStreamType="KinesisStreamAsSource"), "KinesisStreamSourceConfiguration is required"),
+        (dict(KinesisStreamSourceConfiguration={"KinesisStreamARN": arn("src"), "RoleARN": ROLE}),
+         "KinesisStreamSourceConfiguration is not supported for a DirectPut delivery stream."),
+        (dict(DeliveryStreamType="KinesisStreamAsSource",
+              KinesisStreamSourceConfiguration={"KinesisStreamARN": arn("src"), "RoleARN": ROLE},
+              DeliveryStreamEncryptionConfigurationInput={"KeyType": "AWS_OWNED_CMK"}),
+         "DeliveryStreamEncryptionConfigurationInput is not supported for a KinesisStreamAsSource"),
+    ]
+    for args, message in refusals:
+        with pytest.raises(ClientError) as e:
+            fh.create_delivery_stream(DeliveryStreamName="refused", ExtendedS3DestinationConfiguration=S3_CONFIG,
+                                      **args)
+        assert e.value.response["Error"]["Code"] == "InvalidArgumentException"
+        assert message in e.value.response["Error"]["Message"]
+    # The ARN is checked against the model's pattern, as on AWS.
+    with pytest.raises(ClientError) as e:
+        server.client(validate=False).create_delivery_stream(
+            DeliveryStreamName="bad-arn", DeliveryStreamType="KinesisStreamAsSource",
+            KinesisStreamSourceConfiguration={"KinesisStreamARN": "arn:aws:s3:::nope", "RoleARN": ROLE},
+            ExtendedS3DestinationConfiguration=S3_CONFIG)
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "kinesisStreamARN" in e.value.response["Error"]["Message"]
+
+
+def test_records_of_a_two_shard_stream_arrive_once_in_order_per_key(server, kinesalite):
+    kc = kinesalite.create_stream("src", 2)
+    fh = server.client()
+    source_stream(fh, "from-kinesis", "src")
+    # Put before creation: not read (delivery starts at DeliveryStartTimestamp).
+    records = produce(kc, "src", 3000)
+    assert_once_in_order(wait_delivered(server, len(records)), records)
+    metrics = urllib.request.urlopen(server.endpoint + "/metrics").read().decode()
+    read = [l for l in metrics.splitlines() if l.startswith("DataReadFromKinesisStream_Records{")]
+    assert read and float(read[0].split()[-1]) == len(records), read
+    assert any(l.startswith("KinesisMillisBehindLatest{") for l in metrics.splitlines())
+
+
+def test_records_put_before_the_delivery_stream_existed_are_not_read(server, kinesalite):
+    kc = kinesalite.create_stream("src", 1)
+    produce(kc, "src", 50, start=0)
+    time.sleep(0.05)
+    fh = server.client()
+    source_stream(fh, "from-kinesis", "src")
+    later = produce(kc, "src", 50, start=1000)
+    assert_once_in_order(wait_delivered(server, len(later)), later)
+
+
+def test_two_delivery_streams_on_one_data_stream_both_receive_every_record(server, kinesalite):
+    kc = kinesalite.create_stream("src", 2)
+    (server.data_dir / "buckets" / "other").mkdir()
+    fh = server.client()
+    source_stream(fh, "first", "src")
+    source_stream(fh, "second", "src", BucketARN="arn:aws:s3:::other")
+    records = produce(kc, "src", 2000)
+    assert_once_in_order(wait_delivered(server, len(records)), records)
+    assert_once_in_order(wait_delivered(server, len(records), bucket="other"), records)
+
+
+def test_a_split_and_a_merge_lose_nothing_and_keep_order_per_key(server, kinesalite):
+    kc = kinesalite.create_stream("src", 2)
+    fh = server.client()
+    source_stream(fh, "from-kinesis", "src")
+    records = produce(kc, "src", 1000)
+    shard = kc.describe_stream(StreamName="src")["StreamDescription"]["Shards"][0]
+    low, high = int(shard["HashKeyRange"]["StartingHashKey"]), int(shard["HashKeyRange"]["EndingHashKey"])
+    kc.split_shard(StreamName="src", ShardToSplit=shard["ShardId"], NewStartingHashKey=str((low + high) // 2))
+    records += produce(kc, "src", 1000, start=1000)
+    shards = kc.describe_stream(StreamName="src")["StreamDescription"]["Shards"]
+    children = [s for s in shards if s.get("ParentShardId") == shard["ShardId"]]
+    assert len(children) == 2
+    children.sort(key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]))
+    kc.merge_shards(StreamName="src", ShardToMerge=children[0]["ShardId"],
+                    AdjacentShardToMerge=children[1]["ShardId"])
+    records += produce(kc, "src", 1000, start=2000)
+    shards = kc.describe_stream(StreamName="src")["StreamDescription"]["Shards"]
+    assert len(shards) == 5, shards
+    assert_once_in_order(wait_delivered(server, len(records)), records)
+
+
+def test_kill_9_while_records_flow_delivers_each_record_exactly_once(tmp_path, kinesalite):
+    rng = random.Random(int(os.environ.get("SLUICE_CRASH_SEED", "1")))
+    kc = kinesalite.create_stream("src", 2)
+    server = start_server(tmp_path, kinesalite)
+    source_stream(server.client(), "from-kinesis", "src")
+    records = []
+    stop = threading.Event()
+
+    def producer():
+        n = 0
+        while not stop.is_set():
+            records.extend(produce(kc, "src", 100, start=n))
+            n += 100
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.3, 1.5))
+            server.kill()
+            server.start()
+    finally:
+        stop.set()
+        thread.join()
+    lines = wait_delivered(server, len(records), timeout=120)
+    assert_once_in_order(lines, records)
+    print(f"\nKinesis source kill -9: {KILLS} kills, {len(records)} records, each delivered once; "
+          f"kinesalite restarts (not counted as failures): {kinesalite.restarts}")
+    assert server.stop() == 0
+
+
+def test_reading_resumes_where_it_stopped_after_the_kinesis_endpoint_was_unreachable(server, kinesalite):
+    kc = kinesalite.create_stream("src", 2)
+    fh = server.client()
+    source_stream(fh, "from-kinesis", "src")
+    records = produce(kc, "src", 500)
+    wait_delivered(server, len(records))
+    kinesalite.down()
+    time.sleep(4)  # several failed reads and back-offs
+    assert "Cannot list the Kinesis stream's shards" in server.logs() or "GetRecords failed" in server.logs()
+    kinesalite.up()
+    kc = kinesalite.client()
+    records += produce(kc, "src", 500, start=500)
+    assert_once_in_order(wait_delivered(server, len(records)), records)
+
+
+def test_kpl_aggregates_come_out_as_their_user_records(server, kinesalite):
+    kc = kinesalite.create_stream("src", 1)
+    fh = server.client()
+    source_stream(fh, "from-kinesis", "src")
+    users = [(f"key-{i % 5}", record(f"key-{i % 5}", i)) for i in range(600)]
+    aggregator = RecordAggregator()
+    aggregates = []
+    for key, data in users:
+        full = aggregator.add_user_record(key, data)
+        if full is not None:
+            aggregates.append(full.get_contents())
+    aggregates.append(aggregator.clear_and_get().get_contents())
+    assert all(data[:4] == b"\xf3\x89\x9a\xc2" for _, _, data in aggregates)
+    kc.put_records(StreamName="src", Records=[{"PartitionKey": k, "Data": d} for k, _, d in aggregates])
+    assert_once_in_order(wait_delivered(server, len(users)), users)
+
+
+def test_processing_applies_as_for_direct_puts(tmp_path, kinesalite):
+    fn = LambdaServer(SECRET)
+    try:
+        server = start_server(tmp_path, kinesalite, extra_config=(
+            f'[lambda]\nendpoint = "{fn.endpoint}"\naccess_key_id = "k"\nsecret_access_key = "{SECRET}"\n'))
+        kc = kinesalite.create_stream("src", 2)
+        fh = server.client()
+        jq = [{"Type": "MetadataExtraction", "Parameters": [
+            {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{k: .k}"},
+            {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]},
+            {"Type": "AppendDelimiterToRecord", "Parameters": []}]
+        source_stream(fh, "by-key", "src", Prefix="k=!{partitionKeyFromQuery:k}/",
+                      ErrorOutputPrefix="errors/!{firehose:error-output-type}/",
+                      DynamicPartitioningConfiguration={"Enabled": True},
+                      ProcessingConfiguration={"Enabled": True, "Processors": jq})
+        (server.data_dir / "buckets" / "upper").mkdir()
+        upper = [{"Type": "Lambda", "Parameters": [{"ParameterName": "LambdaArn", "ParameterValue": FUNCTION}]}]
+        source_stream(fh, "upper", "src", BucketARN="arn:aws:s3:::upper",
+                      ProcessingConfiguration={"Enabled": True, "Processors": upper})
+        records = [(f"key-{i % 3}", json.dumps({"k": f"key-{i % 3}", "n": i}).encode()) for i in range(300)]
+        put(kc, "src", records)
+        for key in ("key-0", "key-1", "key-2"):
+            lines = wait_delivered(server, 100, prefix=f"k={key}")
+            assert [json.loads(l)["n"] for l in lines] == [i for i in range(300) if f"key-{i % 3}" == key]
+        # Lambda saw each record's data (no delimiter here: one run of JSON objects).
+        deadline = time.time() + 60
+        while b"".join(delivered(server, "upper")).count(b'{"K": "KEY-') < 300 and time.time() < deadline:
+            time.sleep(0.2)
+        flush(server)
+        body = b"".join(delivered(server, "upper"))
+        assert body.count(b'{"K": "KEY-') == 300, body[:200]
+        assert server.stop() == 0
+    finally:
+        fn.close()
