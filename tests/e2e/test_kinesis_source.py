@@ -9,6 +9,7 @@ Firehose does for this source type."""
 import json
 import os
 import random
+import signal
 import threading
 import time
 import urllib.request
@@ -318,3 +319,55 @@ def test_processing_applies_as_for_direct_puts(tmp_path, kinesalite):
         assert server.stop() == 0
     finally:
         fn.close()
+
+
+def test_cluster_mode_reads_on_the_owner_and_survives_node_kills(tmp_path, kinesalite, nats):
+    """Three nodes on NATS JetStream: the node that owns the delivery reads the data
+    stream; killing nodes, or pausing them past their lease (a former owner that
+    wakes up mid-read and appends what it read), hands reading over with delivery,
+    and each record still lands once."""
+    from cluster import SluiceCluster
+    rng = random.Random(int(os.environ.get("SLUICE_CRASH_SEED", "1")))
+    kc = kinesalite.create_stream("src", 2)
+    cluster = SluiceCluster(tmp_path / "cluster", nats, env={
+        "SLUICE_KINESIS_ENDPOINT": kinesalite.endpoint, "SLUICE_BUFFER_INTERVAL_MAX": "1"}).start()
+    (cluster.data_dir / "buckets" / "bucket").mkdir()
+    try:
+        source_stream(cluster.nodes[0].client(), "from-kinesis", "src")
+        records = []
+        stop = threading.Event()
+
+        def producer():
+            n = 0
+            while not stop.is_set():
+                records.extend(produce(kc, "src", 100, start=n))
+                n += 100
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=producer)
+        thread.start()
+        try:
+            for i in range(max(4, KILLS // 2)):
+                time.sleep(rng.uniform(1.0, 3.0))
+                node = rng.choice(cluster.nodes)
+                if i % 2:
+                    node.proc.send_signal(signal.SIGSTOP)
+                    time.sleep(5)  # past the 2 s lease: another node takes over
+                    node.proc.send_signal(signal.SIGCONT)
+                else:
+                    node.kill()
+                    node.start()
+        finally:
+            stop.set()
+            thread.join()
+        deadline = time.time() + 120
+        while len(delivered(cluster)) < len(records) and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # a duplicate would have landed by now
+        logs = "\n".join(n.logs()[-2000:] for n in cluster.nodes)
+        lines = delivered(cluster)
+        assert len(lines) >= len(records), f"{len(lines)} of {len(records)} delivered:\n{logs}"
+        assert_once_in_order(lines, records)
+        assert cluster.stop() == 0
+    finally:
+        cluster.kill()

@@ -118,17 +118,22 @@ pub struct StreamLogs {
     writers: Mutex<HashMap<u64, mpsc::Sender<AppendRequest>>>,
     /// The latest tenure of each stream on this node (see [`StreamLogs::take_over`]).
     tenures: Mutex<HashMap<u64, Tenure>>,
+    /// Per stream: held by an exclusive append, so this node makes them one at a time.
+    exclusive: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// The last tenure token handed out.
     tenure_tokens: AtomicU64,
     counter: Arc<AtomicU64>,
 }
 
-/// One tenure of a stream's progress on this node: its token, and the revision of
-/// the progress entry it last wrote (`None` while its take-over is in flight).
+/// One tenure of a stream's progress on this node: its token, the revision of the
+/// progress entry it last wrote (`None` while its take-over is in flight), and the
+/// stream's last message as this tenure last knew it (for
+/// [`StreamLogs::append_exclusive`]; `None`: not known, read it again).
 #[derive(Debug, Clone, Copy)]
 struct Tenure {
     token: u64,
     revision: Option<u64>,
+    last_message: Option<u64>,
 }
 
 /// What [`StreamLogs::take_over`] found and the right to commit after it.
@@ -182,6 +187,7 @@ impl StreamLogs {
             node_id: format!("{node_id}-{}", uuid::Uuid::new_v4().simple()),
             writers: Mutex::new(HashMap::new()),
             tenures: Mutex::new(HashMap::new()),
+            exclusive: Mutex::new(HashMap::new()),
             tenure_tokens: AtomicU64::new(0),
             counter: Arc::new(AtomicU64::new(0)),
         })
@@ -232,6 +238,7 @@ impl StreamLogs {
     pub async fn delete_stream(&self, id: u64) -> Result<(), Error> {
         self.writers.lock().expect("lock").remove(&id);
         self.tenures.lock().expect("lock").remove(&id);
+        self.exclusive.lock().expect("lock").remove(&id);
         match self.jetstream.delete_stream(self.stream_name(id)).await {
             Ok(_) => {}
             Err(e) if e.to_string().contains("not found") => {}
@@ -264,17 +271,20 @@ impl StreamLogs {
             return sender.clone();
         }
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH_MAX);
-        let writer = Writer {
+        tokio::spawn(self.writer_for(id).run(receiver));
+        writers.insert(id, sender.clone());
+        sender
+    }
+
+    fn writer_for(&self, id: u64) -> Writer {
+        Writer {
             jetstream: self.jetstream.clone(),
             subject: self.subject(id),
             stream_name: self.stream_name(id),
             node_id: self.node_id.clone(),
             counter: self.counter.clone(),
             timeout: self.options.timeout,
-        };
-        tokio::spawn(writer.run(receiver));
-        writers.insert(id, sender.clone());
-        sender
+        }
     }
 
     /// A cursor at the first record with a sequence number at or above `from`.
@@ -327,7 +337,7 @@ impl StreamLogs {
     /// before the servers are asked anything.
     pub async fn take_over(&self, id: u64) -> Result<TakenOver, Error> {
         let token = self.tenure_tokens.fetch_add(1, Ordering::Relaxed) + 1;
-        self.tenures.lock().expect("lock").insert(id, Tenure { token, revision: None });
+        self.tenures.lock().expect("lock").insert(id, Tenure { token, revision: None, last_message: None });
         let (revision, current) = self.read_progress(id).await?;
         let unchanged = ProgressEntry::with_state(current.acked, current.state());
         let value = Bytes::from(serde_json::to_vec(&unchanged).expect("serialises"));
@@ -341,6 +351,80 @@ impl StreamLogs {
             _ => return Err(Error::Fenced(id)),
         }
         Ok(TakenOver { token, acked: current.acked, state: current.state() })
+    }
+
+    /// Prepares exclusive appends under tenure `token`: waits until none of this
+    /// node's is in flight, then notes the stream's last message. The caller then
+    /// reads the log to decide what to append; [`StreamLogs::append_exclusive`]
+    /// succeeds only onto the log as it was here (plus the tenure's own appends).
+    pub async fn settle_exclusive(&self, id: u64, token: u64) -> Result<(), Error> {
+        let lock = self.exclusive_lock(id);
+        let _held = lock.lock().await;
+        let (_, last_message) = self.stream_state(id).await?;
+        match self.tenures.lock().expect("lock").get_mut(&id) {
+            Some(tenure) if tenure.token == token => tenure.last_message = Some(last_message),
+            _ => return Err(Error::Fenced(id)),
+        }
+        Ok(())
+    }
+
+    fn exclusive_lock(&self, id: u64) -> Arc<tokio::sync::Mutex<()>> {
+        self.exclusive.lock().expect("lock").entry(id).or_default().clone()
+    }
+
+    /// Appends records as one message of their own, and only if the stream's last
+    /// message is still the one tenure `token` last knew of (JetStream's
+    /// `Nats-Expected-Last-Sequence`; see [`StreamLogs::settle_exclusive`]): for a
+    /// source the stream's delivery owner reads into the log, deciding what to
+    /// append from what the log holds, so that an append by anyone else since (a
+    /// former owner still reading) makes this one fail instead of landing twice.
+    /// This node's exclusive appends to a stream are made one at a time.
+    /// [`Error::Conflict`] if the log changed, or an earlier append's outcome is
+    /// unknown: every later one fails too until the log is settled and read again.
+    /// [`Error::Fenced`] if a later tenure began on this node.
+    pub async fn append_exclusive(
+        &self,
+        id: u64,
+        token: u64,
+        records: Vec<Vec<u8>>,
+        arrival_ms: u64,
+    ) -> Result<Appended, Error> {
+        if records.is_empty() {
+            return Err(Error::Request("an exclusive append needs records".into()));
+        }
+        let mut payload = Vec::new();
+        message::encode(records.iter().map(|r| (r.as_slice(), arrival_ms)), false, &mut payload);
+        if payload.len() > COMMIT_BYTES_MAX - 4096 {
+            return Err(Error::Refused(format!("{} bytes are more than one message holds", payload.len())));
+        }
+        let lock = self.exclusive_lock(id);
+        let _held = lock.lock().await;
+        let known = match self.tenures.lock().expect("lock").get(&id) {
+            Some(tenure) if tenure.token == token => tenure.last_message,
+            _ => return Err(Error::Fenced(id)),
+        };
+        let set_known = |last_message: Option<u64>| {
+            if let Some(tenure) = self.tenures.lock().expect("lock").get_mut(&id).filter(|t| t.token == token) {
+                tenure.last_message = last_message;
+            }
+        };
+        let Some(expected) = known else {
+            return Err(Error::Conflict("the log may have changed since it was read; settle and read it again".into()));
+        };
+        let writer = self.writer_for(id);
+        let message_id = format!("{}-{}", self.node_id, self.counter.fetch_add(1, Ordering::Relaxed));
+        match writer.publish(&message_id, Bytes::from(payload), Some(expected)).await {
+            Ok(message_seq) => {
+                set_known(Some(message_seq));
+                let first_seq = message::record_seq(message_seq, 0);
+                Ok(Appended { first_seq, last_seq: first_seq + records.len() as u64 - 1 })
+            }
+            Err(error) => {
+                // Stored or not, or someone else's stored: the log must be read again.
+                set_known(None);
+                Err(error)
+            }
+        }
     }
 
     fn commit_error(id: u64, reason: String) -> Error {
@@ -361,7 +445,7 @@ impl StreamLogs {
             return Err(Error::Request(format!("consumer state over {STATE_BYTES_MAX} bytes")));
         }
         let revision = match self.tenures.lock().expect("lock").get(&id) {
-            Some(Tenure { token: latest, revision: Some(revision) }) if *latest == token => *revision,
+            Some(Tenure { token: latest, revision: Some(revision), .. }) if *latest == token => *revision,
             _ => return Err(Error::Fenced(id)),
         };
         let (read, current) = self.read_progress(id).await?;
@@ -472,7 +556,7 @@ impl Writer {
             payload,
         );
         let id = format!("{}-{}", self.node_id, self.counter.fetch_add(1, Ordering::Relaxed));
-        let result = self.publish(&id, Bytes::copy_from_slice(payload)).await;
+        let result = self.publish(&id, Bytes::copy_from_slice(payload), None).await;
         if payload.capacity() > 1 << 20 {
             *payload = Vec::new();
         }
@@ -488,15 +572,20 @@ impl Writer {
     }
 
     /// Publishes with retries under one message id until acknowledged, or until
-    /// twice the timeout has passed: then the outcome is unknown.
-    async fn publish(&self, id: &str, payload: Bytes) -> Result<u64, Error> {
+    /// twice the timeout has passed: then the outcome is unknown. With
+    /// `expected_last`, only if the stream's last message is that one
+    /// ([`Error::Conflict`] otherwise).
+    async fn publish(&self, id: &str, payload: Bytes, expected_last: Option<u64>) -> Result<u64, Error> {
         let deadline = tokio::time::Instant::now() + self.timeout * 2;
         let mut last_error = String::new();
         while tokio::time::Instant::now() < deadline {
-            let publish = jetstream::message::PublishMessage::build()
+            let mut publish = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(id)
                 .expected_stream(&self.stream_name);
+            if let Some(last) = expected_last {
+                publish = publish.expected_last_sequence(last);
+            }
             let sent = self.jetstream.send_publish(self.subject.clone(), publish).await;
             let acked = match sent {
                 Ok(ack) => tokio::time::timeout(self.timeout, std::future::IntoFuture::into_future(ack)).await,
@@ -509,6 +598,7 @@ impl Writer {
                     match e.kind() {
                         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => last_error = e.to_string(),
                         PublishErrorKind::StreamNotFound => return Err(Error::Refused("no such stream".into())),
+                        PublishErrorKind::WrongLastSequence => return Err(Error::Conflict(e.to_string())),
                         _ => {
                             let reason = e.to_string();
                             if reason.contains("maximum bytes") || reason.contains("resource limits") {

@@ -198,6 +198,50 @@ async fn an_earlier_tenure_on_the_same_node_cannot_commit_after_a_take_over() {
     assert_eq!(a.progress(3).await.unwrap().1.as_deref(), Some(&b"new worker"[..]));
 }
 
+/// A Kinesis source's owner appends only onto the log it read: an append made by
+/// anyone since (a former owner still reading) makes its next one fail, so that it
+/// reads the log again instead of appending records the other already stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_append_fails_once_someone_else_appended_until_the_log_is_read_again() {
+    let cluster = Cluster::start(Setup::default());
+    let old = logs(&cluster, "old").await;
+    let new = logs(&cluster, "new").await;
+    old.create_stream(4, None).await.unwrap();
+    let old_tenure = old.take_over(4).await.unwrap();
+    // Unsettled, nothing is appended.
+    let unsettled = old.append_exclusive(4, old_tenure.token, vec![b"k1".to_vec()], 1).await;
+    assert!(matches!(unsettled, Err(Error::Conflict(_))), "{unsettled:?}");
+    old.settle_exclusive(4, old_tenure.token).await.unwrap();
+    old.append_exclusive(4, old_tenure.token, vec![b"k1".to_vec()], 1).await.unwrap();
+    let new_tenure = new.take_over(4).await.unwrap();
+    new.settle_exclusive(4, new_tenure.token).await.unwrap();
+    // The former owner, paused until now, appends once more: it has not seen
+    // anything change, so this lands.
+    old.append_exclusive(4, old_tenure.token, vec![b"k2".to_vec()], 1).await.unwrap();
+    // The new owner read the log before that append: its own is refused, and so is
+    // every later one until it settles and reads again.
+    for _ in 0..2 {
+        let refused = new.append_exclusive(4, new_tenure.token, vec![b"k2 again".to_vec()], 1).await;
+        assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    }
+    new.settle_exclusive(4, new_tenure.token).await.unwrap();
+    let held: Vec<Vec<u8>> = read_all(&new, 4, 0).await.into_iter().map(|r| r.data).collect();
+    assert_eq!(held, vec![b"k1".to_vec(), b"k2".to_vec()]);
+    // It appends what comes after; now the former owner is refused.
+    new.append_exclusive(4, new_tenure.token, vec![b"k3".to_vec()], 1).await.unwrap();
+    new.append_exclusive(4, new_tenure.token, vec![b"k4".to_vec()], 1).await.unwrap();
+    let stale = old.append_exclusive(4, old_tenure.token, vec![b"k3 again".to_vec()], 1).await;
+    assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+    let held: Vec<Vec<u8>> = read_all(&new, 4, 0).await.into_iter().map(|r| r.data).collect();
+    assert_eq!(held, vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec(), b"k4".to_vec()]);
+    // A later tenure on the same node fences the earlier one outright.
+    let newer = new.take_over(4).await.unwrap();
+    let fenced = new.append_exclusive(4, new_tenure.token, vec![b"x".to_vec()], 1).await;
+    assert!(matches!(fenced, Err(Error::Fenced(4))), "{fenced:?}");
+    new.settle_exclusive(4, newer.token).await.unwrap();
+    new.append_exclusive(4, newer.token, vec![b"k5".to_vec()], 1).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_log_refuses_appends_and_loses_nothing() {
     let cluster = Cluster::start(Setup::default());

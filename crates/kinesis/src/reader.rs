@@ -316,11 +316,13 @@ pub fn expand(shard_id: &str, records: Vec<Record>) -> Vec<SourceRecord> {
     for record in records {
         match sluice_processing::kpl::user_records(&record.data) {
             Ok(Some(user_records)) => {
+                let n = user_records.len();
                 for (i, user) in user_records.into_iter().enumerate() {
                     out.push(SourceRecord {
                         shard_id: shard_id.to_string(),
                         sequence_number: record.sequence_number.clone(),
                         subsequence_number: i as u32,
+                        last_of_record: i + 1 == n,
                         partition_key: user.partition_key,
                         arrival_ms: record.arrival_ms,
                         data: user.data,
@@ -331,6 +333,7 @@ pub fn expand(shard_id: &str, records: Vec<Record>) -> Vec<SourceRecord> {
                 shard_id: shard_id.to_string(),
                 sequence_number: record.sequence_number,
                 subsequence_number: 0,
+                last_of_record: true,
                 partition_key: record.partition_key,
                 arrival_ms: record.arrival_ms,
                 data: record.data,

@@ -7,13 +7,20 @@
 //! Format, version 1 (all integers big-endian):
 //!
 //! ```text
-//! magic "SKR" | version 1 (u8) | arrival ms (u64) | subsequence (u32)
+//! magic "SKR" | version 1 (u8) | arrival ms (u64) | subsequence (u32) | flags (u8)
 //! | shard id length (u8) | shard id | sequence number length (u8) | sequence number (ASCII digits)
 //! | partition key length (u16) | partition key | data ...
 //! ```
 //!
-//! Positions: the sequence number of each shard's last record in the log. Kinesis
-//! sequence numbers are decimal strings of up to 128 digits, compared as numbers.
+//! Flag bit 0: the last user record of its Kinesis record (set on every record that
+//! is not a KPL aggregate's).
+//!
+//! Positions: the sequence number of each shard's last Kinesis record the log holds
+//! *whole* (every user record of it). Only a record's last user record moves a
+//! position, so if the log ever held the first user records of an aggregate
+//! without the rest, the aggregate is read again (some user records twice) rather
+//! than its rest skipped. Kinesis sequence numbers are decimal strings of up to 128
+//! digits, compared as numbers.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -22,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 3] = b"SKR";
 const FORMAT_VERSION: u8 = 1;
-const HEADER_FIXED_BYTES: usize = 3 + 1 + 8 + 4;
+const HEADER_FIXED_BYTES: usize = 3 + 1 + 8 + 4 + 1;
+const FLAG_LAST_OF_RECORD: u8 = 1;
 
 /// A Kinesis record (or one user record of a KPL aggregate), as kept in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +41,9 @@ pub struct SourceRecord {
     pub sequence_number: String,
     /// Its index within a KPL aggregate, 0 otherwise.
     pub subsequence_number: u32,
+    /// Whether it is the last user record of its Kinesis record (always, for a
+    /// record that is not an aggregate).
+    pub last_of_record: bool,
     /// Its partition key.
     pub partition_key: String,
     /// `ApproximateArrivalTimestamp`, Unix milliseconds.
@@ -55,6 +66,8 @@ pub struct Header<'a> {
     pub sequence_number: &'a str,
     /// Subsequence number.
     pub subsequence_number: u32,
+    /// The last user record of its Kinesis record.
+    pub last_of_record: bool,
     /// Partition key.
     pub partition_key: &'a str,
     /// Arrival, Unix milliseconds.
@@ -77,6 +90,7 @@ impl SourceRecord {
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.arrival_ms.to_be_bytes());
         out.extend_from_slice(&self.subsequence_number.to_be_bytes());
+        out.push(if self.last_of_record { FLAG_LAST_OF_RECORD } else { 0 });
         out.push(shard.len() as u8);
         out.extend_from_slice(shard);
         out.push(sequence.len() as u8);
@@ -94,6 +108,7 @@ impl SourceRecord {
             shard_id: header.shard_id.to_string(),
             sequence_number: header.sequence_number.to_string(),
             subsequence_number: header.subsequence_number,
+            last_of_record: header.last_of_record,
             partition_key: header.partition_key.to_string(),
             arrival_ms: header.arrival_ms,
             data: bytes[header.data_offset..].to_vec(),
@@ -112,6 +127,7 @@ impl<'a> Header<'a> {
         }
         let arrival_ms = u64::from_be_bytes(bytes[4..12].try_into().expect("8 bytes"));
         let subsequence_number = u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes"));
+        let last_of_record = bytes[16] & FLAG_LAST_OF_RECORD != 0;
         let mut at = HEADER_FIXED_BYTES;
         let mut take = |n: usize| -> Result<&'a [u8], Malformed> {
             let part = bytes.get(at..at + n).ok_or(Malformed("truncated"))?;
@@ -124,7 +140,15 @@ impl<'a> Header<'a> {
         let sequence_number = std::str::from_utf8(take(n)?).map_err(|_| Malformed("sequence number"))?;
         let n = u16::from_be_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
         let partition_key = std::str::from_utf8(take(n)?).map_err(|_| Malformed("partition key"))?;
-        Ok(Header { shard_id, sequence_number, subsequence_number, partition_key, arrival_ms, data_offset: at })
+        Ok(Header {
+            shard_id,
+            sequence_number,
+            subsequence_number,
+            last_of_record,
+            partition_key,
+            arrival_ms,
+            data_offset: at,
+        })
     }
 }
 
@@ -148,6 +172,14 @@ impl Positions {
             None => {
                 self.0.insert(shard.to_string(), sequence_number.to_string());
             }
+        }
+    }
+
+    /// Notes a record the log holds: the position of its shard moves once the
+    /// log holds its Kinesis record whole.
+    pub fn note(&mut self, header: &Header<'_>) {
+        if header.last_of_record {
+            self.advance(header.shard_id, header.sequence_number);
         }
     }
 
@@ -179,6 +211,7 @@ mod tests {
             shard_id: "shardId-000000000001".into(),
             sequence_number: "49590338271490256608559692538361571095921575989136588898".into(),
             subsequence_number: 3,
+            last_of_record: false,
             partition_key: "user-17".into(),
             arrival_ms: 1_700_000_000_123,
             data: b"{\"a\":1}".to_vec(),
@@ -218,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn only_the_last_user_record_of_an_aggregate_moves_a_position() {
+        let mut positions = Positions::default();
+        let first = record().encode();
+        positions.note(&Header::parse(&first).unwrap());
+        assert!(positions.is_empty(), "the rest of the aggregate may be missing");
+        let last = SourceRecord { last_of_record: true, ..record() }.encode();
+        positions.note(&Header::parse(&last).unwrap());
+        assert_eq!(positions.get("shardId-000000000001"), Some(record().sequence_number.as_str()));
+    }
+
+    #[test]
     fn positions_only_move_forward() {
         let mut positions = Positions::default();
         positions.advance("a", "100");
@@ -238,8 +282,8 @@ mod tests {
         }
 
         #[test]
-        fn any_record_round_trips(shard in "[a-zA-Z0-9-]{1,64}", seq in "[0-9]{1,128}", key in ".{0,64}", sub: u32, arrival: u64, data in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let record = SourceRecord { shard_id: shard, sequence_number: seq, subsequence_number: sub, partition_key: key, arrival_ms: arrival, data };
+        fn any_record_round_trips(shard in "[a-zA-Z0-9-]{1,64}", seq in "[0-9]{1,128}", key in ".{0,64}", sub: u32, last: bool, arrival: u64, data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let record = SourceRecord { shard_id: shard, sequence_number: seq, subsequence_number: sub, last_of_record: last, partition_key: key, arrival_ms: arrival, data };
             prop_assert_eq!(SourceRecord::decode(&record.encode()).unwrap(), record);
         }
 

@@ -85,11 +85,6 @@ pub(super) async fn create(
     transition_ms: u64,
 ) -> Result<String, ApiError> {
     check_source(&input)?;
-    if input.kinesis_source.is_some() && state.config.cluster.is_some() {
-        return Err(invalid(
-            "Sluice reads Kinesis data streams on a single node only for now: KinesisStreamAsSource delivery streams cannot be created in cluster mode.",
-        ));
-    }
     let [destination] = &input.destinations[..] else {
         return Err(invalid("Exactly one destination configuration is supported for a Firehose"));
     };

@@ -235,8 +235,8 @@ pub(super) async fn run(
                         b.last_seq = record.seq;
                         b.oldest_arrival_ms = b.oldest_arrival_ms.min(arrival_ms);
                         b.bytes += (record.data.len() - header.map_or(0, |h| h.data_offset)) as u64;
-                        if let Some(header) = header {
-                            b.source.advance(header.shard_id, header.sequence_number);
+                        if let Some(header) = &header {
+                            b.source.note(header);
                         }
                     }
                 }

@@ -23,7 +23,7 @@ use super::lane::wait;
 use super::worker::StreamProgress;
 use super::Delivery;
 use crate::api::AppState;
-use crate::log::{LogError, StoredRecord, Tenure};
+use crate::log::{LogError, StoredRecord, Tenure, APPEND_UNDER_BYTES_MAX};
 
 /// Records read per call when scanning the log for positions.
 const SCAN_RECORDS_MAX: usize = 10_000;
@@ -102,6 +102,9 @@ pub(super) async fn run(delivery: Arc<Delivery>, progress: Arc<StreamProgress>, 
 /// Where each shard's reading resumes: after the last record of it the stream
 /// ever took into its log (delivered, in a lane's progress, or still in the log).
 async fn positions(delivery: &Delivery, progress: &StreamProgress) -> Result<Positions, LogError> {
+    // First: no earlier append of this worker still lands, and from here on only
+    // appends onto what the scan below sees do.
+    delivery.state.log.settle_appends(progress.tenure()).await?;
     // Lanes deliver meanwhile, and the log may drop records the scan has not reached
     // yet: the lanes' positions are taken after the scan, so they cover whatever it
     // missed.
@@ -115,7 +118,7 @@ async fn positions(delivery: &Delivery, progress: &StreamProgress) -> Result<Pos
         }
         for record in &records {
             if let Ok(header) = Header::parse(&record.data) {
-                positions.advance(header.shard_id, header.sequence_number);
+                positions.note(&header);
             }
         }
     }
@@ -123,6 +126,31 @@ async fn positions(delivery: &Delivery, progress: &StreamProgress) -> Result<Pos
         positions.merge(&lane.source);
     }
     Ok(positions)
+}
+
+/// The encoded records in appends of at most [`APPEND_UNDER_BYTES_MAX`], each
+/// ending with a Kinesis record's last user record, so no Kinesis record is split
+/// between two appends (one larger than an append alone is one append, which the
+/// log may refuse).
+fn chunks(encoded: Vec<Vec<u8>>, records: &[SourceRecord]) -> Vec<Vec<Vec<u8>>> {
+    let mut chunks: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+    let (mut n_bytes, mut since_boundary) = (0usize, 0usize);
+    for (data, record) in encoded.into_iter().zip(records) {
+        let size = data.len() + 16;
+        let current = chunks.last_mut().expect("one chunk");
+        if n_bytes + size > APPEND_UNDER_BYTES_MAX && current.len() > since_boundary {
+            // Move the records of the Kinesis record in progress to a new chunk.
+            let moved = current.split_off(current.len() - since_boundary);
+            n_bytes = moved.iter().map(|d: &Vec<u8>| d.len() + 16).sum();
+            chunks.push(moved);
+        }
+        let current = chunks.last_mut().expect("one chunk");
+        current.push(data);
+        n_bytes += size;
+        since_boundary = if record.last_of_record { 0 } else { since_boundary + 1 };
+    }
+    chunks.retain(|c| !c.is_empty());
+    chunks
 }
 
 /// The stream's log as the reader's sink.
@@ -146,14 +174,21 @@ impl Sink for LogSink {
             {
                 return Err(SinkError::Retry(format!("the stream holds {held} bytes not yet delivered, its limit")));
             }
-            match self.state.log.append_under(self.tenure, encoded).await {
-                Ok(_) => Ok(()),
-                // Nothing was stored: the same records are offered again.
-                Err(error @ (LogError::Unavailable(_) | LogError::NoSpace(_))) => {
-                    Err(SinkError::Retry(error.to_string()))
+            // One append per chunk, each whole Kinesis records; the first one failing
+            // may be offered again, a later one not: the earlier chunks are in the
+            // log, and reading resumes after them once the log is read again.
+            for (i, chunk) in chunks(encoded, records).into_iter().enumerate() {
+                match self.state.log.append_under(self.tenure, chunk).await {
+                    Ok(_) => {}
+                    // Nothing was stored (or, in cluster mode, the next append finds
+                    // out that it was and says `Changed`).
+                    Err(error @ (LogError::Unavailable(_) | LogError::NoSpace(_))) if i == 0 => {
+                        return Err(SinkError::Retry(error.to_string()))
+                    }
+                    Err(error) => return Err(SinkError::Stop(error.to_string())),
                 }
-                Err(error) => Err(SinkError::Stop(error.to_string())),
             }
+            Ok(())
         })
     }
 
@@ -177,5 +212,50 @@ impl Sink for LogSink {
     fn shard_ended(&self, shard_id: &str) {
         self.state.metrics.kinesis_shard_ended(self.stream_id, shard_id);
         tracing::info!(stream_id = self.stream_id, shard = shard_id, "A closed Kinesis shard is read to its end.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_record(sequence: u64, last: bool, bytes: usize) -> SourceRecord {
+        SourceRecord {
+            shard_id: "shardId-000000000000".into(),
+            sequence_number: sequence.to_string(),
+            subsequence_number: 0,
+            last_of_record: last,
+            partition_key: "k".into(),
+            arrival_ms: 1,
+            data: vec![b'x'; bytes],
+        }
+    }
+
+    #[test]
+    fn appends_hold_whole_kinesis_records_within_the_limit() {
+        // Kinesis records of 1 MiB, then aggregates of three 900 KiB user records.
+        let mut records: Vec<SourceRecord> = (0..10).map(|s| user_record(s, true, 1 << 20)).collect();
+        for s in 10..20 {
+            records
+                .extend([900 << 10, 900 << 10, 900 << 10].iter().enumerate().map(|(i, n)| user_record(s, i == 2, *n)));
+        }
+        let encoded: Vec<Vec<u8>> = records.iter().map(SourceRecord::encode).collect();
+        let chunks = chunks(encoded.clone(), &records);
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.concat(), encoded, "every record once, in order");
+        for chunk in &chunks {
+            assert!(chunk.iter().map(|d| d.len() + 16).sum::<usize>() <= APPEND_UNDER_BYTES_MAX);
+            let last = Header::parse(chunk.last().unwrap()).unwrap();
+            assert!(last.last_of_record, "a chunk ends with a whole Kinesis record");
+        }
+    }
+
+    #[test]
+    fn a_record_larger_than_an_append_is_one_append() {
+        let records =
+            vec![user_record(1, true, 10), user_record(2, true, APPEND_UNDER_BYTES_MAX), user_record(3, true, 10)];
+        let encoded: Vec<Vec<u8>> = records.iter().map(SourceRecord::encode).collect();
+        let chunks = chunks(encoded, &records);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
     }
 }

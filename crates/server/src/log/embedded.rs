@@ -130,6 +130,19 @@ impl RecordLog for WalLog {
         })
     }
 
+    fn settle_appends(&self, tenure: Tenure) -> BoxFuture<'_, Result<(), LogError>> {
+        let gate = self.gate(tenure.stream);
+        Box::pin(async move {
+            // One process: waiting for appends in flight (an aborted reader's) is
+            // all it takes; nobody else appends under this tenure meanwhile.
+            let _held = gate.appends.lock().await;
+            if gate.token.load(Ordering::Acquire) != tenure.token {
+                return Err(LogError::Fenced(tenure.stream));
+            }
+            Ok(())
+        })
+    }
+
     fn take_over(&self, stream: u64) -> BoxFuture<'_, Result<TakenOver, LogError>> {
         let token = self.tenure_tokens.fetch_add(1, Ordering::Relaxed) + 1;
         let gate = self.gate(stream);

@@ -38,6 +38,7 @@ fn log_error(error: JsError) -> LogError {
     match error {
         JsError::UnknownStream(id) => LogError::UnknownStream(id),
         JsError::Fenced(id) => LogError::Fenced(id),
+        JsError::Conflict(reason) => LogError::Changed(reason),
         other @ JsError::Full(_) => LogError::Unavailable(format!("the stream's log is at its size limit: {other}")),
         other => LogError::Unavailable(other.to_string()),
     }
@@ -275,13 +276,28 @@ impl RecordLog for JetStreamLog {
         })
     }
 
-    fn append_under(&self, tenure: Tenure, _records: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Appended, LogError>> {
-        // Refused at create (`api::create_delivery_stream`): no Kinesis-sourced
-        // stream exists in cluster mode to call this.
-        Box::pin(std::future::ready(Err(LogError::Unavailable(format!(
-            "stream {}: appends under a tenure (a Kinesis source) are not available in cluster mode yet",
-            tenure.stream
-        )))))
+    fn settle_appends(&self, tenure: Tenure) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move { self.logs.settle_exclusive(tenure.stream, tenure.token).await.map_err(log_error) })
+    }
+
+    fn append_under(&self, tenure: Tenure, records: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Appended, LogError>> {
+        Box::pin(async move {
+            if let Err(reason) = self.health() {
+                return Err(LogError::Unavailable(reason));
+            }
+            let stream = tenure.stream;
+            let n_bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+            let arrival_ms = crate::api::now_ms();
+            let appended =
+                self.logs.append_exclusive(stream, tenure.token, records, arrival_ms).await.map_err(log_error)?;
+            let message = sluice_jetstream::message::message_seq(appended.last_seq);
+            let mut figures = self.figures.write().expect("lock");
+            let known = figures.entry(stream).or_default();
+            known.retained_bytes += n_bytes;
+            known.acknowledged_message = known.acknowledged_message.max(message);
+            drop(figures);
+            Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: false })
+        })
     }
 
     fn append(

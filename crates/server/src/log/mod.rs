@@ -55,7 +55,17 @@ pub enum LogError {
     /// this caller no longer delivers it and must stop.
     #[error("stream {0}: a later delivery of this stream took it over")]
     Fenced(u64),
+    /// An append under a tenure ([`RecordLog::append_under`]) found the log changed
+    /// since the tenure last read it (someone else appended, or an earlier append's
+    /// outcome is unknown): nothing of it was stored; read the log again before
+    /// deciding what to append.
+    #[error("the log changed since it was read: {0}")]
+    Changed(String),
 }
+
+/// The most an append under a tenure may hold: its records' bytes plus 16 bytes
+/// each (one JetStream message, within the 8 MiB `max_payload` cluster mode needs).
+pub const APPEND_UNDER_BYTES_MAX: usize = 7 << 20;
 
 /// The right to commit a stream's delivery progress, from one
 /// [`RecordLog::take_over`] until the next.
@@ -104,13 +114,19 @@ pub trait RecordLog: Send + Sync + 'static {
         records: Vec<Vec<u8>>,
         encryption: Encryption,
     ) -> BoxFuture<'_, Result<Appended, LogError>>;
-    /// Appends records (unencrypted) only while `tenure` is the stream's latest:
+    /// Appends records (unencrypted, at most [`APPEND_UNDER_BYTES_MAX`], all or none
+    /// of them) only while `tenure` is the stream's latest:
     /// for a source the stream's delivery owner reads into the log (a Kinesis data
     /// stream), so that a former owner's late append cannot add records the new
     /// owner, which derived where to read from the log, reads again. Once
     /// [`RecordLog::take_over`] returned, no append under an earlier tenure is in
     /// flight or can succeed ([`LogError::Fenced`]).
     fn append_under(&self, tenure: Tenure, records: Vec<Vec<u8>>) -> BoxFuture<'_, Result<Appended, LogError>>;
+    /// Prepares appends under `tenure` ([`RecordLog::append_under`]): waits until
+    /// none is in flight, and notes where the log ends. The caller then reads the
+    /// log to decide what to append; an append then lands only if nobody else
+    /// appended since ([`LogError::Changed`] otherwise: settle and read again).
+    fn settle_appends(&self, tenure: Tenure) -> BoxFuture<'_, Result<(), LogError>>;
     /// A cursor at `from`, or after the acknowledged records if later.
     fn cursor(&self, stream: u64, from: u64) -> Result<Box<dyn LogCursor>, LogError>;
     /// A cursor for reading records `from..=last` back (a decided batch): a
