@@ -24,8 +24,9 @@ def arn(name):
 
 
 class Kinesalite:
-    def __init__(self, directory):
+    def __init__(self, directory, create_stream_ms=0):
         self.directory = directory
+        self.create_stream_ms = create_stream_ms
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -39,7 +40,7 @@ class Kinesalite:
     def start(self):
         self.proc = subprocess.Popen(
             [str(KINESALITE), "--port", str(self.port), "--path", str(self.directory),
-             "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0", "--shardLimit", "100"],
+             "--createStreamMs", str(self.create_stream_ms), "--deleteStreamMs", "0", "--updateStreamMs", "0", "--shardLimit", "100"],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 30

@@ -189,6 +189,23 @@ def test_records_put_before_the_delivery_stream_existed_are_not_read(server, kin
     assert_once_in_order(wait_delivered(server, len(later)), later)
 
 
+def test_a_data_stream_still_being_created_is_read_once_it_is_active(tmp_path):
+    # A stream in CREATING lists no shards: the reader must look again soon, not
+    # after its minute-long listing interval (found trying the README's example).
+    kinesalite = Kinesalite(tmp_path / "slow-kinesalite", create_stream_ms=3000).start()
+    try:
+        server = start_server(tmp_path, kinesalite)
+        kc = kinesalite.client()
+        kc.create_stream(StreamName="src", ShardCount=1)
+        source_stream(server.client(), "from-kinesis", "src")
+        kc.get_waiter("stream_exists").wait(StreamName="src", WaiterConfig={"Delay": 0.2})
+        records = produce(kc, "src", 20)
+        assert_once_in_order(wait_delivered(server, len(records), timeout=30), records)
+        assert server.stop() == 0
+    finally:
+        kinesalite.stop()
+
+
 def test_two_delivery_streams_on_one_data_stream_both_receive_every_record(server, kinesalite):
     kc = kinesalite.create_stream("src", 2)
     (server.data_dir / "buckets" / "other").mkdir()

@@ -84,7 +84,8 @@ pub struct ReaderOptions {
     pub backoff_max: Duration,
     /// How often shards are listed even if none ended (new shards from
     /// UpdateShardCount appear as children of closed ones, so this only catches up
-    /// with what was missed).
+    /// with what was missed). A stream that lists no shards (still being created)
+    /// is listed again after `idle_poll`.
     pub describe_every: Duration,
 }
 
@@ -145,6 +146,10 @@ pub async fn run(
         match client.shards(&options.stream_name).await {
             Ok(shards) => {
                 backoff.reset();
+                if shards.is_empty() {
+                    // A stream being created lists no shards yet: look again soon.
+                    pause = options.idle_poll;
+                }
                 let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
                 for shard in &shards {
                     let id = &shard.shard_id;
