@@ -6,6 +6,7 @@ kill -9 of Sluice, and across an outage of the Kinesis endpoint; KPL aggregates 
 by aws-kinesis-agg come out as their user records. The control plane answers as
 Firehose does for this source type."""
 
+import base64
 import json
 import os
 import random
@@ -333,6 +334,19 @@ def test_processing_applies_as_for_direct_puts(tmp_path, kinesalite):
         flush(server)
         body = b"".join(delivered(server, "upper"))
         assert body.count(b'{"K": "KEY-') == 300, body[:200]
+        # The event says where each record came from, as Firehose's does.
+        shards = {s["ShardId"] for s in kc.describe_stream(StreamName="src")["StreamDescription"]["Shards"]}
+        events = [i["event"] for i in fn.invocations]
+        assert events and all(e["sourceKinesisStreamArn"] == arn("src") for e in events)
+        seen = []
+        for e in events:
+            for r in e["records"]:
+                meta = r["kinesisRecordMetadata"]
+                assert meta["shardId"] in shards and meta["subsequenceNumber"] == 0
+                assert meta["approximateArrivalTimestamp"] == r["approximateArrivalTimestamp"]
+                assert meta["partitionKey"] == json.loads(base64.b64decode(r["data"]))["k"]
+                seen.append(meta["sequenceNumber"])
+        assert len(set(seen)) == 300
         assert server.stop() == 0
     finally:
         fn.close()

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sluice_protocol::processing::LambdaSettings;
 
 use super::lane::Backoff;
+use super::source::KinesisMetadata;
 use crate::config::{HttpConfig, LambdaConfig};
 
 /// Largest invocation payload Lambda accepts (request and response): 6 MB.
@@ -22,6 +23,8 @@ pub(super) struct LambdaInput<'a> {
     pub(super) arrival_ms: u64,
     /// Its data.
     pub(super) data: &'a [u8],
+    /// Read from a Kinesis data stream: what Kinesis said of it.
+    pub(super) kinesis: Option<&'a KinesisMetadata>,
 }
 
 /// What became of one record.
@@ -82,6 +85,7 @@ impl LambdaInvoker {
         &self,
         settings: &LambdaSettings,
         stream_arn: &str,
+        source_arn: Option<&str>,
         region: &str,
         inputs: &[LambdaInput<'_>],
         stats: &mut InvocationStats,
@@ -91,7 +95,7 @@ impl LambdaInvoker {
         while start < inputs.len() {
             let end = chunk_end(inputs, start, settings.buffer_bytes_max as usize);
             let ids: Vec<String> = (start..end).map(|i| format!("{i:010}")).collect();
-            let event = event(stream_arn, region, &ids, &inputs[start..end]);
+            let event = event(stream_arn, source_arn, region, &ids, &inputs[start..end]);
             results.extend(self.invoke_with_retries(settings, &event, &ids, stats).await);
             start = end;
         }
@@ -213,24 +217,43 @@ fn chunk_end(inputs: &[LambdaInput<'_>], start: usize, buffer_bytes_max: usize) 
 }
 
 /// Firehose's transformation event.
-fn event(stream_arn: &str, region: &str, ids: &[String], inputs: &[LambdaInput<'_>]) -> Vec<u8> {
+fn event(
+    stream_arn: &str,
+    source_arn: Option<&str>,
+    region: &str,
+    ids: &[String],
+    inputs: &[LambdaInput<'_>],
+) -> Vec<u8> {
     let records: Vec<serde_json::Value> = ids
         .iter()
         .zip(inputs)
         .map(|(id, input)| {
-            serde_json::json!({
+            let mut record = serde_json::json!({
                 "recordId": id,
                 "approximateArrivalTimestamp": input.arrival_ms,
                 "data": base64_simd::STANDARD.encode_to_string(input.data),
-            })
+            });
+            if let Some(kinesis) = input.kinesis {
+                record["kinesisRecordMetadata"] = serde_json::json!({
+                    "shardId": kinesis.shard_id,
+                    "partitionKey": kinesis.partition_key,
+                    "sequenceNumber": kinesis.sequence_number,
+                    "subsequenceNumber": kinesis.subsequence_number,
+                    "approximateArrivalTimestamp": kinesis.arrival_ms,
+                });
+            }
+            record
         })
         .collect();
-    let event = serde_json::json!({
+    let mut event = serde_json::json!({
         "invocationId": uuid::Uuid::new_v4().to_string(),
         "deliveryStreamArn": stream_arn,
         "region": region,
         "records": records,
     });
+    if let Some(source_arn) = source_arn {
+        event["sourceKinesisStreamArn"] = serde_json::json!(source_arn);
+    }
     serde_json::to_vec(&event).expect("events serialise")
 }
 
@@ -346,11 +369,15 @@ mod tests {
     #[test]
     fn invocations_respect_the_buffer_size_and_the_payload_limit() {
         let small = vec![0u8; 400 << 10];
-        let inputs: Vec<LambdaInput<'_>> = (0..10).map(|_| LambdaInput { arrival_ms: 0, data: &small }).collect();
+        let inputs: Vec<LambdaInput<'_>> =
+            (0..10).map(|_| LambdaInput { arrival_ms: 0, data: &small, kinesis: None }).collect();
         assert_eq!(chunk_end(&inputs, 0, 1 << 20), 2, "1 MiB of data per invocation");
         assert_eq!(chunk_end(&inputs, 2, 3 << 20), 9, "3 MiB of 400 KiB records");
         let big = vec![0u8; 5 << 20];
-        let one = [LambdaInput { arrival_ms: 0, data: &big }, LambdaInput { arrival_ms: 0, data: &small }];
+        let one = [
+            LambdaInput { arrival_ms: 0, data: &big, kinesis: None },
+            LambdaInput { arrival_ms: 0, data: &small, kinesis: None },
+        ];
         assert_eq!(chunk_end(&one, 0, 1 << 20), 1, "a record larger than the buffer goes alone");
     }
 }

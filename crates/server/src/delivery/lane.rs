@@ -24,6 +24,7 @@ use super::http::{self, HttpFailure, REQUEST_RECORDS_MAX};
 use super::key::{object_key, partition_key, BatchIdentity, PartitionKeys, DESTINATION_LANE};
 use super::process::{error_line, process, Failed, Processed, PARTITIONING_FAILED};
 use super::progress::Intent;
+use super::source::KinesisMetadata;
 use super::worker::StreamProgress;
 use super::Delivery;
 use crate::catalog::StreamRecord;
@@ -386,7 +387,7 @@ async fn decide(
 /// one hand a batch back short, which was then committed as delivered and its
 /// missing records lost) not having them *yet*. Only once the batch is past the
 /// retention period is what is left delivered, with the loss said loudly.
-async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Result<Vec<StoredRecord>, LogError> {
+async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Result<ReadBack, LogError> {
     let mut cursor = delivery.state.log.cursor_range(stream_id, intent.first_seq, intent.last_seq)?;
     let mut batch: Vec<StoredRecord> = Vec::new();
     while batch.last().is_none_or(|r| r.seq < intent.last_seq) {
@@ -396,12 +397,13 @@ async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Res
         }
         batch.extend(records.into_iter().take_while(|r| r.seq <= intent.last_seq));
     }
-    if delivery.state.catalog.get_by_id(stream_id).is_some_and(|s| s.reads_kinesis()) {
-        super::source::unwrap_records(stream_id, &mut batch);
-    }
+    let kinesis = match delivery.state.catalog.get_by_id(stream_id).is_some_and(|s| s.reads_kinesis()) {
+        true => super::source::unwrap_records(stream_id, &mut batch),
+        false => Vec::new(),
+    };
     let (first, last) = (batch.first().map(|r| r.seq), batch.last().map(|r| r.seq));
     if first == Some(intent.first_seq) && last == Some(intent.last_seq) {
-        return Ok(batch);
+        return Ok(ReadBack { records: batch, kinesis });
     }
     let age_ms = delivery.clock.now_ms().saturating_sub(intent.oldest_arrival_ms);
     if intent.oldest_arrival_ms == 0 || age_ms < delivery.state.config.retention_ms {
@@ -423,7 +425,22 @@ async fn read_batch(delivery: &Delivery, stream_id: u64, intent: &Intent) -> Res
         n_read = batch.len(),
         "The log no longer holds all records of a decided batch past the retention period: records it acknowledged are lost; delivering what is left."
     );
-    Ok(batch)
+    Ok(ReadBack { records: batch, kinesis })
+}
+
+/// A batch read back: its records, and for a Kinesis-sourced stream what Kinesis
+/// said of each (aligned with them; empty otherwise).
+pub(super) struct ReadBack {
+    pub(super) records: Vec<StoredRecord>,
+    pub(super) kinesis: Vec<KinesisMetadata>,
+}
+
+impl std::ops::Deref for ReadBack {
+    type Target = Vec<StoredRecord>;
+
+    fn deref(&self) -> &Vec<StoredRecord> {
+        &self.records
+    }
 }
 
 /// Delivers the lane's batch in progress (see [`deliver_s3`] and
@@ -887,7 +904,7 @@ async fn give_up_http(
             Ok(batch) => {
                 let now_ms = delivery.clock.now_ms();
                 let mut lines = Vec::new();
-                for record in &batch {
+                for record in batch.iter() {
                     let failed = Failed { record, data: &record.data, code: failure.code, message: &failure.message };
                     error_line(&mut lines, &failed, attempt, now_ms, None);
                 }

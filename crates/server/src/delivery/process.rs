@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::key::PartitionKeys;
 use super::lambda::{InvocationStats, LambdaInput, LambdaResult};
+use super::lane::ReadBack;
 use super::Delivery;
 use crate::catalog::StreamRecord;
 use crate::log::StoredRecord;
@@ -61,7 +62,7 @@ pub(super) async fn process(
     delivery: &Delivery,
     stream: &StreamRecord,
     chain: Option<&ProcessingChain>,
-    batch: &mut [StoredRecord],
+    batch: &mut ReadBack,
     attempt: u32,
 ) -> Processed {
     let mut processed = Processed {
@@ -74,10 +75,11 @@ pub(super) async fn process(
     let Some(chain) = chain else {
         // Nothing to transform: the records' bytes move over, uncopied (the batch
         // keeps their sequence numbers and arrival times, not their data).
-        processed.records = batch.iter_mut().map(|r| std::mem::take(&mut r.data)).collect();
+        processed.records = batch.records.iter_mut().map(|r| std::mem::take(&mut r.data)).collect();
         return processed;
     };
-    let batch: &[StoredRecord] = batch;
+    let kinesis = &batch.kinesis;
+    let batch: &[StoredRecord] = &batch.records;
     let now_ms = delivery.clock.now_ms();
     // Each output of the first processors, with the source record it came from.
     let mut prepared: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -95,11 +97,15 @@ pub(super) async fn process(
     let mut outputs: Vec<(usize, Vec<u8>, BTreeMap<String, String>)> = match &chain.lambda {
         None => prepared.into_iter().map(|(i, data)| (i, data, BTreeMap::new())).collect(),
         Some(lambda) => {
-            let inputs: Vec<LambdaInput<'_>> =
-                prepared.iter().map(|(i, data)| LambdaInput { arrival_ms: batch[*i].arrival_ms, data }).collect();
+            let inputs: Vec<LambdaInput<'_>> = prepared
+                .iter()
+                .map(|(i, data)| LambdaInput { arrival_ms: batch[*i].arrival_ms, data, kinesis: kinesis.get(*i) })
+                .collect();
             let arn = delivery.state.arn(&stream.region, &stream.name);
             let mut stats = InvocationStats { attempts: 0, successes: 0, duration_ms: 0.0 };
-            let results = delivery.lambda.transform(lambda, &arn, &stream.region, &inputs, &mut stats).await;
+            let source_arn = stream.kinesis_source.as_ref().map(|k| k.stream_arn.as_str());
+            let results =
+                delivery.lambda.transform(lambda, &arn, source_arn, &stream.region, &inputs, &mut stats).await;
             delivery.state.metrics.lambda(stream.id, stats.attempts, stats.successes, stats.duration_ms);
             let mut outputs = Vec::with_capacity(results.len());
             for ((i, data), result) in prepared.iter().zip(results) {

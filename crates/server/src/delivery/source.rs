@@ -30,21 +30,51 @@ const SCAN_RECORDS_MAX: usize = 10_000;
 /// Pause before reading again after the reader stopped on an error.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
+/// What Firehose tells a Lambda function of a record read from Kinesis
+/// (`kinesisRecordMetadata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct KinesisMetadata {
+    pub(super) shard_id: String,
+    pub(super) partition_key: String,
+    pub(super) sequence_number: String,
+    pub(super) subsequence_number: u32,
+    pub(super) arrival_ms: u64,
+}
+
 /// Replaces each record of a Kinesis-sourced stream, as the log holds it, by its
-/// data, with Kinesis's arrival time.
-pub(super) fn unwrap_records(stream_id: u64, records: &mut [StoredRecord]) {
+/// data, with Kinesis's arrival time; returns what Kinesis said of each.
+pub(super) fn unwrap_records(stream_id: u64, records: &mut [StoredRecord]) -> Vec<KinesisMetadata> {
+    let mut metadata = Vec::with_capacity(records.len());
     for record in records {
-        let (arrival_ms, data_offset) = match Header::parse(&record.data) {
-            Ok(header) => (header.arrival_ms, header.data_offset),
+        let (meta, data_offset) = match Header::parse(&record.data) {
+            Ok(header) => (
+                KinesisMetadata {
+                    shard_id: header.shard_id.to_string(),
+                    partition_key: header.partition_key.to_string(),
+                    sequence_number: header.sequence_number.to_string(),
+                    subsequence_number: header.subsequence_number,
+                    arrival_ms: header.arrival_ms,
+                },
+                header.data_offset,
+            ),
             Err(error) => {
                 // Only this module appends to such a stream; delivered as it is.
                 tracing::error!(stream_id, seq = record.seq, %error, "A record of a Kinesis-sourced stream is not in the source format.");
-                continue;
+                let meta = KinesisMetadata {
+                    shard_id: String::new(),
+                    partition_key: String::new(),
+                    sequence_number: String::new(),
+                    subsequence_number: 0,
+                    arrival_ms: record.arrival_ms,
+                };
+                (meta, 0)
             }
         };
-        record.arrival_ms = arrival_ms;
+        record.arrival_ms = meta.arrival_ms;
         record.data.drain(..data_offset);
+        metadata.push(meta);
     }
+    metadata
 }
 
 /// Reads the stream's Kinesis data stream into its log until shutdown, deletion
