@@ -9,6 +9,7 @@
 
 mod deliver;
 mod jetstream;
+mod kinesis;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +44,9 @@ enum Command {
     Deliver(deliver::DeliverArgs),
     /// Publish the same bytes straight to a JetStream stream; print figures as JSON.
     Jetstream(jetstream::JetStreamArgs),
+    /// Read a Kinesis data stream's backlog as fast as the server serves it; print
+    /// figures as JSON.
+    KinesisRead(kinesis::KinesisReadArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         Command::Floor { listen } => runtime.block_on(floor(listen)),
         Command::Deliver(args) => runtime.block_on(deliver::run(args)),
         Command::Jetstream(args) => runtime.block_on(jetstream::run(args)),
+        Command::KinesisRead(args) => runtime.block_on(kinesis::run(args)),
     }
 }
 
