@@ -402,3 +402,31 @@ def test_cluster_mode_reads_on_the_owner_and_survives_node_kills(tmp_path, kines
         assert cluster.stop() == 0
     finally:
         cluster.kill()
+
+
+def test_a_declared_kinesis_sourced_stream_reads_and_its_source_cannot_change(tmp_path, kinesalite):
+    kc = kinesalite.create_stream("src", 1)
+    kinesalite.create_stream("other", 1)
+    declaration = tmp_path / "streams.json"
+
+    def declare(source):
+        declaration.write_text(json.dumps({"buckets": ["bucket"], "streams": [{
+            "DeliveryStreamName": "declared", "DeliveryStreamType": "KinesisStreamAsSource",
+            "KinesisStreamSourceConfiguration": {"KinesisStreamARN": arn(source), "RoleARN": ROLE},
+            "ExtendedS3DestinationConfiguration": S3_CONFIG}]}))
+
+    declare("src")
+    env = {"SLUICE_KINESIS_ENDPOINT": kinesalite.endpoint, "SLUICE_BUFFER_INTERVAL_MAX": "1",
+           "SLUICE_STREAMS": str(declaration)}
+    server = Server(tmp_path / "data", env=env).start()
+    records = produce(kc, "src", 100)
+    assert_once_in_order(wait_delivered(server, len(records)), records)
+    assert server.stop() == 0
+    server.start()  # the same declaration: nothing changes, reading resumes
+    records += produce(kc, "src", 100, start=100)
+    assert_once_in_order(wait_delivered(server, len(records)), records)
+    assert server.stop() == 0
+    declare("other")
+    with pytest.raises(RuntimeError) as e:
+        server.start()
+    assert "a stream's source cannot change" in str(e.value)

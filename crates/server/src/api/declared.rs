@@ -96,6 +96,13 @@ pub async fn apply(state: &AppState, declaration: &Declaration, buckets_root: Op
     Ok(())
 }
 
+fn describe_source(stream_type: &str, kinesis: Option<&sluice_protocol::dto::KinesisStreamSource>) -> String {
+    match kinesis {
+        Some(kinesis) => format!("{stream_type} from {}", kinesis.stream_arn),
+        None => stream_type.to_string(),
+    }
+}
+
 async fn apply_stream(
     state: &AppState,
     ctx: &RequestContext,
@@ -115,6 +122,18 @@ async fn apply_stream(
                 Err(e) => return Err(e),
             }
         };
+        if current.stream_type != input.stream_type || current.kinesis_source != input.kinesis_source {
+            // Firehose has no call that changes a stream's source either.
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgumentException,
+                format!(
+                    "The declared source of {} ({}) differs from the existing stream's ({}); a stream's source cannot change: delete the stream to declare it anew.",
+                    input.name,
+                    describe_source(&input.stream_type, input.kinesis_source.as_ref()),
+                    describe_source(&current.stream_type, current.kinesis_source.as_ref()),
+                ),
+            ));
+        }
         let [destination] = &input.destinations[..] else {
             return Err(ApiError::new(
                 ErrorCode::InvalidArgumentException,
