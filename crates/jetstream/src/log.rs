@@ -155,6 +155,10 @@ const QUEUE_DEPTH_MAX: usize = 1024;
 /// 250 MiB more than the others under PutRecordBatch load; with 4, a reader still
 /// takes several thousand messages per second.
 const CURSOR_MESSAGES_AHEAD_MAX: i64 = 4;
+/// The longest a commit group waits for more appends before it is published (see
+/// `Writer::run`): a small part of a publish's round trip to a replicated, fsyncing
+/// quorum.
+const COMMIT_LINGER: Duration = Duration::from_millis(4);
 /// How long the stream's duplicate window is: publish retries within it are
 /// recognised as the message they repeat.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -518,29 +522,68 @@ struct Writer {
     timeout: Duration,
 }
 
+/// The appends one message will hold.
+#[derive(Default)]
+struct Group {
+    requests: Vec<AppendRequest>,
+    n_bytes: usize,
+    n_records: usize,
+}
+
+impl Group {
+    fn push(&mut self, request: AppendRequest) {
+        self.n_bytes += request.records.iter().map(|r| r.len() + message::RECORD_OVERHEAD_BYTES).sum::<usize>();
+        self.n_records += request.records.len();
+        self.requests.push(request);
+    }
+
+    /// Whether `request` may join: within a message's bytes and records, and sealed
+    /// only with sealed records.
+    fn fits(&self, request: &AppendRequest) -> bool {
+        let bytes: usize = request.records.iter().map(|r| r.len() + message::RECORD_OVERHEAD_BYTES).sum();
+        self.n_bytes + bytes <= COMMIT_BYTES_MAX - 4096
+            && ((self.n_records + request.records.len()) as u64) < RECORDS_PER_MESSAGE
+            && self.requests.first().is_none_or(|first| first.encrypted == request.encrypted)
+    }
+}
+
 impl Writer {
     async fn run(self, mut requests: mpsc::Receiver<AppendRequest>) {
         let mut payload = Vec::new();
+        // How many appends the previous message answered: their callers are about
+        // to append again.
+        let mut answered = 1usize;
         while let Some(first) = requests.recv().await {
-            let mut group = vec![first];
-            let mut n_bytes = message::RECORD_OVERHEAD_BYTES + group[0].records.iter().map(Vec::len).sum::<usize>();
-            let mut n_records = group[0].records.len();
-            while let Ok(request) = requests.try_recv() {
-                let bytes: usize = request.records.iter().map(|r| r.len() + message::RECORD_OVERHEAD_BYTES).sum();
-                if n_bytes + bytes > COMMIT_BYTES_MAX - 4096
-                    || (n_records + request.records.len()) as u64 >= RECORDS_PER_MESSAGE
-                    || request.encrypted != group.first().map_or(request.encrypted, |g| g.encrypted)
-                {
+            let mut group = Group::default();
+            group.push(first);
+            let linger_until = tokio::time::Instant::now() + COMMIT_LINGER;
+            loop {
+                let request = match requests.try_recv() {
+                    Ok(request) => request,
+                    // Nothing queued: wait a moment for the callers the previous
+                    // message answered (over loaded cores they are back a little
+                    // after the publish starts, and would make a message of their
+                    // own), but never past the linger, and not at all for a lone
+                    // caller. Fewer, fuller messages are what bounds PutRecord in
+                    // cluster mode: the servers' work per message.
+                    Err(_) if group.requests.len() < answered => {
+                        match tokio::time::timeout_at(linger_until, requests.recv()).await {
+                            Ok(Some(request)) => request,
+                            _ => break,
+                        }
+                    }
+                    Err(_) => break,
+                };
+                if !group.fits(&request) {
                     // Too much for this message: it opens the next group.
-                    self.commit(&mut payload, std::mem::take(&mut group)).await;
-                    n_bytes = 0;
-                    n_records = 0;
+                    answered = group.requests.len();
+                    self.commit(&mut payload, std::mem::take(&mut group.requests)).await;
+                    group = Group::default();
                 }
-                n_bytes += bytes;
-                n_records += request.records.len();
                 group.push(request);
             }
-            self.commit(&mut payload, group).await;
+            answered = group.requests.len();
+            self.commit(&mut payload, group.requests).await;
         }
     }
 
