@@ -89,6 +89,8 @@ pub(super) async fn run(delivery: Arc<Delivery>, progress: Arc<StreamProgress>, 
         }
         let positions = match positions(&delivery, &progress).await {
             Ok(positions) => positions,
+            // A later delivery of the stream took it over, and reads it now.
+            Err(LogError::Fenced(_)) => return,
             Err(error) => {
                 tracing::error!(stream = %stream.name, %error, "Cannot read the log to find where reading the Kinesis stream resumes; retrying.");
                 if wait(&mut shutdown, RESTART_DELAY).await {
