@@ -235,7 +235,19 @@ impl StreamLogs {
             .create_stream(config)
             .await
             .map_err(|e| Error::Request(format!("creating stream {id:016x}: {e}")))?;
-        Ok(())
+        // A stream just created has no leader for a moment, and a publish then finds
+        // no responder ("no such stream"): wait until it answers, within the timeout,
+        // so that the first appends after a create land (a CI run saw one refused).
+        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        loop {
+            match self.stream_state(id).await {
+                Ok(_) => return Ok(()),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Deletes the stream's log and progress.
