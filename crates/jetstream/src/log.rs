@@ -633,6 +633,9 @@ impl Writer {
     async fn publish(&self, id: &str, payload: Bytes, expected_last: Option<u64>) -> Result<u64, Error> {
         let deadline = tokio::time::Instant::now() + self.timeout * 2;
         let mut last_error = String::new();
+        // Whether an attempt may have been stored (sent, then no answer): only then is
+        // the outcome unknown at the deadline.
+        let mut maybe_stored = false;
         while tokio::time::Instant::now() < deadline {
             let mut publish = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
@@ -651,8 +654,15 @@ impl Writer {
                 Ok(Err(e)) => {
                     use jetstream::context::PublishErrorKind;
                     match e.kind() {
-                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => last_error = e.to_string(),
-                        PublishErrorKind::StreamNotFound => return Err(Error::Refused("no such stream".into())),
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                            maybe_stored = true;
+                            last_error = e.to_string();
+                        }
+                        // No server took it (nothing stored): a stream just created, or
+                        // its leader just moved, is not yet known to the server this
+                        // client talks to. Tried again until the deadline (CI saw the
+                        // first append after a create refused so).
+                        PublishErrorKind::StreamNotFound => last_error = "no such stream".into(),
                         PublishErrorKind::WrongLastSequence => return Err(Error::Conflict(e.to_string())),
                         _ => {
                             let reason = e.to_string();
@@ -663,11 +673,18 @@ impl Writer {
                         }
                     }
                 }
-                Err(_) => last_error = "no acknowledgement in time".into(),
+                Err(_) => {
+                    maybe_stored = true;
+                    last_error = "no acknowledgement in time".into();
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(Error::Unconfirmed(last_error))
+        if maybe_stored {
+            Err(Error::Unconfirmed(last_error))
+        } else {
+            Err(Error::Refused(last_error))
+        }
     }
 }
 
