@@ -235,9 +235,9 @@ impl StreamLogs {
             .create_stream(config)
             .await
             .map_err(|e| Error::Request(format!("creating stream {id:016x}: {e}")))?;
-        // A stream just created has no leader for a moment, and a publish then finds
-        // no responder ("no such stream"): wait until it answers, within the timeout,
-        // so that the first appends after a create land (a CI run saw one refused).
+        // A stream just created has no leader for a moment: wait until it answers,
+        // within the timeout, before the first appends (which `Writer::publish` also
+        // retries while no server takes them).
         let deadline = tokio::time::Instant::now() + self.options.timeout;
         loop {
             match self.stream_state(id).await {
