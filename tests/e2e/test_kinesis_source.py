@@ -78,6 +78,32 @@ def produce(kc, stream, n, keys=20, start=0):
     return records
 
 
+class Producer:
+    """Puts batches of 100 records to a data stream from a thread while the `with`
+    block runs; yields the list of what was put, complete once the block ends."""
+
+    def __init__(self, kc, stream, pause):
+        self.kc, self.stream, self.pause = kc, stream, pause
+        self.records = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        n = 0
+        while not self.stop.is_set():
+            self.records.extend(produce(self.kc, self.stream, 100, start=n))
+            n += 100
+            time.sleep(self.pause)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.records
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
 def delivered_objects(server, bucket="bucket", prefix=""):
     """The record lines of each object in the bucket."""
     root = server.data_dir / "buckets" / bucket / prefix
@@ -269,26 +295,11 @@ def test_kill_9_while_records_flow_delivers_each_record_exactly_once(tmp_path, k
     kc = kinesalite.create_stream("src", 2)
     server = start_server(tmp_path, kinesalite)
     source_stream(server.client(), "from-kinesis", "src")
-    records = []
-    stop = threading.Event()
-
-    def producer():
-        n = 0
-        while not stop.is_set():
-            records.extend(produce(kc, "src", 100, start=n))
-            n += 100
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=producer)
-    thread.start()
-    try:
+    with Producer(kc, "src", pause=0.02) as records:
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.3, 1.5))
             server.kill()
             server.start()
-    finally:
-        stop.set()
-        thread.join()
     lines = wait_delivered(server, len(records), timeout=120)
     assert_once_in_order(lines, records)
     print(f"\nKinesis source kill -9: {KILLS} kills, {len(records)} records, each delivered once; "
@@ -390,19 +401,7 @@ def test_cluster_mode_reads_on_the_owner_and_survives_node_kills(tmp_path, kines
     (cluster.data_dir / "buckets" / "bucket").mkdir()
     try:
         source_stream(cluster.nodes[0].client(), "from-kinesis", "src")
-        records = []
-        stop = threading.Event()
-
-        def producer():
-            n = 0
-            while not stop.is_set():
-                records.extend(produce(kc, "src", 100, start=n))
-                n += 100
-                time.sleep(0.05)
-
-        thread = threading.Thread(target=producer)
-        thread.start()
-        try:
+        with Producer(kc, "src", pause=0.05) as records:
             for i in range(max(4, KILLS // 2)):
                 time.sleep(rng.uniform(1.0, 3.0))
                 node = rng.choice(cluster.nodes)
@@ -413,9 +412,6 @@ def test_cluster_mode_reads_on_the_owner_and_survives_node_kills(tmp_path, kines
                 else:
                     node.kill()
                     node.start()
-        finally:
-            stop.set()
-            thread.join()
         deadline = time.time() + 120
         while len(delivered(cluster)) < len(records) and time.time() < deadline:
             time.sleep(0.5)

@@ -491,14 +491,19 @@ impl KinesisConfig {
     }
 }
 
+/// An endpoint setting (`what` names it in the error): an http(s) URL, without a
+/// trailing slash.
+pub fn http_url(what: &str, endpoint: &str) -> Result<String, ConfigError> {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        Ok(endpoint.trim_end_matches('/').to_string())
+    } else {
+        Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {endpoint:?}")))
+    }
+}
+
 impl RawKinesisConfig {
     fn validate(self) -> Result<KinesisConfig, ConfigError> {
-        let endpoint_of = |what: &str, endpoint: Option<String>| match endpoint {
-            Some(e) if !e.starts_with("http://") && !e.starts_with("https://") => {
-                Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {e:?}")))
-            }
-            e => Ok(e.map(|e| e.trim_end_matches('/').to_string())),
-        };
+        let endpoint_of = |what: &str, endpoint: Option<String>| endpoint.map(|e| http_url(what, &e)).transpose();
         // The same rules as [s3]'s credentials.
         let credentials_of = |what: &str, id: Option<String>, secret: Option<String>, file: Option<PathBuf>| {
             let target = RawS3Target {
@@ -859,9 +864,7 @@ impl RawS3Target {
 
     fn validate(self, what: &str, default_region: &str) -> Result<S3Target, ConfigError> {
         if let Some(endpoint) = &self.endpoint {
-            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-                return Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {endpoint:?}")));
-            }
+            http_url(what, endpoint)?;
         }
         let secret = match (&self.secret_access_key, &self.secret_access_key_file) {
             (Some(_), Some(_)) => {
@@ -898,18 +901,11 @@ impl RawLambdaConfig {
     fn validate(self, server_region: &str) -> Result<LambdaConfig, ConfigError> {
         let region = self.region.unwrap_or_else(|| server_region.to_string());
         let endpoint = self.endpoint.unwrap_or_else(|| format!("https://lambda.{region}.amazonaws.com"));
-        let url = |what: &str, endpoint: &str| {
-            if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-                Ok(endpoint.trim_end_matches('/').to_string())
-            } else {
-                Err(ConfigError::Invalid(format!("{what}: endpoint must be an http(s) URL, got {endpoint:?}")))
-            }
-        };
-        let endpoint = url("lambda", &endpoint)?;
+        let endpoint = http_url("lambda", &endpoint)?;
         let mut functions = std::collections::BTreeMap::new();
         for (name, function) in self.functions {
             let what = format!("lambda.functions.{name}");
-            let function_endpoint = url(&what, function.endpoint.as_deref().unwrap_or(&endpoint))?;
+            let function_endpoint = http_url(&what, function.endpoint.as_deref().unwrap_or(&endpoint))?;
             functions.insert(name, (function_endpoint, function.region.unwrap_or_else(|| region.clone())));
         }
         // The same rules as [s3]'s credentials.

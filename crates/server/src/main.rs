@@ -132,11 +132,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<sluice_server::config::Config
         config.buffer_interval_s_max = args.buffer_interval_max;
     }
     if let Some(endpoint) = &args.kinesis_endpoint {
-        anyhow::ensure!(
-            endpoint.starts_with("http://") || endpoint.starts_with("https://"),
-            "--kinesis-endpoint must be an http(s) URL, got {endpoint:?}"
-        );
-        config.kinesis.endpoint = Some(endpoint.trim_end_matches('/').to_string());
+        config.kinesis.endpoint = Some(sluice_server::config::http_url("--kinesis-endpoint", endpoint)?);
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some((cert.clone(), key.clone()));

@@ -32,7 +32,7 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// What Firehose tells a Lambda function of a record read from Kinesis
 /// (`kinesisRecordMetadata`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct KinesisMetadata {
     pub(super) shard_id: String,
     pub(super) partition_key: String,
@@ -60,14 +60,7 @@ pub(super) fn unwrap_records(stream_id: u64, records: &mut [StoredRecord]) -> Ve
             Err(error) => {
                 // Only this module appends to such a stream; delivered as it is.
                 tracing::error!(stream_id, seq = record.seq, %error, "A record of a Kinesis-sourced stream is not in the source format.");
-                let meta = KinesisMetadata {
-                    shard_id: String::new(),
-                    partition_key: String::new(),
-                    sequence_number: String::new(),
-                    subsequence_number: 0,
-                    arrival_ms: record.arrival_ms,
-                };
-                (meta, 0)
+                (KinesisMetadata { arrival_ms: record.arrival_ms, ..KinesisMetadata::default() }, 0)
             }
         };
         record.arrival_ms = meta.arrival_ms;

@@ -123,6 +123,22 @@ impl JetStreamLog {
         (log, refresh)
     }
 
+    /// Counts an append in what this node knows of the stream's log, and answers it.
+    fn note_appended(
+        &self,
+        stream: u64,
+        n_bytes: u64,
+        appended: sluice_jetstream::Appended,
+        encrypted: bool,
+    ) -> Appended {
+        let message = sluice_jetstream::message::message_seq(appended.last_seq);
+        let mut figures = self.figures.write().expect("lock");
+        let known = figures.entry(stream).or_default();
+        known.retained_bytes += n_bytes;
+        known.acknowledged_message = known.acknowledged_message.max(message);
+        Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted }
+    }
+
     fn cursor_to(&self, stream: u64, from: u64, last: Option<u64>) -> Box<dyn LogCursor> {
         Box::new(JetStreamCursor {
             inner: self.logs.cursor(stream, from, last),
@@ -290,13 +306,7 @@ impl RecordLog for JetStreamLog {
             let arrival_ms = crate::api::now_ms();
             let appended =
                 self.logs.append_exclusive(stream, tenure.token, records, arrival_ms).await.map_err(log_error)?;
-            let message = sluice_jetstream::message::message_seq(appended.last_seq);
-            let mut figures = self.figures.write().expect("lock");
-            let known = figures.entry(stream).or_default();
-            known.retained_bytes += n_bytes;
-            known.acknowledged_message = known.acknowledged_message.max(message);
-            drop(figures);
-            Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: false })
+            Ok(self.note_appended(stream, n_bytes, appended, false))
         })
     }
 
@@ -322,13 +332,7 @@ impl RecordLog for JetStreamLog {
             // From the put's arrival in the log to the PubAck of its commit group
             // (waiting for the group included): what cluster mode adds to a put.
             ::metrics::histogram!("sluice_jetstream_publish_seconds").record(started.elapsed().as_secs_f64());
-            let message = sluice_jetstream::message::message_seq(appended.last_seq);
-            let mut figures = self.figures.write().expect("lock");
-            let known = figures.entry(stream).or_default();
-            known.retained_bytes += n_bytes;
-            known.acknowledged_message = known.acknowledged_message.max(message);
-            drop(figures);
-            Ok(Appended { first_seq: appended.first_seq, last_seq: appended.last_seq, encrypted: sealed })
+            Ok(self.note_appended(stream, n_bytes, appended, sealed))
         })
     }
 
