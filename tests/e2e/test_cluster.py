@@ -325,6 +325,31 @@ def test_races_through_different_nodes_have_one_winner(tmp_path, nats):
         cluster.close()
 
 
+def test_a_stream_created_through_one_node_is_found_at_once_by_the_others(tmp_path, nats):
+    """A put through another node right after a create must hear that the stream
+    is CREATING, not that it does not exist (a CI run saw the latter: that node's
+    view of the catalog had not caught up yet)."""
+    cluster = SluiceCluster(tmp_path / "cluster", nats).start()
+    try:
+        (cluster.data_dir / "buckets" / "bucket").mkdir()
+        clients = [n.client() for n in cluster.nodes]
+        answers = []
+        for round_ in range(30):
+            name = f"young-{round_}"
+            clients[round_ % 3].create_delivery_stream(DeliveryStreamName=name,
+                                                       ExtendedS3DestinationConfiguration=S3_CONFIG)
+            for other in (1, 2):
+                try:
+                    clients[(round_ + other) % 3].put_record(DeliveryStreamName=name, Record={"Data": b"x"})
+                    answers.append("ok")
+                except ClientError as e:
+                    answers.append(e.response["Error"]["Code"])
+        assert set(answers) <= {"ResourceInUseException", "ok"}, answers
+    finally:
+        cluster.stop()
+        cluster.close()
+
+
 def test_a_local_bucket_is_refused_unless_the_nodes_share_it(tmp_path, nats):
     cluster = SluiceCluster(tmp_path / "cluster", nats, shared_buckets=False,
                             extra_config='[s3.buckets.remote]\nendpoint = "http://127.0.0.1:9"\n').start()

@@ -35,7 +35,16 @@ pub(super) async fn ingest(
     mut records: Vec<Vec<u8>>,
     partial: bool,
 ) -> Result<Ingested, ApiError> {
-    let stream = state.stream(ctx, name)?;
+    let stream = match state.catalog.get(&ctx.region, name) {
+        Some(stream) => stream,
+        None => {
+            // Cluster mode: the stream may have been created through another node a
+            // moment ago; a put right after a create must not hear "not found" only
+            // because this node's view lags (one request to JetStream, on misses only).
+            state.catalog.catch_up().await;
+            state.stream(ctx, name)?
+        }
+    };
     if stream.reads_kinesis() {
         return Err(not_permitted_on_kinesis_source());
     }
