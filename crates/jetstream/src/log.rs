@@ -742,7 +742,6 @@ impl Cursor {
 
     /// Takes one message into `ready`, waiting at most `wait`. `false` if none came.
     async fn receive(&mut self, wait: Duration) -> Result<bool, Error> {
-        let next_seq = self.next_seq;
         let messages = self.consumer().await?;
         let message = match tokio::time::timeout(wait, messages.next()).await {
             Err(_) | Ok(None) => return Ok(false),
@@ -752,8 +751,14 @@ impl Cursor {
             }
             Ok(Some(Ok(message))) => message,
         };
-        let info = message.info().map_err(|e| Error::Request(e.to_string()))?;
-        let message_seq = info.stream_sequence;
+        let (message_seq, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(e) => {
+                // Taken from the consumer but not read: a new consumer brings it again.
+                self.messages = None;
+                return Err(Error::Request(e.to_string()));
+            }
+        };
         if message_seq <= self.consumed {
             // Taken already: its records are read or still in `ready`. A consumer
             // made again after an error starts at the reader's position, which may
@@ -761,16 +766,70 @@ impl Cursor {
             // records out twice.
             return Ok(true);
         }
-        let records = message::decode(&message.payload)
+        if message_seq > self.consumed + 1 {
+            // The consumer stepped over messages. A stream's sequences have no holes
+            // above the purged ones (deletes are denied), but a consumer reads the
+            // store of whichever replica JetStream placed it on, and steps over
+            // what that store lacks: a replica being rebuilt can lack messages its
+            // leader holds. Read them from the leader instead; never skip one.
+            if let Err(error) = self.fill_from_leader(message_seq).await {
+                self.messages = None;
+                return Err(error);
+            }
+        }
+        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
+        self.take(message_seq, &message.payload, id)?;
+        self.pending = Some(pending);
+        Ok(true)
+    }
+
+    /// Takes the messages after the last one taken and before `message_seq` from
+    /// the stream's leader; those it no longer holds must have been purged (below
+    /// every reader's position), or the read fails.
+    async fn fill_from_leader(&mut self, message_seq: u64) -> Result<(), Error> {
+        let (from, to) = (self.consumed + 1, message_seq - 1);
+        let mut stream =
+            self.jetstream.get_stream(&self.stream_name).await.map_err(|e| Error::Request(e.to_string()))?;
+        let first_seq = stream.info().await.map_err(|e| Error::Request(e.to_string()))?.state.first_sequence;
+        if from < first_seq {
+            self.consumed = (first_seq - 1).min(to);
+        }
+        let mut filled = 0u64;
+        for seq in from.max(first_seq)..=to {
+            match stream.get_raw_message(seq).await {
+                Ok(stored) => {
+                    let id = stored.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_string());
+                    self.take(seq, &stored.payload, id)?;
+                    filled += 1;
+                }
+                Err(e) => {
+                    return Err(Error::Request(format!(
+                        "message {seq} of {} was stepped over by its consumer and cannot be read from the \
+                         stream's leader: {e}",
+                        self.stream_name
+                    )));
+                }
+            }
+        }
+        if filled > 0 {
+            tracing::warn!(stream = %self.stream_name, from, to, filled,
+                "The consumer stepped over messages its replica lacks; they were read from the stream's leader.");
+        }
+        Ok(())
+    }
+
+    /// Takes message `message_seq` (its records at or after the reader's position
+    /// into `ready`), unless a message under the same id was just taken.
+    fn take(&mut self, message_seq: u64, payload: &[u8], id: Option<String>) -> Result<(), Error> {
+        let next_seq = self.next_seq;
+        let records = message::decode(payload)
             .map_err(|reason| Error::Request(format!("message {message_seq} of {}: {reason}", self.stream_name)))?;
         self.consumed = message_seq;
-        self.pending = Some(info.pending);
-        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
         if let Some(id) = id {
             let (order, ids) = &mut self.recent_ids;
             if ids.contains(&id) {
                 tracing::warn!(stream = %self.stream_name, message_seq, %id, "A message stored twice under one id: its copy is skipped.");
-                return Ok(true);
+                return Ok(());
             }
             if order.len() == RECENT_IDS_MAX {
                 if let Some(oldest) = order.pop_front() {
@@ -791,7 +850,7 @@ impl Cursor {
                 });
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Up to `records_max` records and about `bytes_max` bytes that are stored now.
@@ -817,8 +876,14 @@ impl Cursor {
             if out.len() >= records_max || n_bytes >= bytes_max {
                 return Ok(out);
             }
-            if self.receive(Duration::from_millis(1)).await? {
-                continue;
+            match self.receive(Duration::from_millis(1)).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                // The position has moved past the records in `out`: hand them over
+                // (dropping them would lose them from this reader's view); the
+                // failure recurs at the next read, which has nothing to lose yet.
+                Err(_) if !out.is_empty() => return Ok(out),
+                Err(error) => return Err(error),
             }
             if !out.is_empty() {
                 return Ok(out);

@@ -106,6 +106,60 @@ async fn a_message_stored_twice_under_one_id_is_read_once() {
     assert_eq!(data, vec![b"before".to_vec(), b"before".to_vec(), b"after".to_vec()]);
 }
 
+/// A consumer reads the store of the replica it was placed on and steps over what
+/// that store lacks. A message the stream should hold (it is above the purged
+/// ones) but the consumer stepped over is never skipped: it is read from the
+/// leader, and if the leader lacks it too the read fails rather than go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_consumer_steps_over_is_never_skipped() {
+    let cluster = Cluster::start(Setup::default());
+    let logs = logs(&cluster, "holes").await;
+    logs.create_stream(1, None).await.unwrap();
+    let client = async_nats::connect(cluster.urls()[0].as_str()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    // Stream 2: stream 1's configuration but deletes allowed, to make a hole.
+    let mut config = jetstream.get_stream(logs.stream_name(1)).await.unwrap().info().await.unwrap().config.clone();
+    config.name = logs.stream_name(2);
+    config.subjects = config.subjects.iter().map(|s| format!("{}2", s.trim_end_matches('1'))).collect();
+    config.deny_delete = false;
+    jetstream.create_stream(config).await.unwrap();
+    for data in [b"one", b"two", b"six"] {
+        logs.append(2, vec![data.to_vec()], 1, false).await.unwrap();
+    }
+    let stream = jetstream.get_stream(logs.stream_name(2)).await.unwrap();
+    assert!(stream.delete_message(2).await.unwrap());
+    let mut cursor = logs.cursor(2, 0, None);
+    let (mut read, mut errors) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        match cursor.read(1000, 1 << 20).await {
+            Ok(records) if records.is_empty() => cursor.wait(Duration::from_millis(50)).await,
+            Ok(records) => read.extend(records.into_iter().map(|r| r.data)),
+            Err(error) => errors.push(error.to_string()),
+        }
+    }
+    // What was read before the hole is handed over; nothing after it ever is.
+    assert_eq!(read, vec![b"one".to_vec()]);
+    assert!(!errors.is_empty() && errors.iter().all(|e| e.contains("message 2 of")), "{errors:?}");
+}
+
+/// Messages purged below a reader's position (delivered by every lane) are no
+/// hole: a cursor from before them starts at the first one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_from_before_purged_messages_starts_at_the_first_kept() {
+    let cluster = Cluster::start(Setup::default());
+    let logs = logs(&cluster, "purged").await;
+    logs.create_stream(1, None).await.unwrap();
+    for data in [b"one", b"two", b"six"] {
+        logs.append(1, vec![data.to_vec()], 1, false).await.unwrap();
+    }
+    let client = async_nats::connect(cluster.urls()[0].as_str()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream.get_stream(logs.stream_name(1)).await.unwrap();
+    stream.purge().sequence(3).await.unwrap();
+    let data: Vec<Vec<u8>> = read_all(&logs, 1, 0).await.into_iter().map(|r| r.data).collect();
+    assert_eq!(data, vec![b"six".to_vec()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_come_back_in_order_and_concurrent_appends_share_messages() {
     let cluster = Cluster::start(Setup::default());

@@ -759,7 +759,16 @@ impl Reader {
     /// cursor and advances it. Returns an empty vector when nothing new is durable.
     /// Blocking: call it from a blocking thread in async code.
     pub fn read(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>> {
-        let result = self.read_open(records_max, bytes_max);
+        let mut out = Vec::new();
+        let result = match self.read_open(records_max, bytes_max, &mut out) {
+            Ok(()) => Ok(out),
+            // The cursor has moved past what it read before the failure: those
+            // records are handed over (dropping them would lose them from this
+            // reader's view), and the failure recurs at the next read, which has
+            // nothing to lose yet.
+            Err(_) if !out.is_empty() => Ok(out),
+            Err(error) => Err(error),
+        };
         if let Some(open) = self.open.as_mut() {
             // The position is always kept; the descriptor only while reads find
             // records and a permit is free.
@@ -775,8 +784,7 @@ impl Reader {
         result
     }
 
-    fn read_open(&mut self, records_max: usize, bytes_max: usize) -> Result<Vec<StoredRecord>> {
-        let mut out = Vec::new();
+    fn read_open(&mut self, records_max: usize, bytes_max: usize, out: &mut Vec<StoredRecord>) -> Result<()> {
         let mut n_bytes = 0usize;
         let payload_max = self.log.options.record_bytes_max + TAG_BYTES;
         while out.len() < records_max && n_bytes < bytes_max {
@@ -850,7 +858,7 @@ impl Reader {
                 None => break,
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn listed(&self, base_seq: u64) -> bool {

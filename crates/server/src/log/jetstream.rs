@@ -145,6 +145,7 @@ impl JetStreamLog {
             keys: self.keys.clone(),
             stream,
             last_key: None,
+            unopened: std::collections::VecDeque::new(),
         })
     }
 }
@@ -155,22 +156,35 @@ struct JetStreamCursor {
     stream: u64,
     /// The last data key unwrapped, by its wrapped form (an append's records share it).
     last_key: Option<(Vec<u8>, LessSafeKey)>,
+    /// Records read from the log but not handed over, because one could not be
+    /// opened (its key unavailable, say): the next read starts with them, so a
+    /// failure never skips a record.
+    unopened: std::collections::VecDeque<sluice_jetstream::StoredRecord>,
 }
 
 impl LogCursor for JetStreamCursor {
     fn read(&mut self, records_max: usize, bytes_max: usize) -> BoxFuture<'_, Result<Vec<StoredRecord>, LogError>> {
         Box::pin(async move {
-            let records = self.inner.read(records_max, bytes_max).await.map_err(log_error)?;
-            records
-                .into_iter()
-                .map(|r| {
-                    let data = match r.encrypted {
-                        false => r.data,
-                        true => open(self.keys.as_ref(), &mut self.last_key, self.stream, &r.data)?,
-                    };
-                    Ok(StoredRecord { seq: r.seq, arrival_ms: r.arrival_ms, encrypted: r.encrypted, data })
-                })
-                .collect()
+            if self.unopened.is_empty() {
+                let records = self.inner.read(records_max, bytes_max).await.map_err(log_error)?;
+                self.unopened.extend(records);
+            }
+            let mut out = Vec::with_capacity(self.unopened.len());
+            while let Some(r) = self.unopened.pop_front() {
+                let (seq, arrival_ms, encrypted) = (r.seq, r.arrival_ms, r.encrypted);
+                let data = match encrypted {
+                    false => r.data,
+                    true => match open(self.keys.as_ref(), &mut self.last_key, self.stream, &r.data) {
+                        Ok(data) => data,
+                        Err(error) => {
+                            self.unopened.push_front(r);
+                            return if out.is_empty() { Err(error) } else { Ok(out) };
+                        }
+                    },
+                };
+                out.push(StoredRecord { seq, arrival_ms, encrypted, data });
+            }
+            Ok(out)
         })
     }
 
@@ -378,5 +392,86 @@ impl RecordLog for JetStreamLog {
             return Err("not connected to any NATS server".into());
         }
         self.health.read().expect("lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sluice_jetstream::testing::{Cluster, Setup};
+    use sluice_jetstream::{connect, JetStreamOptions, StreamLogs};
+    use sluice_wal::{KeyError, KeyWrapper, DATA_KEY_BYTES};
+
+    use super::JetStreamLog;
+    use crate::log::{Encryption, RecordLog};
+
+    /// Wraps by XOR with a fixed key; unwrapping fails while `down` is set (a key
+    /// service that does not answer for a while).
+    struct FlakyKeys {
+        down: AtomicBool,
+    }
+
+    impl KeyWrapper for FlakyKeys {
+        fn wrap(&self, _: &str, data_key: &[u8; DATA_KEY_BYTES]) -> Result<Vec<u8>, KeyError> {
+            Ok(data_key.iter().map(|b| b ^ 0x5a).collect())
+        }
+        fn unwrap(&self, _: &str, wrapped: &[u8]) -> Result<[u8; DATA_KEY_BYTES], KeyError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(KeyError::NotFound);
+            }
+            let raw: Vec<u8> = wrapped.iter().map(|b| b ^ 0x5a).collect();
+            raw.try_into().map_err(|_| KeyError::Unwrap)
+        }
+    }
+
+    async fn stream_logs(cluster: &Cluster) -> StreamLogs {
+        let options =
+            JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let opened = match connect(&options).await {
+                Ok(connection) => StreamLogs::open(&connection, options.clone(), "node".into()).await,
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(logs) => return logs,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A record that cannot be opened for now stops the read before it; the records
+    /// read after it from NATS are kept for the next reads, not dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_cannot_be_opened_yet_holds_back_the_read_and_loses_nothing() {
+        let cluster = Cluster::start(Setup::default());
+        let keys = Arc::new(FlakyKeys { down: AtomicBool::new(false) });
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let (log, _refresh) = JetStreamLog::new(stream_logs(&cluster).await, keys.clone(), shutdown);
+        log.create_stream(1, Vec::new()).await.unwrap();
+        log.append(1, vec![b"plain-1".to_vec()], Encryption::None).await.unwrap();
+        log.append(1, vec![b"sealed".to_vec()], Encryption::Key("k".into())).await.unwrap();
+        log.append(1, vec![b"plain-2".to_vec()], Encryption::None).await.unwrap();
+        keys.down.store(true, Ordering::SeqCst);
+        let mut cursor = log.cursor(1, 0).unwrap();
+        let mut read = Vec::new();
+        while read.is_empty() {
+            read.extend(cursor.read(1000, 1 << 20).await.unwrap().into_iter().map(|r| r.data));
+        }
+        assert_eq!(read, vec![b"plain-1".to_vec()]);
+        assert!(cursor.read(1000, 1 << 20).await.is_err(), "the sealed record cannot be opened yet");
+        keys.down.store(false, Ordering::SeqCst);
+        for _ in 0..20 {
+            read.extend(cursor.read(1000, 1 << 20).await.unwrap().into_iter().map(|r| r.data));
+            if read.len() == 3 {
+                break;
+            }
+            cursor.wait().await;
+        }
+        assert_eq!(read, vec![b"plain-1".to_vec(), b"sealed".to_vec(), b"plain-2".to_vec()]);
     }
 }
