@@ -248,7 +248,13 @@ pub enum CatalogError {
 
 /// Attempts at a change that keeps losing races to other nodes' changes of the same
 /// stream, before it is given up ([`CatalogError::Contended`]).
-const CHANGE_ATTEMPTS_MAX: usize = 5;
+const CHANGE_ATTEMPTS_MAX: u32 = 8;
+/// The pause after the first lost race, doubled after each next one (about 1.3 s in
+/// all). A compare-and-set can lose to a write the servers have accepted but not
+/// yet stored, so reading back at once may still show the old record: deciding on
+/// it again without a pause lost every attempt within a few milliseconds (a CI run
+/// saw that as "kept changing" instead of the stale VersionId's error).
+const CHANGE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Catalog {
     /// Whether `dir` holds a catalog file.
@@ -344,7 +350,7 @@ impl Catalog {
         change: impl Fn(&mut CatalogState) -> Result<R, E>,
     ) -> Result<R, E> {
         let _one_at_a_time = self.changing.lock().await;
-        for _ in 0..CHANGE_ATTEMPTS_MAX {
+        for attempt in 0..CHANGE_ATTEMPTS_MAX {
             let before = self.snapshot();
             let mut next = before.clone();
             let result = change(&mut next)?;
@@ -364,6 +370,7 @@ impl Catalog {
                 }
                 Err(Conflict::Lost(keys)) => {
                     // Another node won: read what it wrote, then decide again.
+                    tokio::time::sleep(CHANGE_RETRY_PAUSE * 2u32.pow(attempt)).await;
                     if let Store::Bucket(store) = &self.store {
                         for (region, name) in keys {
                             store.refresh(self, &region, &name).await?;
