@@ -63,7 +63,10 @@ impl TableSchema {
             .and_then(|d| d.get("Columns"))
             .and_then(Value::as_array)
             .ok_or_else(|| SchemaError::Malformed("the table has no StorageDescriptor.Columns".into()))?;
-        let mut pairs = Vec::with_capacity(columns.len().min(COLUMNS_MAX));
+        if columns.len() > COLUMNS_MAX {
+            return Err(SchemaError::TooManyColumns(columns.len()));
+        }
+        let mut pairs = Vec::with_capacity(columns.len());
         for (i, column) in columns.iter().enumerate() {
             let field = |key: &str| {
                 column
@@ -73,9 +76,6 @@ impl TableSchema {
                     .ok_or_else(|| SchemaError::Malformed(format!("column {} of the table has no {key}", i + 1)))
             };
             pairs.push((field("Name")?, field("Type")?));
-            if pairs.len() > COLUMNS_MAX {
-                return Err(SchemaError::TooManyColumns(columns.len()));
-            }
         }
         TableSchema::declared(pairs)
     }

@@ -138,6 +138,29 @@ impl Cluster {
     pub fn monitoring_urls(&self) -> Vec<String> {
         self.servers.iter().map(|s| format!("http://127.0.0.1:{}", s.http_port)).collect()
     }
+
+    /// Client options for these servers, with a 10 s timeout.
+    pub fn options(&self) -> crate::JetStreamOptions {
+        crate::JetStreamOptions { servers: self.urls(), timeout: Duration::from_secs(10), ..Default::default() }
+    }
+}
+
+/// Runs `attempt` until it succeeds, for up to 30 s (then panics with its last
+/// error): servers just started take a moment to accept connections and to elect
+/// the leaders that creating streams and buckets needs.
+pub async fn when_ready<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 impl Server {

@@ -6,30 +6,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sluice_jetstream::testing::{Cluster, Setup};
+use sluice_jetstream::testing::{when_ready, Cluster, Setup};
 use sluice_jetstream::{connect, Bucket, Change, Connection, Error, JetStreamOptions};
 
 async fn connection(cluster: &Cluster) -> (Connection, JetStreamOptions) {
-    let options = JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match connect(&options).await {
-            Ok(connection) => return (connection, options),
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let options = cluster.options();
+    (when_ready(|| connect(&options)).await, options)
 }
 
 async fn bucket(connection: &Connection, options: &JetStreamOptions, max_age: Option<Duration>) -> Bucket {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match Bucket::open(connection, options, "TEST", max_age).await {
-            Ok(bucket) => return bucket,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    when_ready(|| Bucket::open(connection, options, "TEST", max_age)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,33 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_jetstream::testing::{Cluster, Setup};
-use sluice_jetstream::{connect, Error, JetStreamOptions, StreamLogs};
+use sluice_jetstream::testing::{when_ready, Cluster, Setup};
+use sluice_jetstream::{connect, Error, StreamLogs};
 
 async fn logs(cluster: &Cluster, node: &str) -> StreamLogs {
-    let options = JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let connection = loop {
-        match connect(&options).await {
-            Ok(connection) => break connection,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match StreamLogs::open(&connection, options.clone(), node.to_string()).await {
-            Ok(logs) => return logs,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let options = cluster.options();
+    let connection = when_ready(|| connect(&options)).await;
+    when_ready(|| StreamLogs::open(&connection, options.clone(), node.to_string())).await
 }
 
 async fn read_all(logs: &StreamLogs, id: u64, from: u64) -> Vec<sluice_jetstream::StoredRecord> {

@@ -318,8 +318,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use sluice_jetstream::testing::{Cluster, Setup};
-    use sluice_jetstream::{connect, Bucket, JetStreamOptions};
+    use sluice_jetstream::testing::{when_ready, Cluster, Setup};
+    use sluice_jetstream::{connect, Bucket};
     use sluice_protocol::destination::{Destination, DestinationKind};
 
     use super::BucketStore;
@@ -346,20 +346,8 @@ mod tests {
     }
 
     async fn open_bucket(cluster: &Cluster) -> Bucket {
-        let options =
-            JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let opened = match connect(&options).await {
-                Ok(connection) => Bucket::open(&connection, &options, "CATALOG", None).await,
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok(bucket) => return bucket,
-                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let options = cluster.options();
+        when_ready(|| async { Bucket::open(&connect(&options).await?, &options, "CATALOG", None).await }).await
     }
 
     /// The watch records an entry's new revision a moment before the view shows

@@ -399,10 +399,9 @@ impl RecordLog for JetStreamLog {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use std::time::Duration;
 
-    use sluice_jetstream::testing::{Cluster, Setup};
-    use sluice_jetstream::{connect, JetStreamOptions, StreamLogs};
+    use sluice_jetstream::testing::{when_ready, Cluster, Setup};
+    use sluice_jetstream::{connect, StreamLogs};
     use sluice_wal::{KeyError, KeyWrapper, DATA_KEY_BYTES};
 
     use super::JetStreamLog;
@@ -428,20 +427,8 @@ mod tests {
     }
 
     async fn stream_logs(cluster: &Cluster) -> StreamLogs {
-        let options =
-            JetStreamOptions { servers: cluster.urls(), timeout: Duration::from_secs(10), ..Default::default() };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let opened = match connect(&options).await {
-                Ok(connection) => StreamLogs::open(&connection, options.clone(), "node".into()).await,
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok(logs) => return logs,
-                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let options = cluster.options();
+        when_ready(|| async { StreamLogs::open(&connect(&options).await?, options.clone(), "node".into()).await }).await
     }
 
     /// A record that cannot be opened for now stops the read before it; the records
