@@ -233,14 +233,27 @@ impl StreamLogs {
             persist_mode: Some(stream::PersistenceMode::Default),
             ..stream::Config::default()
         };
-        self.jetstream
-            .create_stream(config)
-            .await
-            .map_err(|e| Error::Request(format!("creating stream {id:016x}: {e}")))?;
+        // A cluster that is forming or has just lost its meta leader refuses the
+        // create for a moment ("temporarily unavailable", "no suitable peers" while
+        // the peers have not reported in) or leaves it unanswered: asked again, with
+        // the same configuration (which JetStream takes as the same create), within
+        // the timeout, each time waiting a quarter of it for an answer.
+        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        let mut jetstream = self.jetstream.clone();
+        jetstream.set_timeout((self.options.timeout / 4).max(Duration::from_millis(500)));
+        loop {
+            match jetstream.create_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(e) if passing(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "JetStream refused a stream for now; asking again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(Error::Request(format!("creating stream {id:016x}: {e}"))),
+            }
+        }
         // A stream just created has no leader for a moment: wait until it answers,
         // within the timeout, before the first appends (which `Writer::publish` also
         // retries while no server takes them).
-        let deadline = tokio::time::Instant::now() + self.options.timeout;
         loop {
             match self.stream_state(id).await {
                 Ok(_) => return Ok(()),
@@ -713,6 +726,24 @@ pub struct Cursor {
     /// The `Nats-Msg-Id`s of the last messages taken (at most
     /// [`RECENT_IDS_MAX`]): a message stored twice under one id is taken once.
     recent_ids: (std::collections::VecDeque<String>, std::collections::HashSet<String>),
+}
+
+/// Whether JetStream refused to create a stream only for the moment: its meta group
+/// has no leader, or too few peers have reported in to place the replicas.
+fn passing(error: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    use async_nats::jetstream::ErrorCode;
+    match error.kind() {
+        Kind::JetStreamUnavailable | Kind::TimedOut => true,
+        Kind::JetStream(e) => [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NO_PEERS,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_INCOMPLETE,
+        ]
+        .contains(&e.error_code()),
+        _ => false,
+    }
 }
 
 /// Message ids a cursor remembers. A publish retried after its PubAck was lost

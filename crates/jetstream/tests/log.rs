@@ -336,6 +336,30 @@ async fn one_nats_server_down_is_survived_and_all_down_is_never_an_acknowledgeme
     }
 }
 
+/// A create asked while the cluster has no meta leader (two of three servers down,
+/// as just after a cluster starts) waits for it, within the timeout, rather than
+/// failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_while_the_cluster_elects_a_leader_is_created_once_it_has_one() {
+    let mut cluster = Cluster::start(Setup::default());
+    let logs = Arc::new(logs(&cluster, "a").await);
+    logs.create_stream(1, None).await.expect("a healthy cluster creates");
+    for server in &mut cluster.servers[1..] {
+        server.kill();
+    }
+    let creating = tokio::spawn({
+        let logs = logs.clone();
+        async move { logs.create_stream(2, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for server in &mut cluster.servers[1..] {
+        server.start();
+    }
+    creating.await.unwrap().expect("created once the cluster has a leader again");
+    logs.append(2, vec![b"first".to_vec()], 0, false).await.expect("the new stream takes records");
+    assert_eq!(read_all(&logs, 2, 0).await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_under_its_name_never_has_its_appends_taken_for_duplicates() {
     let cluster = Cluster::start(Setup::default());
