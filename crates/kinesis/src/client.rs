@@ -4,39 +4,16 @@
 //! Calls name the stream by `StreamName`, which every implementation accepts
 //! (kinesalite refuses calls that carry only `StreamARN`).
 
-use std::time::{Duration, SystemTime};
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// The access key id and secret calls are signed with when none is configured.
-pub const PLACEHOLDER_KEY: &str = "sluice-no-credentials";
+pub use sluice_aws_call::PLACEHOLDER_KEY;
 
-/// Where and how to call Kinesis.
-#[derive(Clone)]
-pub struct ClientConfig {
-    /// The API endpoint, e.g. `https://kinesis.us-east-1.amazonaws.com`.
-    pub endpoint: String,
-    /// The signing region.
-    pub region: String,
-    /// `(access key id, secret access key)`; `None`: requests are signed with a
-    /// placeholder key, which emulators (kinesalite, LocalStack) take and AWS
-    /// refuses (kinesalite refuses unsigned calls).
-    pub credentials: Option<(String, String)>,
-    /// How long one call may take.
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for ClientConfig {
-    // The secret never reaches a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
-            .finish()
-    }
-}
+/// Where and how to call Kinesis: the endpoint (e.g.
+/// `https://kinesis.us-east-1.amazonaws.com`), the signing region, the key
+/// (`None`: [`PLACEHOLDER_KEY`], which kinesalite and LocalStack take and AWS
+/// refuses) and how long one call may take.
+pub type ClientConfig = sluice_aws_call::JsonApiConfig;
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -122,18 +99,14 @@ pub struct Records {
 /// A Kinesis API client.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    config: ClientConfig,
+    api: sluice_aws_call::JsonApi,
 }
 
 impl Client {
     /// A client for `config`.
     pub fn new(config: ClientConfig) -> Result<Client, KinesisError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| KinesisError::Network(e.to_string()))?;
-        Ok(Client { http, config })
+        let api = sluice_aws_call::JsonApi::new(config, "kinesis", "Kinesis_20131202").map_err(KinesisError::from)?;
+        Ok(Client { api })
     }
 
     /// Every shard of the stream, closed ones included (DescribeStream, paged).
@@ -234,79 +207,24 @@ impl Client {
     }
 
     async fn call(&self, operation: &str, input: &Value) -> Result<Value, KinesisError> {
-        let body = serde_json::to_vec(input).expect("JSON serialises");
-        let url = format!("{}/", self.config.endpoint.trim_end_matches('/'));
-        let target = format!("Kinesis_20131202.{operation}");
-        let mut request =
-            self.http.post(&url).header("content-type", "application/x-amz-json-1.1").header("x-amz-target", &target);
-        let (id, secret) = match &self.config.credentials {
-            Some((id, secret)) => (id.as_str(), secret.as_str()),
-            None => (PLACEHOLDER_KEY, PLACEHOLDER_KEY),
-        };
-        for (name, value) in sign(&url, &target, &body, &self.config.region, id, secret)? {
-            request = request.header(name, value);
+        self.api.call(operation, input).await.map_err(KinesisError::from)
+    }
+}
+
+impl From<sluice_aws_call::CallError> for KinesisError {
+    fn from(error: sluice_aws_call::CallError) -> KinesisError {
+        match error {
+            sluice_aws_call::CallError::Network(message) => KinesisError::Network(message),
+            sluice_aws_call::CallError::Service { kind, status, message } => match kind.as_str() {
+                "ProvisionedThroughputExceededException" | "LimitExceededException" => KinesisError::Throttled(message),
+                "ExpiredIteratorException" => KinesisError::ExpiredIterator(message),
+                "ResourceNotFoundException" => KinesisError::NotFound(message),
+                _ => KinesisError::Service { kind, status, message },
+            },
         }
-        let response = request.body(body).send().await.map_err(|e| KinesisError::Network(e.to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| KinesisError::Network(e.to_string()))?;
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                KinesisError::Network(format!(
-                    "HTTP {status}, unreadable body ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                ))
-            })?
-        };
-        if status == 200 {
-            return Ok(value);
-        }
-        let kind = value.get("__type").and_then(Value::as_str).unwrap_or("");
-        let kind = kind.rsplit_once('#').map_or(kind, |(_, k)| k).to_string();
-        let message = value
-            .get("message")
-            .or_else(|| value.get("Message"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        Err(match kind.as_str() {
-            "ProvisionedThroughputExceededException" | "LimitExceededException" => KinesisError::Throttled(message),
-            "ExpiredIteratorException" => KinesisError::ExpiredIterator(message),
-            "ResourceNotFoundException" => KinesisError::NotFound(message),
-            _ => KinesisError::Service { kind, status, message },
-        })
     }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, KinesisError> {
     serde_json::from_value(value).map_err(|e| KinesisError::Network(format!("unexpected response: {e}")))
-}
-
-/// The SigV4 headers of a Kinesis call.
-fn sign(
-    url: &str,
-    target: &str,
-    body: &[u8],
-    region: &str,
-    id: &str,
-    secret: &str,
-) -> Result<Vec<(String, String)>, KinesisError> {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let fail = |e: &dyn std::fmt::Display| KinesisError::Network(format!("signing the call: {e}"));
-    let identity = aws_credential_types::Credentials::new(id, secret, None, None, "sluice-config").into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("kinesis")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| fail(&e))?
-        .into();
-    let headers = [("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target)];
-    let signable =
-        SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body)).map_err(|e| fail(&e))?;
-    let (instructions, _) = sign(signable, &params).map_err(|e| fail(&e))?.into_parts();
-    Ok(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect())
 }

@@ -5,7 +5,7 @@
 //! a Lambda emulator, or any HTTP server speaking that path.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sluice_protocol::processing::LambdaSettings;
@@ -179,23 +179,9 @@ fn sign(
     id: &str,
     secret: &str,
 ) -> Result<Vec<(String, String)>, (&'static str, String)> {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let fail = |e: &dyn std::fmt::Display| ("Lambda.InvokeFailed", format!("signing the invocation: {e}"));
-    let identity = aws_credential_types::Credentials::new(id, secret, None, None, "sluice-config").into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("lambda")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| fail(&e))?
-        .into();
     let headers = [("content-type", "application/json"), ("x-amz-invocation-type", "RequestResponse")];
-    let signable =
-        SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body)).map_err(|e| fail(&e))?;
-    let (instructions, _) = sign(signable, &params).map_err(|e| fail(&e))?.into_parts();
-    Ok(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect())
+    sluice_aws_call::sign("POST", url, &headers, body, "lambda", region, (id, secret))
+        .map_err(|e| ("Lambda.InvokeFailed", e))
 }
 
 /// Where the invocation starting at `start` ends: at most `buffer_bytes_max` of
