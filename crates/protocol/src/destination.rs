@@ -157,11 +157,14 @@ impl S3Settings {
     pub fn from_config(config: &Map<String, Value>) -> Option<S3Settings> {
         let text = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_string);
         let hint = |key: &str| config.get("BufferingHints").and_then(|h| h.get(key)).and_then(Value::as_u64);
+        // A converting stream's buffer is 128 MiB unless given, as on Firehose.
+        let size_default =
+            if crate::conversion::enabled(config) { crate::conversion::CONVERSION_BUFFER_MIB_DEFAULT } else { 5 };
         Some(S3Settings {
             bucket: text("BucketARN")?.strip_prefix("arn:aws:s3:::")?.to_string(),
             prefix: text("Prefix").unwrap_or_default(),
             error_output_prefix: text("ErrorOutputPrefix").filter(|p| !p.is_empty()),
-            buffer_mib: hint("SizeInMBs").unwrap_or(5),
+            buffer_mib: hint("SizeInMBs").unwrap_or(size_default),
             buffer_interval_s: hint("IntervalInSeconds").unwrap_or(300),
             compression: text("CompressionFormat").unwrap_or_else(|| "UNCOMPRESSED".into()),
             file_extension: text("FileExtension").filter(|e| !e.is_empty()),
@@ -241,6 +244,15 @@ impl Destination {
         }
     }
 
+    /// The format conversion of an ExtendedS3 destination, if enabled. The
+    /// configuration was validated when accepted.
+    pub fn conversion(&self) -> Option<crate::conversion::ConversionSettings> {
+        match self.kind {
+            DestinationKind::ExtendedS3 => crate::conversion::settings(&self.config).ok().flatten(),
+            _ => None,
+        }
+    }
+
     /// Where an S3 or ExtendedS3 destination delivers; `None` for other kinds.
     pub fn s3_settings(&self) -> Option<S3Settings> {
         match self.kind {
@@ -297,6 +309,10 @@ impl Destination {
         match self.kind {
             DestinationKind::ExtendedS3 | DestinationKind::S3 => {
                 let mut extended = self.config.clone();
+                if crate::conversion::enabled(&extended) {
+                    let size = crate::conversion::CONVERSION_BUFFER_MIB_DEFAULT;
+                    with_default(&mut extended, "BufferingHints", json!({"SizeInMBs": size, "IntervalInSeconds": 300}));
+                }
                 if let Some(Value::Object(partitioning)) = extended.get_mut("DynamicPartitioningConfiguration") {
                     // Firehose describes the retry duration it uses when none was given.
                     if partitioning.get("Enabled") == Some(&json!(true)) {
@@ -425,6 +441,7 @@ impl Destination {
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 check_s3(&self.config, dynamic_partitioning)?;
+                crate::conversion::validate(&self.config).map_err(invalid)?;
                 nested("S3BackupConfiguration").map(|backup| check_s3(backup, false)).transpose()?;
                 ProcessingChain::from_config(&self.config, dynamic_partitioning).map_err(invalid)?;
                 if self.config.get("S3BackupMode") == Some(&json!("Enabled"))
@@ -455,9 +472,14 @@ fn unsupported(kind: DestinationKind, config: &Map<String, Value>) -> Option<Str
         config.get(member).and_then(Value::as_object).map(|m| m.get("Enabled").and_then(Value::as_bool) != Some(false))
     };
     match kind {
-        DestinationKind::ExtendedS3 if enabled("DataFormatConversionConfiguration") == Some(true) => Some(
-            "Sluice does not convert record formats yet: with DataFormatConversionConfiguration enabled, records would be delivered as they came instead of as Parquet or ORC. Leave DataFormatConversionConfiguration out, or set its Enabled to false.".to_string(),
-        ),
+        DestinationKind::ExtendedS3
+            if matches!(
+                crate::conversion::settings(config),
+                Ok(Some(crate::conversion::ConversionSettings { output: crate::conversion::OutputSettings::Orc(_), .. }))
+            ) =>
+        {
+            Some("Sluice does not write ORC yet: with OrcSerDe, records would not be delivered as ORC. Choose ParquetSerDe, or set DataFormatConversionConfiguration's Enabled to false.".to_string())
+        }
         DestinationKind::HttpEndpoint if enabled("SecretsManagerConfiguration") == Some(true) => Some(
             "Sluice does not read secrets from AWS Secrets Manager: with SecretsManagerConfiguration enabled, the endpoint would receive no access key. Give the key in EndpointConfiguration.AccessKey, or set SecretsManagerConfiguration's Enabled to false.".to_string(),
         ),
@@ -565,10 +587,21 @@ mod tests {
             config.insert(member.into(), value);
             Destination { kind: DestinationKind::ExtendedS3, config }
         };
-        for conversion in [json!({"Enabled": true}), json!({"SchemaConfiguration": {"TableName": "t"}})] {
-            let refused = with("DataFormatConversionConfiguration", conversion).validate().unwrap_err();
+        // Format conversion: incomplete blocks by Firehose's rules, ORC as not written.
+        let orc = json!({
+            "SchemaConfiguration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "DatabaseName": "d", "TableName": "t"},
+            "InputFormatConfiguration": {"Deserializer": {"OpenXJsonSerDe": {}}},
+            "OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}}},
+        });
+        for (conversion, expected) in [
+            (json!({"Enabled": true}), "InputFormatConfiguration must not be null"),
+            (orc, "Sluice does not write ORC yet"),
+        ] {
+            let mut converting = with("DataFormatConversionConfiguration", conversion);
+            converting.config.remove("BufferingHints");
+            let refused = converting.validate().unwrap_err();
             assert_eq!(refused.code, ErrorCode::InvalidArgumentException);
-            assert!(refused.message.contains("DataFormatConversionConfiguration"), "{}", refused.message);
+            assert!(refused.message.starts_with(expected), "{}", refused.message);
         }
         with("DataFormatConversionConfiguration", json!({"Enabled": false})).validate().unwrap();
         let update = DestinationUpdate {
@@ -583,6 +616,36 @@ mod tests {
         });
         let http = Destination { kind: DestinationKind::HttpEndpoint, config: config.as_object().unwrap().clone() };
         assert!(http.validate().unwrap_err().message.contains("SecretsManagerConfiguration"));
+    }
+
+    #[test]
+    fn a_converting_stream_buffers_128_mib_unless_told() {
+        let mut config = s3().config;
+        config.remove("BufferingHints");
+        config.insert(
+            "DataFormatConversionConfiguration".into(),
+            json!({
+                "SchemaConfiguration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "DatabaseName": "d", "TableName": "t"},
+                "InputFormatConfiguration": {"Deserializer": {"HiveJsonSerDe": {"TimestampFormats": ["millis"]}}},
+                "OutputFormatConfiguration": {"Serializer": {"ParquetSerDe": {"Compression": "GZIP"}}},
+            }),
+        );
+        let d = Destination { kind: DestinationKind::ExtendedS3, config };
+        d.validate().unwrap();
+        assert_eq!((d.s3_settings().unwrap().buffer_mib, d.s3_settings().unwrap().buffer_interval_s), (128, 300));
+        let described = serde_json::to_value(d.describe("d")).unwrap();
+        assert_eq!(
+            described["ExtendedS3DestinationDescription"]["BufferingHints"],
+            json!({"SizeInMBs": 128, "IntervalInSeconds": 300})
+        );
+        let conversion = d.conversion().unwrap();
+        assert_eq!(
+            conversion.input,
+            crate::conversion::InputSettings::Hive { timestamp_formats: vec!["millis".to_string()] }
+        );
+        assert!(
+            matches!(conversion.output, crate::conversion::OutputSettings::Parquet { compression: Some(ref c), .. } if c == "GZIP")
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Validation is driven by the botocore service model (`model/`), so constraint
 //! messages match AWS's for every member of every operation.
 
+pub mod conversion;
 pub mod destination;
 pub mod dto;
 mod error;
