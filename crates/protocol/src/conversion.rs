@@ -127,7 +127,9 @@ pub fn settings(config: &Map<String, Value>) -> Result<Option<ConversionSettings
     let input = part("InputFormatConfiguration").ok_or("InputFormatConfiguration must not be null")?;
     let output = part("OutputFormatConfiguration").ok_or("OutputFormatConfiguration must not be null")?;
     let schema = part("SchemaConfiguration").ok_or("SchemaConfiguration must not be null")?;
-    let chosen = |object: &Map<String, Value>, member: &str| -> Result<Vec<(String, Map<String, Value>)>, String> {
+    // The (de)serializers named in `object.member`, each with its settings.
+    type Chosen = Vec<(String, Map<String, Value>)>;
+    let chosen = |object: &Map<String, Value>, member: &str| -> Result<Chosen, String> {
         let inner = object.get(member).and_then(Value::as_object).filter(|o| !o.is_empty());
         let inner = inner.ok_or_else(|| format!("{member} must not be null"))?;
         Ok(inner.iter().filter_map(|(k, v)| Some((k.clone(), v.as_object()?.clone()))).collect())
@@ -249,18 +251,45 @@ mod tests {
     fn the_rules_are_checked_in_the_order_aws_checks_them() {
         let d = "DataFormatConversionConfiguration";
         let cases = [
-            (json!({"CompressionFormat": "GZIP", "BufferingHints": {"SizeInMBs": 1}}), "The S3 destination's compression format must be set to UNCOMPRESSED"),
-            (json!({"BufferingHints": {"SizeInMBs": 63}, d: {"InputFormatConfiguration": {}}}), "BufferingHints.SizeInMBs must be at least 64"),
-            (json!({d: {"InputFormatConfiguration": {}, "SchemaConfiguration": {}}}), "InputFormatConfiguration must not be null"),
-            (json!({d: {"OutputFormatConfiguration": {}, "SchemaConfiguration": {}}}), "OutputFormatConfiguration must not be null"),
+            (
+                json!({"CompressionFormat": "GZIP", "BufferingHints": {"SizeInMBs": 1}}),
+                "The S3 destination's compression format must be set to UNCOMPRESSED",
+            ),
+            (
+                json!({"BufferingHints": {"SizeInMBs": 63}, d: {"InputFormatConfiguration": {}}}),
+                "BufferingHints.SizeInMBs must be at least 64",
+            ),
+            (
+                json!({d: {"InputFormatConfiguration": {}, "SchemaConfiguration": {}}}),
+                "InputFormatConfiguration must not be null",
+            ),
+            (
+                json!({d: {"OutputFormatConfiguration": {}, "SchemaConfiguration": {}}}),
+                "OutputFormatConfiguration must not be null",
+            ),
             (json!({d: {"SchemaConfiguration": {}}}), "SchemaConfiguration must not be null"),
             (json!({d: {"InputFormatConfiguration": {"Deserializer": {}}}}), "Deserializer must not be null"),
             (json!({d: {"OutputFormatConfiguration": {"Serializer": {}}}}), "Serializer must not be null"),
-            (json!({d: {"InputFormatConfiguration": {"Deserializer": {"HiveJsonSerDe": {}, "OpenXJsonSerDe": {}}}, "OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}, "ParquetSerDe": {}}}}}), "More than one deserializer specified. Only one may be chosen."),
-            (json!({d: {"OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}, "ParquetSerDe": {}}}, "SchemaConfiguration": {"RoleARN": ""}}}), "More than one serializer specified. Only one may be chosen."),
-            (json!({d: {"SchemaConfiguration": {"RoleARN": "", "DatabaseName": ""}}}), "SchemaConfiguration.RoleArn must not be null or empty"),
-            (json!({d: {"SchemaConfiguration": {"RoleARN": "r", "DatabaseName": ""}}}), "SchemaConfiguration.DatabaseName must not be null or empty"),
-            (json!({d: {"SchemaConfiguration": {"RoleARN": "r", "DatabaseName": "db"}}}), "SchemaConfiguration.TableName must not be null or empty"),
+            (
+                json!({d: {"InputFormatConfiguration": {"Deserializer": {"HiveJsonSerDe": {}, "OpenXJsonSerDe": {}}}, "OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}, "ParquetSerDe": {}}}}}),
+                "More than one deserializer specified. Only one may be chosen.",
+            ),
+            (
+                json!({d: {"OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}, "ParquetSerDe": {}}}, "SchemaConfiguration": {"RoleARN": ""}}}),
+                "More than one serializer specified. Only one may be chosen.",
+            ),
+            (
+                json!({d: {"SchemaConfiguration": {"RoleARN": "", "DatabaseName": ""}}}),
+                "SchemaConfiguration.RoleArn must not be null or empty",
+            ),
+            (
+                json!({d: {"SchemaConfiguration": {"RoleARN": "r", "DatabaseName": ""}}}),
+                "SchemaConfiguration.DatabaseName must not be null or empty",
+            ),
+            (
+                json!({d: {"SchemaConfiguration": {"RoleARN": "r", "DatabaseName": "db"}}}),
+                "SchemaConfiguration.TableName must not be null or empty",
+            ),
         ];
         for (extra, expected) in cases {
             let error = validate(&config(extra.clone())).expect_err(&extra.to_string());

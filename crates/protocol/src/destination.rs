@@ -145,6 +145,9 @@ pub struct S3Settings {
     pub compression: String,
     /// `FileExtension`, if set (overrides the compression's extension).
     pub file_extension: Option<String>,
+    /// `.parquet` or `.orc` with format conversion: the data objects' extension
+    /// when `FileExtension` is not set.
+    pub format_extension: Option<&'static str>,
     /// `CustomTimeZone`, if set.
     pub custom_time_zone: Option<String>,
     /// `DynamicPartitioningConfiguration.Enabled`.
@@ -168,6 +171,13 @@ impl S3Settings {
             buffer_interval_s: hint("IntervalInSeconds").unwrap_or(300),
             compression: text("CompressionFormat").unwrap_or_else(|| "UNCOMPRESSED".into()),
             file_extension: text("FileExtension").filter(|e| !e.is_empty()),
+            format_extension: match crate::conversion::settings(config) {
+                Ok(Some(conversion)) => Some(match conversion.output {
+                    crate::conversion::OutputSettings::Parquet { .. } => ".parquet",
+                    crate::conversion::OutputSettings::Orc(_) => ".orc",
+                }),
+                _ => None,
+            },
             custom_time_zone: text("CustomTimeZone").filter(|z| !z.is_empty()),
             dynamic_partitioning: config
                 .get("DynamicPartitioningConfiguration")

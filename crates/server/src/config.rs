@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// The Kinesis API that `KinesisStreamAsSource` streams read from.
     #[serde(default)]
     pub kinesis: RawKinesisConfig,
+    /// Where format conversion finds its tables: declared ones, and the Glue API.
+    #[serde(default)]
+    pub glue: RawGlueConfig,
     /// Who may call the API.
     #[serde(default)]
     pub auth: RawAuthConfig,
@@ -544,6 +547,123 @@ impl RawKinesisConfig {
     }
 }
 
+/// `[glue]`: where a converting stream's `SchemaConfiguration` finds its table:
+/// first among the tables declared here, then through the Glue API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlueConfig {
+    /// The Glue API endpoint. Default `https://glue.<region>.amazonaws.com`, the
+    /// region being the schema's `Region` or the stream's.
+    pub endpoint: Option<String>,
+    /// Signing region. Default: as for the endpoint.
+    pub region: Option<String>,
+    /// Access key id for signing; unset: `AWS_ACCESS_KEY_ID` (and a placeholder
+    /// key, which emulators take, without it).
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Or a file holding it.
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Tables for setups without Glue (`[[glue.tables]]`).
+    #[serde(default)]
+    pub tables: Vec<RawGlueTable>,
+}
+
+/// `[[glue.tables]]`: a table as a `SchemaConfiguration` names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlueTable {
+    /// `DatabaseName`.
+    pub database: String,
+    /// `TableName`.
+    pub name: String,
+    /// Its columns, in order.
+    pub columns: Vec<RawGlueColumn>,
+}
+
+/// One column of a declared table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlueColumn {
+    /// Its name.
+    pub name: String,
+    /// Its Hive type, as Glue spells it (`bigint`, `decimal(10,2)`, `array<string>`).
+    #[serde(rename = "type")]
+    pub hive_type: String,
+}
+
+/// `[glue]`, validated.
+#[derive(Clone, Default)]
+pub struct GlueConfig {
+    /// Endpoint; `None`: AWS's, by region.
+    pub endpoint: Option<String>,
+    /// Signing region; `None`: the schema's or the stream's.
+    pub region: Option<String>,
+    /// `(access key id, secret)`; `None`: a placeholder key.
+    pub credentials: Option<(String, String)>,
+    /// Declared tables by `(database, table)`, both in lower case as Glue keeps them.
+    pub tables: std::collections::BTreeMap<(String, String), sluice_convert::TableSchema>,
+}
+
+impl std::fmt::Debug for GlueConfig {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlueConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl GlueConfig {
+    /// How to call the Glue API for a table in `region` (the schema's `Region`, or
+    /// the stream's).
+    pub fn client_for(&self, region: &str) -> sluice_aws_call::JsonApiConfig {
+        let region = self.region.clone().unwrap_or_else(|| region.to_string());
+        let endpoint = self.endpoint.clone().unwrap_or_else(|| format!("https://glue.{region}.amazonaws.com"));
+        sluice_aws_call::JsonApiConfig {
+            endpoint,
+            region,
+            credentials: self.credentials.clone(),
+            timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl RawGlueConfig {
+    fn validate(self) -> Result<GlueConfig, ConfigError> {
+        let target = RawS3Target {
+            access_key_id: self.access_key_id,
+            secret_access_key: self.secret_access_key,
+            secret_access_key_file: self.secret_access_key_file,
+            ..RawS3Target::default()
+        };
+        let credentials = target.validate("glue", "")?.credentials.or_else(|| {
+            let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+            Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
+        });
+        let mut tables = std::collections::BTreeMap::new();
+        for table in self.tables {
+            let key = (table.database.to_lowercase(), table.name.to_lowercase());
+            let what = format!("glue.tables {}.{}", table.database, table.name);
+            if key.0.is_empty() || key.1.is_empty() {
+                return Err(ConfigError::Invalid(format!("{what}: database and name must not be empty")));
+            }
+            let schema = sluice_convert::TableSchema::declared(
+                table.columns.iter().map(|c| (c.name.as_str(), c.hive_type.as_str())),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+            if tables.insert(key, schema).is_some() {
+                return Err(ConfigError::Invalid(format!("{what}: declared twice")));
+            }
+        }
+        let endpoint = self.endpoint.map(|e| http_url("glue", &e)).transpose()?;
+        Ok(GlueConfig { endpoint, region: self.region, credentials, tables })
+    }
+}
+
 /// `[http]`: how Sluice connects to HTTP endpoint destinations.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -746,6 +866,8 @@ pub struct Config {
     pub lambda: LambdaConfig,
     /// The Kinesis API, for `KinesisStreamAsSource` streams.
     pub kinesis: KinesisConfig,
+    /// Tables for format conversion.
+    pub glue: GlueConfig,
     /// Access keys; empty: requests are not verified.
     pub auth_keys: Vec<crate::auth::AccessKey>,
     /// Regions credential scopes may name; empty: any.
@@ -1034,6 +1156,7 @@ impl RawConfig {
         };
         let lambda = self.lambda.validate(&region)?;
         let kinesis = self.kinesis.validate()?;
+        let glue = self.glue.validate()?;
         let mut auth_keys = Vec::new();
         for key in self.auth.keys {
             let what = format!("auth.keys {:?}", key.access_key_id);
@@ -1120,6 +1243,7 @@ impl RawConfig {
             admin_enabled: self.admin.enabled.unwrap_or(false),
             lambda,
             kinesis,
+            glue,
             http,
             s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,

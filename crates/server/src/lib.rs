@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 mod serve;
+pub mod tables;
 pub mod throttle;
 pub mod tls;
 

@@ -147,6 +147,17 @@ impl Metrics {
         metrics::counter!("SucceedProcessing.Bytes", &labels).increment(bytes);
     }
 
+    /// Records a converted batch (`SucceedConversion.Records` / `.Bytes`,
+    /// `FailedConversion.Records` / `.Bytes`: the records' JSON bytes).
+    pub fn conversion(&self, stream_id: u64, ok: (u64, u64), failed: (u64, u64)) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("SucceedConversion.Records", &labels).increment(ok.0);
+        metrics::counter!("SucceedConversion.Bytes", &labels).increment(ok.1);
+        metrics::counter!("FailedConversion.Records", &labels).increment(failed.0);
+        metrics::counter!("FailedConversion.Bytes", &labels).increment(failed.1);
+    }
+
     /// Records the time the metadata extraction query took on a batch
     /// (`JQProcessing.Duration`, milliseconds).
     pub fn jq(&self, stream_id: u64, duration_ms: f64) {

@@ -98,6 +98,7 @@ pub(super) async fn create(
     destination.validate()?;
     super::check_queries(destination)?;
     super::check_buckets_shared(state, destination)?;
+    super::check_conversion(state, destination, &ctx.region).await?;
     let encryption = match &input.encryption {
         Some(requested) => {
             let (key_type, key_arn) = check_encryption(state, requested)?;

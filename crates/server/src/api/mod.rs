@@ -226,6 +226,20 @@ pub(crate) fn check_buckets_shared(
     }
 }
 
+/// A converting destination's table must exist and be convertible to, with the
+/// stream's (de)serializer settings, as on Firehose (which asks Glue at create).
+pub(crate) async fn check_conversion(
+    state: &AppState,
+    destination: &sluice_protocol::destination::Destination,
+    region: &str,
+) -> Result<(), ApiError> {
+    let Some(settings) = destination.conversion() else { return Ok(()) };
+    crate::tables::setup(&state.config.glue, &settings, region)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidArgumentException, e.to_string()))
+}
+
 pub(crate) fn check_queries(destination: &sluice_protocol::destination::Destination) -> Result<(), ApiError> {
     let query = destination.processing().and_then(|chain| chain.metadata_query);
     match query.map(|q| sluice_processing::jq::check(&q)) {

@@ -20,6 +20,15 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Update
             update.kind.name()
         )));
     }
+    // A conversion's table is looked up (in Glue, perhaps) before the catalog
+    // change, which cannot wait on it; the change applies the update again.
+    let key = (ctx.region.clone(), input.name.clone());
+    if let Some(stream) = state.catalog.snapshot().streams.get(&key) {
+        let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
+        if let Ok(updated) = stream.destination.apply_with(update, &options) {
+            super::check_conversion(state, &updated, &ctx.region).await?;
+        }
+    }
     state
         .update_stream(ctx, &input.name, |stream| {
             if stream.status(ctx.now_ms) != "ACTIVE" {

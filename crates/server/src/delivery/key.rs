@@ -130,7 +130,9 @@ fn key(
     };
     let compression = Compression::from_api(&settings.compression)
         .ok_or_else(|| format!("Unknown CompressionFormat {}", settings.compression))?;
-    let extension = settings.file_extension.as_deref().unwrap_or(compression.extension());
+    // A converted object is Parquet (or ORC), its errors JSON lines.
+    let format = if error_output_type.is_none() { settings.format_extension } else { None };
+    let extension = settings.file_extension.as_deref().or(format).unwrap_or(compression.extension());
     let suffix = s3_key::suffix(batch.stream_name, batch.version, &time, &uuid.hyphenated().to_string(), extension);
     Ok(prefix + &suffix)
 }
@@ -151,6 +153,7 @@ mod tests {
             buffer_interval_s: 300,
             compression: "UNCOMPRESSED".into(),
             file_extension: None,
+            format_extension: None,
             custom_time_zone: None,
             dynamic_partitioning: false,
         }

@@ -19,6 +19,7 @@ use sluice_protocol::destination::{Destination, HttpSettings, S3Settings};
 use sluice_protocol::processing::ProcessingChain;
 use tokio::sync::watch;
 
+use super::convert;
 use super::encode::Compression;
 use super::http::{self, HttpFailure, REQUEST_RECORDS_MAX};
 use super::key::{object_key, partition_key, BatchIdentity, PartitionKeys, DESTINATION_LANE};
@@ -37,8 +38,14 @@ const RETENTION_EXPIRED: &str = "retention-expired";
 
 /// Every error output type a batch of an S3 lane can produce; their keys are
 /// decided with the batch, so a redone batch writes its error objects in place too.
-const ERROR_OUTPUT_TYPES: [&str; 5] =
-    [RETENTION_EXPIRED, "processing-failed", "decompression-failed", HTTP_ENDPOINT_FAILED, PARTITIONING_FAILED];
+const ERROR_OUTPUT_TYPES: [&str; 6] = [
+    RETENTION_EXPIRED,
+    "processing-failed",
+    "decompression-failed",
+    HTTP_ENDPOINT_FAILED,
+    PARTITIONING_FAILED,
+    convert::FORMAT_CONVERSION_FAILED,
+];
 
 /// The `!{firehose:error-output-type}` of records an HTTP endpoint did not take.
 const HTTP_ENDPOINT_FAILED: &str = "http-endpoint-failed";
@@ -607,25 +614,75 @@ async fn deliver_s3(
                 tracing::error!(stream_id, key = %intent.key, intent.first_seq, intent.last_seq, "The batch's records are no longer in the log: records it acknowledged are lost.");
                 return true;
             }
-            Ok(mut batch) => {
+            Ok(mut batch) => 'attempt: {
                 let oldest_ms = batch[0].arrival_ms;
                 state.metrics.oldest_undelivered(stream_id, metric, Some(oldest_ms));
                 let Some(stream) = state.catalog.get_by_id(stream_id) else { return false };
                 let chain = chain_of(&stream, kind);
+                // Set up for every attempt: a table at `LATEST` may have changed. A
+                // table that cannot be had fails the attempt, to be retried.
+                let conversion = match kind {
+                    LaneKind::Destination => stream.destination.conversion(),
+                    LaneKind::Backup => None,
+                };
+                let conversion = match conversion {
+                    None => None,
+                    Some(settings) => match crate::tables::setup(&state.config.glue, &settings, &stream.region).await {
+                        Ok(conversion) => {
+                            let account = &state.config.account_id;
+                            let table = crate::tables::catalog_table(&settings.schema, account, &stream.region);
+                            Some((Arc::new(conversion), table))
+                        }
+                        Err(error) => break 'attempt Err(error.to_string()),
+                    },
+                };
                 let mut processed = process(delivery, &stream, chain.as_ref(), &mut batch, attempt).await;
                 let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
-                let mut result = Ok(());
-                let objects = match processed.partitions.take() {
+                let mut result: Result<(), String> = Ok(());
+                let groups = match processed.partitions.take() {
                     Some(partitions) => {
                         partition(delivery, &stream, kind, intent, &batch, &mut processed, partitions, attempt)
                     }
-                    None => vec![(intent.key.clone(), processed.concatenated())],
+                    None => vec![(intent.key.clone(), (0..processed.records.len()).collect())],
                 };
-                let n_records = n_records - processed.n_failed_partitioning;
-                if let Err(error) =
-                    put_errors(delivery, progress, kind, intent, std::mem::take(&mut processed.errors)).await
-                {
-                    result = Err(error);
+                let mut n_records = n_records - processed.n_failed_partitioning;
+                let mut conversion_counts = None;
+                let objects: Vec<(String, Vec<u8>)> = match conversion {
+                    None => groups.into_iter().map(|(key, indices)| (key, processed.concatenated(&indices))).collect(),
+                    Some((conversion, catalog_table)) => {
+                        let input = convert::Input {
+                            conversion,
+                            groups,
+                            records: std::mem::take(&mut processed.records),
+                            arrivals_ms: processed.sources.iter().map(|&i| batch[i].arrival_ms).collect(),
+                            catalog_table,
+                            attempt,
+                            now_ms: delivery.clock.now_ms(),
+                        };
+                        let converted = tokio::task::spawn_blocking(move || convert::convert(input)).await;
+                        match converted.map_err(|e| e.to_string()).and_then(|c| c) {
+                            Ok(converted) => {
+                                n_records -= converted.failed.0;
+                                conversion_counts = Some((converted.ok, converted.failed));
+                                if !converted.errors.is_empty() {
+                                    let lines = processed.errors.entry(convert::FORMAT_CONVERSION_FAILED).or_default();
+                                    lines.extend_from_slice(&converted.errors);
+                                }
+                                converted.objects
+                            }
+                            Err(error) => {
+                                result = Err(format!("converting the batch: {error}"));
+                                Vec::new()
+                            }
+                        }
+                    }
+                };
+                if result.is_ok() {
+                    if let Err(error) =
+                        put_errors(delivery, progress, kind, intent, std::mem::take(&mut processed.errors)).await
+                    {
+                        result = Err(error);
+                    }
                 }
                 if result.is_ok() {
                     // A partitioned batch is many objects: they are stored a few at a
@@ -655,6 +712,9 @@ async fn deliver_s3(
                 match result {
                     Ok(()) => {
                         state.metrics.processing(stream_id, &processed.stats);
+                        if let Some((ok, failed)) = conversion_counts {
+                            state.metrics.conversion(stream_id, ok, failed);
+                        }
                         return true;
                     }
                     Err(error) if age_ms >= state.config.retention_ms => {
@@ -688,7 +748,8 @@ async fn deliver_s3(
 }
 
 /// Splits a batch's records into one object per partition (records with the same
-/// evaluated prefix), keyed by [`partition_key`]. Records whose prefix cannot be
+/// evaluated prefix), keyed by [`partition_key`]: each object's key and the
+/// indices of its records in `processed.records`. Records whose prefix cannot be
 /// evaluated, or that come past the active-partition limit, go to the error prefix
 /// (`partitioning-failed`).
 #[allow(clippy::too_many_arguments, reason = "one call site; the pieces are all different")]
@@ -701,7 +762,7 @@ fn partition(
     processed: &mut Processed,
     partitions: Vec<PartitionKeys>,
     attempt: u32,
-) -> Vec<(String, Vec<u8>)> {
+) -> Vec<(String, Vec<usize>)> {
     let Some(Target::S3(settings)) = kind.target(&stream.destination) else { return Vec::new() };
     let identity = BatchIdentity {
         namespace: intent.namespace(),
@@ -714,12 +775,12 @@ fn partition(
     };
     let limit = delivery.state.config.active_partitions_max;
     let now_ms = delivery.clock.now_ms();
-    let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut objects: Vec<(String, Vec<usize>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut exceeded = false;
     // Records of one partition share their keys: each distinct set is rendered once.
     let mut rendered: HashMap<PartitionKeys, Result<String, String>> = HashMap::new();
-    for (record, keys) in std::mem::take(&mut processed.records).into_iter().zip(partitions) {
+    for (j, keys) in partitions.into_iter().enumerate() {
         let key = match rendered.get(&keys) {
             Some(key) => key.clone(),
             None => {
@@ -731,12 +792,12 @@ fn partition(
         let failure = match key {
             Ok(key) => match index.get(&key) {
                 Some(&i) => {
-                    objects[i].1.extend_from_slice(&record);
+                    objects[i].1.push(j);
                     continue;
                 }
                 None if objects.len() < limit => {
                     index.insert(key.clone(), objects.len());
-                    objects.push((key, record));
+                    objects.push((key, vec![j]));
                     continue;
                 }
                 None => {
@@ -751,9 +812,9 @@ fn partition(
         };
         processed.n_failed_partitioning += 1;
         let lines = processed.errors.entry(PARTITIONING_FAILED).or_default();
-        // The batch's first record stands in for the arrival time: after processing,
-        // a record no longer knows which source record it came from.
-        let failed = Failed { record: &batch[0], data: &record, code: failure.0, message: &failure.1 };
+        let record = std::mem::take(&mut processed.records[j]);
+        let source = &batch[processed.sources[j]];
+        let failed = Failed { record: source, data: &record, code: failure.0, message: &failure.1 };
         error_line(lines, &failed, attempt, now_ms, None);
     }
     delivery.state.metrics.partitions(stream.id, index.len() as u64, exceeded, objects.len() as u64);

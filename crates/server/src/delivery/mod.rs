@@ -7,6 +7,7 @@
 //! lane has delivered. Delivery only ever uses the `RecordLog` interface and never
 //! blocks ingest.
 
+mod convert;
 pub mod encode;
 pub mod flush;
 mod http;

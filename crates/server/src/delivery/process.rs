@@ -25,6 +25,9 @@ pub(super) const PARTITIONING_FAILED: &str = "partitioning-failed";
 pub(super) struct Processed {
     /// The records to deliver, in order.
     pub(super) records: Vec<Vec<u8>>,
+    /// For each of `records`, the index in the batch of the source record it came
+    /// from (for the arrival time of an error record written later).
+    pub(super) sources: Vec<usize>,
     /// With dynamic partitioning, each record's partition keys (aligned with
     /// `records`).
     pub(super) partitions: Option<Vec<PartitionKeys>>,
@@ -42,12 +45,15 @@ impl Processed {
         self.records.iter().map(|r| r.len() as u64).sum()
     }
 
-    /// The records concatenated, as an S3 object holds them (Firehose adds no
-    /// delimiter of its own).
-    pub(super) fn concatenated(&mut self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.n_bytes() as usize);
-        for record in self.records.drain(..) {
-            body.extend_from_slice(&record);
+    /// The records at `indices` concatenated (and taken), as an S3 object holds
+    /// them (Firehose adds no delimiter of its own).
+    pub(super) fn concatenated(&mut self, indices: &[usize]) -> Vec<u8> {
+        if let [only] = indices {
+            return std::mem::take(&mut self.records[*only]);
+        }
+        let mut body = Vec::with_capacity(indices.iter().map(|&i| self.records[i].len()).sum());
+        for &i in indices {
+            body.extend_from_slice(&std::mem::take(&mut self.records[i]));
         }
         body
     }
@@ -67,6 +73,7 @@ pub(super) async fn process(
 ) -> Processed {
     let mut processed = Processed {
         records: Vec::new(),
+        sources: Vec::new(),
         partitions: None,
         n_failed_partitioning: 0,
         errors: BTreeMap::new(),
@@ -76,6 +83,7 @@ pub(super) async fn process(
         // Nothing to transform: the records' bytes move over, uncopied (the batch
         // keeps their sequence numbers and arrival times, not their data).
         processed.records = batch.records.iter_mut().map(|r| std::mem::take(&mut r.data)).collect();
+        processed.sources = (0..processed.records.len()).collect();
         return processed;
     };
     let kinesis = &batch.kinesis;
@@ -159,9 +167,10 @@ pub(super) async fn process(
         outputs = kept;
         processed.partitions = Some(partitions);
     }
-    let mut records: Vec<Vec<u8>> = outputs.into_iter().map(|(_, data, _)| data).collect();
+    let (sources, mut records): (Vec<usize>, Vec<Vec<u8>>) = outputs.into_iter().map(|(i, data, _)| (i, data)).unzip();
     sluice_processing::append_delimiter(chain, &mut records);
     processed.records = records;
+    processed.sources = sources;
     processed
 }
 
