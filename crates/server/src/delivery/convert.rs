@@ -44,13 +44,15 @@ pub(super) struct Input {
 
 /// Converts every object; CPU-bound, so run on the blocking pool. An error is a
 /// writer failure, which fails the attempt (records that do not fit never do).
-pub(super) fn convert(input: Input) -> Result<Converted, String> {
+pub(super) fn convert(mut input: Input) -> Result<Converted, String> {
     let mut converted = Converted { objects: Vec::new(), errors: Vec::new(), ok: (0, 0), failed: (0, 0) };
     for (key, indices) in input.groups {
         let mut file = input.conversion.file().map_err(|e| e.to_string())?;
         for i in indices {
-            let record = &input.records[i];
-            match file.push(record) {
+            // Let go once converted: the file grows as the records go, and a batch
+            // tried again is read back from the log.
+            let record = std::mem::take(&mut input.records[i]);
+            match file.push(&record) {
                 Ok(_) => {
                     converted.ok.0 += 1;
                     converted.ok.1 += record.len() as u64;
@@ -64,7 +66,7 @@ pub(super) fn convert(input: Input) -> Result<Converted, String> {
                         "lastErrorCode": error.code(),
                         "lastErrorMessage": error.message,
                         "attemptEndingTimestamp": input.now_ms,
-                        "rawData": base64_simd::STANDARD.encode_to_string(record),
+                        "rawData": base64_simd::STANDARD.encode_to_string(&record),
                         "dataCatalogTable": input.catalog_table,
                     });
                     converted.errors.extend_from_slice(line.to_string().as_bytes());
