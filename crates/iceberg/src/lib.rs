@@ -1,0 +1,228 @@
+//! The Iceberg destination's table side (issue 14): JSON records appended to
+//! Apache Iceberg tables through an Iceberg catalog. Sits where an S3 lane would
+//! upload an object: a batch's records, after processing, become rows under the
+//! table's current schema, one Parquet data file, and one snapshot.
+//!
+//! Each batch commits once. Its identity (given by the caller, stable across
+//! retries and crashes) is carried in the snapshot's summary
+//! (`sluice.batch-id`); before writing, the table's snapshots are searched for
+//! it, so a batch redone after a crash that came after its commit appends
+//! nothing the second time. Data files a crash left uncommitted are never
+//! referenced (the redo writes its own, under the same names).
+//!
+//! Catalogs: SQL (SQLite or PostgreSQL, the table layout pyiceberg and Java's
+//! JDBC catalog share). Warehouses: `file://` (synced, see `storage`).
+//!
+//! This crate knows nothing of Firehose's wire format, the log or HTTP servers.
+
+mod schema;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iceberg::spec::{DataFileFormat, TableMetadata};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
+use sluice_convert::{Cell, InputFormat, RecordError};
+
+/// The snapshot summary property that names the batch a snapshot appended.
+pub const BATCH_ID_PROPERTY: &str = "sluice.batch-id";
+
+/// Rows converted at a time before they go to the data file writer.
+const CHUNK_ROWS_MAX: usize = sluice_convert::CHUNK_ROWS_MAX;
+
+/// Why an append failed. Record-level failures are not errors: they come back in
+/// [`Appended::failed`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IcebergError {
+    /// The catalog could not be opened or asked.
+    #[error("the Iceberg catalog: {0}")]
+    Catalog(String),
+    /// The table does not exist.
+    #[error("the Iceberg table {0} does not exist")]
+    NoSuchTable(String),
+    /// The table's schema or layout is not one Sluice writes.
+    #[error("{0}")]
+    Schema(String),
+    /// Writing or committing failed (the batch may be tried again).
+    #[error("appending to the Iceberg table: {0}")]
+    Write(String),
+}
+
+fn catalog_error(error: iceberg::Error) -> IcebergError {
+    IcebergError::Catalog(error.to_string())
+}
+
+fn write_error(error: impl std::fmt::Display) -> IcebergError {
+    IcebergError::Write(error.to_string())
+}
+
+/// Which catalog, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogConfig {
+    /// A SQL catalog's database, as sqlx takes it (`sqlite:///abs/path.db`,
+    /// `postgres://...`).
+    pub sql_uri: String,
+    /// The catalog name rows are kept under (pyiceberg's and Spark's `name`).
+    pub name: String,
+    /// Where tables created through this catalog would go (`file:///path`).
+    pub warehouse: String,
+}
+
+/// An open catalog.
+pub struct Tables {
+    catalog: Arc<dyn Catalog>,
+}
+
+/// What an append did.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// Rows written (0 when the batch was already committed, or every record failed).
+    pub rows: u64,
+    /// The batch had been committed before: nothing was written this time.
+    pub already_committed: bool,
+    /// Records that did not fit the table, by index in the input, with why.
+    pub failed: Vec<(usize, RecordError)>,
+}
+
+impl Tables {
+    /// Opens the catalog (a SQLite catalog's file and tables are created if absent).
+    pub async fn open(config: &CatalogConfig) -> Result<Tables, IcebergError> {
+        sqlx::any::install_default_drivers();
+        let bind_style = if config.sql_uri.starts_with("sqlite:") { "QMark" } else { "DollarNumeric" };
+        let props = HashMap::from([
+            (iceberg_catalog_sql::SQL_CATALOG_PROP_URI.to_string(), config.sql_uri.clone()),
+            (iceberg_catalog_sql::SQL_CATALOG_PROP_WAREHOUSE.to_string(), config.warehouse.clone()),
+            (iceberg_catalog_sql::SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
+        ]);
+        let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(storage::DurableFsFactory))
+            .load(config.name.clone(), props)
+            .await
+            .map_err(catalog_error)?;
+        Ok(Tables { catalog: Arc::new(catalog) })
+    }
+
+    /// The table, loaded now.
+    async fn load(&self, database: &str, table: &str) -> Result<iceberg::table::Table, IcebergError> {
+        let ident = TableIdent::new(NamespaceIdent::new(database.to_string()), table.to_string());
+        match self.catalog.table_exists(&ident).await.map_err(catalog_error)? {
+            false => Err(IcebergError::NoSuchTable(format!("{database}.{table}"))),
+            true => self.catalog.load_table(&ident).await.map_err(catalog_error),
+        }
+    }
+
+    /// Checks that the table exists and that Sluice can write its schema and layout.
+    pub async fn check(&self, database: &str, table: &str) -> Result<(), IcebergError> {
+        let table = self.load(database, table).await?;
+        writable(table.metadata()).map(|_| ())
+    }
+
+    /// Appends the rows of `records` (JSON, read with `input` under the table's
+    /// current schema) as one snapshot carrying `batch_id`; a batch already
+    /// committed appends nothing. Records that do not fit come back in
+    /// [`Appended::failed`]; the others are written.
+    pub async fn append(
+        &self,
+        database: &str,
+        table: &str,
+        batch_id: &str,
+        input: &InputFormat,
+        records: &[&[u8]],
+    ) -> Result<Appended, IcebergError> {
+        let loaded = self.load(database, table).await?;
+        if committed(loaded.metadata(), batch_id) {
+            return Ok(Appended { already_committed: true, ..Appended::default() });
+        }
+        let hive = writable(loaded.metadata())?;
+        let iceberg_schema = loaded.metadata().current_schema().clone();
+        let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(catalog_error)?);
+        let converted_schema = sluice_convert::columns::arrow_schema(&hive);
+        // Data files are named after the batch, so a redo that comes before the
+        // commit writes the same names again.
+        let batch_uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, batch_id.as_bytes());
+        let location = DefaultLocationGenerator::new(loaded.metadata()).map_err(write_error)?;
+        let names = DefaultFileNameGenerator::new(batch_uuid.to_string(), None, DataFileFormat::Parquet);
+        let parquet = ParquetWriterBuilder::new(
+            parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build(),
+            iceberg_schema.clone(),
+        );
+        let rolling =
+            RollingFileWriterBuilder::new_with_default_file_size(parquet, loaded.file_io().clone(), location, names);
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(write_error)?;
+        let mut appended = Appended::default();
+        let mut columns: Vec<Vec<Cell>> = vec![Vec::new(); hive.columns.len()];
+        let fields = iceberg_schema.as_struct().fields();
+        for (i, record) in records.iter().enumerate() {
+            let before = columns[0].len();
+            let n = match input.read(&hive, record, &mut columns) {
+                Ok(n) => n,
+                Err(error) => {
+                    appended.failed.push((i, error));
+                    continue;
+                }
+            };
+            let missing = (before..before + n).find_map(|row| {
+                let cells: Vec<&Cell> = columns.iter().map(|c| &c[row]).collect();
+                schema::missing_required(fields, &cells)
+            });
+            if let Some(path) = missing {
+                for column in &mut columns {
+                    column.truncate(before);
+                }
+                let message = format!("Data does not match the schema. {path}: a required field is missing");
+                let kind = sluice_convert::RecordErrorKind::Malformed;
+                appended.failed.push((i, RecordError { kind, message }));
+                continue;
+            }
+            appended.rows += n as u64;
+            if columns[0].len() >= CHUNK_ROWS_MAX {
+                let batch = sluice_convert::columns::record_batch(&hive, &converted_schema, &mut columns);
+                writer.write(schema::cast_to(&batch, &target)?).await.map_err(write_error)?;
+            }
+        }
+        if !columns[0].is_empty() {
+            let batch = sluice_convert::columns::record_batch(&hive, &converted_schema, &mut columns);
+            writer.write(schema::cast_to(&batch, &target)?).await.map_err(write_error)?;
+        }
+        let data_files = writer.close().await.map_err(write_error)?;
+        if appended.rows == 0 {
+            return Ok(appended);
+        }
+        let transaction = Transaction::new(&loaded);
+        let action = transaction
+            .fast_append()
+            .set_commit_uuid(batch_uuid)
+            .add_data_files(data_files)
+            .set_snapshot_properties(HashMap::from([(BATCH_ID_PROPERTY.to_string(), batch_id.to_string())]));
+        let transaction = action.apply(transaction).map_err(write_error)?;
+        transaction.commit(self.catalog.as_ref()).await.map_err(write_error)?;
+        Ok(appended)
+    }
+}
+
+/// Whether a snapshot of the table carries `batch_id`.
+fn committed(metadata: &TableMetadata, batch_id: &str) -> bool {
+    metadata
+        .snapshots()
+        .any(|s| s.summary().additional_properties.get(BATCH_ID_PROPERTY).map(String::as_str) == Some(batch_id))
+}
+
+/// The Hive view of the table's schema, if Sluice writes this table: an
+/// unpartitioned one with types it reads JSON into.
+fn writable(metadata: &TableMetadata) -> Result<sluice_convert::TableSchema, IcebergError> {
+    if !metadata.default_partition_spec().is_unpartitioned() {
+        return Err(IcebergError::Schema(
+            "Sluice appends to unpartitioned Iceberg tables only, so far; this table has a partition spec".into(),
+        ));
+    }
+    schema::table_schema(metadata.current_schema())
+}

@@ -1,0 +1,97 @@
+//! Appends read back by pyiceberg (from PyPI; `.ci/run` installs it): a table
+//! pyiceberg creates in a SQL catalog on SQLite, rows appended by Sluice, each
+//! batch committed once however often it is appended, records that do not fit
+//! reported and left out.
+
+use std::path::Path;
+use std::process::Command;
+
+use sluice_convert::InputFormat;
+use sluice_iceberg::{CatalogConfig, Tables};
+
+fn python(dir: &Path, script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .output()
+        .expect("python3 with pyiceberg is installed (.ci/run installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const CATALOG: &str = r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+d = sys.argv[1]
+catalog = SqlCatalog("sluice", uri=f"sqlite:///{d}/catalog.db", warehouse=f"file://{d}/warehouse")
+"#;
+
+const CREATE: &str = r#"
+from pyiceberg.schema import Schema
+from pyiceberg.types import (NestedField, LongType, StringType, DecimalType, TimestamptzType, ListType,
+                             StructType, DoubleType, BooleanType, DateType)
+catalog.create_namespace("lake")
+catalog.create_table("lake.events", schema=Schema(
+    NestedField(1, "id", LongType(), required=True),
+    NestedField(2, "user", StringType()),
+    NestedField(3, "amount", DecimalType(12, 2)),
+    NestedField(4, "at", TimestamptzType()),
+    NestedField(5, "ok", BooleanType()),
+    NestedField(6, "day", DateType()),
+    NestedField(7, "tags", ListType(8, StringType())),
+    NestedField(9, "geo", StructType(NestedField(10, "city", StringType()), NestedField(11, "lat", DoubleType()))),
+))
+"#;
+
+const READ: &str = r#"
+table = catalog.load_table("lake.events")
+for row in sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["id"]):
+    print(sorted(row.items()))
+print("snapshots", len(table.snapshots()))
+for s in table.snapshots():
+    print("batch", s.summary["sluice.batch-id"], s.summary["added-records"])
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_reads_each_batch_once_with_the_values_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    python(dir.path(), &format!("{CATALOG}{CREATE}"));
+    let config = CatalogConfig {
+        sql_uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+        name: "sluice".into(),
+        warehouse: format!("file://{}/warehouse", dir.path().display()),
+    };
+    let tables = Tables::open(&config).await.unwrap();
+    tables.check("lake", "events").await.unwrap();
+    assert!(tables.check("lake", "nope").await.unwrap_err().to_string().contains("does not exist"));
+    let records: Vec<&[u8]> = vec![
+        br#"{"id": 1, "User": "ada", "amount": "12.50", "at": "2024-05-01T10:00:00Z", "ok": true, "day": "2024-05-01", "tags": ["a"], "geo": {"city": "Oslo", "lat": 59.9}}"#,
+        br#"{"user": "no id"}"#,
+        b"not json",
+        br#"{"id": 2}{"id": 3, "user": "two in one"}"#,
+    ];
+    let input = InputFormat::default();
+    let first = tables.append("lake", "events", "batch-1", &input, &records).await.unwrap();
+    assert_eq!(first.rows, 3);
+    assert!(!first.already_committed);
+    let failed: Vec<usize> = first.failed.iter().map(|(i, _)| *i).collect();
+    assert_eq!(failed, vec![1, 2]);
+    assert!(first.failed[0].1.message.contains("id: a required field is missing"), "{:?}", first.failed);
+    // The same batch again (a redo after a crash): nothing more.
+    let again = tables.append("lake", "events", "batch-1", &input, &records).await.unwrap();
+    assert!(again.already_committed);
+    assert_eq!(again.rows, 0);
+    let second = tables.append("lake", "events", "batch-2", &input, &[br#"{"id": 4}"#]).await.unwrap();
+    assert_eq!(second.rows, 1);
+    let out = python(dir.path(), &format!("{CATALOG}{READ}"));
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(rows[0].contains("('amount', Decimal('12.50'))"), "{out}");
+    assert!(rows[0].contains("('geo', {'city': 'Oslo', 'lat': 59.9})"), "{out}");
+    assert!(rows[0].contains("('tags', ['a'])"), "{out}");
+    assert!(rows[0].contains("('day', datetime.date(2024, 5, 1))"), "{out}");
+    assert!(rows[0].contains("('at', datetime.datetime(2024, 5, 1, 10, 0, tzinfo="), "{out}");
+    assert!(rows[2].contains("('user', 'two in one')"), "{out}");
+    assert!(out.contains("snapshots 2\n"), "{out}");
+    assert!(out.contains("batch batch-1 3\n") && out.contains("batch batch-2 1\n"), "{out}");
+}
