@@ -90,7 +90,7 @@ pub(super) async fn create(
     };
     if !destination.kind.is_supported() {
         return Err(invalid(format!(
-            "Sluice does not deliver to {} destinations ({}); supported: ExtendedS3, S3, HttpEndpoint.",
+            "Sluice does not deliver to {} destinations ({}); supported: ExtendedS3, S3, HttpEndpoint, Iceberg.",
             destination.kind.name(),
             sluice_protocol::dto::destination_member(destination.kind)
         )));
@@ -99,6 +99,7 @@ pub(super) async fn create(
     super::check_queries(destination)?;
     super::check_buckets_shared(state, destination)?;
     super::check_conversion(state, destination, &ctx.region).await?;
+    super::check_iceberg(state, destination).await?;
     let encryption = match &input.encryption {
         Some(requested) => {
             let (key_type, key_arn) = check_encryption(state, requested)?;
@@ -136,7 +137,7 @@ pub(super) async fn create(
     if count_in_region(&snapshot, &ctx.region) >= STREAMS_PER_REGION_MAX {
         return Err(over_quota());
     }
-    let record = StreamRecord {
+    let mut record = StreamRecord {
         id: state.catalog.reserve_id().await?,
         region: ctx.region.clone(),
         name: input.name.clone(),
@@ -158,6 +159,10 @@ pub(super) async fn create(
     // recognises and removes. A refused or failed catalog change removes it here.
     let id = record.id;
     state.log.create_stream(id, StreamDefinition::encode(&record, Lifecycle::Creating)).await.map_err(log_failure)?;
+    // `CREATING` lasts `transition_ms` from here: making a log (a replicated one in
+    // cluster mode) may take longer than the window itself, and the caller should
+    // still see the stream `CREATING` when the create returns.
+    record.active_at_ms = crate::api::now_ms().max(ctx.now_ms) + transition_ms;
     let record = Arc::new(record);
     let created = state
         .update_catalog(|catalog| {
