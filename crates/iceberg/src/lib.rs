@@ -127,7 +127,8 @@ impl Tables {
     /// Appends the rows of `records` (JSON, read with `input` under the table's
     /// current schema) as one snapshot carrying `batch_id`; a batch already
     /// committed appends nothing. Records that do not fit come back in
-    /// [`Appended::failed`]; the others are written.
+    /// [`Appended::failed`] (a committed batch's too, read again, so that a redo
+    /// can still write them where they go); the others are written.
     pub async fn append(
         &self,
         database: &str,
@@ -137,9 +138,7 @@ impl Tables {
         records: &[&[u8]],
     ) -> Result<Appended, IcebergError> {
         let loaded = self.load(database, table).await?;
-        if committed(loaded.metadata(), batch_id) {
-            return Ok(Appended { already_committed: true, ..Appended::default() });
-        }
+        let already_committed = committed(loaded.metadata(), batch_id);
         let hive = writable(loaded.metadata())?;
         let iceberg_schema = loaded.metadata().current_schema().clone();
         let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(catalog_error)?);
@@ -158,7 +157,7 @@ impl Tables {
         let rolling =
             RollingFileWriterBuilder::new_with_default_file_size(parquet, loaded.file_io().clone(), location, names);
         let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(write_error)?;
-        let mut appended = Appended::default();
+        let mut appended = Appended { already_committed, ..Appended::default() };
         let mut columns: Vec<Vec<Cell>> = vec![Vec::new(); hive.columns.len()];
         let fields = iceberg_schema.as_struct().fields();
         for (i, record) in records.iter().enumerate() {
@@ -183,6 +182,12 @@ impl Tables {
                 appended.failed.push((i, RecordError { kind, message }));
                 continue;
             }
+            if already_committed {
+                for column in &mut columns {
+                    column.clear();
+                }
+                continue;
+            }
             appended.rows += n as u64;
             if columns[0].len() >= CHUNK_ROWS_MAX {
                 let batch = sluice_convert::columns::record_batch(&hive, &converted_schema, &mut columns);
@@ -193,10 +198,11 @@ impl Tables {
             let batch = sluice_convert::columns::record_batch(&hive, &converted_schema, &mut columns);
             writer.write(schema::cast_to(&batch, &target)?).await.map_err(write_error)?;
         }
-        let data_files = writer.close().await.map_err(write_error)?;
-        if appended.rows == 0 {
+        if already_committed || appended.rows == 0 {
+            // Nothing was written: the data file writer made no file.
             return Ok(appended);
         }
+        let data_files = writer.close().await.map_err(write_error)?;
         let transaction = Transaction::new(&loaded);
         let action = transaction
             .fast_append()

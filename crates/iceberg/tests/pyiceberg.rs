@@ -81,6 +81,7 @@ async fn pyiceberg_reads_each_batch_once_with_the_values_appended() {
     let again = tables.append("lake", "events", "batch-1", &input, &records).await.unwrap();
     assert!(again.already_committed);
     assert_eq!(again.rows, 0);
+    assert_eq!(again.failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2], "failures told again");
     let second = tables.append("lake", "events", "batch-2", &input, &[br#"{"id": 4}"#]).await.unwrap();
     assert_eq!(second.rows, 1);
     let out = python(dir.path(), &format!("{CATALOG}{READ}"));

@@ -31,7 +31,7 @@ pub enum DestinationKind {
     Splunk,
     /// Not delivered by Sluice.
     Snowflake,
-    /// Not delivered by Sluice.
+    /// `IcebergDestinationConfiguration`: appended to Apache Iceberg tables.
     Iceberg,
 }
 
@@ -69,7 +69,13 @@ impl DestinationKind {
     /// Whether Sluice delivers to this kind. Others are refused at creation rather
     /// than accepted and silently dropped.
     pub fn is_supported(self) -> bool {
-        matches!(self, DestinationKind::ExtendedS3 | DestinationKind::S3 | DestinationKind::HttpEndpoint)
+        matches!(
+            self,
+            DestinationKind::ExtendedS3
+                | DestinationKind::S3
+                | DestinationKind::HttpEndpoint
+                | DestinationKind::Iceberg
+        )
     }
 
     pub(crate) fn config_member(self) -> String {
@@ -245,7 +251,60 @@ impl HttpSettings {
     }
 }
 
+/// What delivery needs from an `IcebergDestinationConfiguration`, with Firehose's
+/// defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcebergSettings {
+    /// `DestinationTableConfigurationList`: `(database, table)` of each table.
+    pub tables: Vec<(String, String)>,
+    /// `BufferingHints.SizeInMBs` (default 5).
+    pub buffer_mib: u64,
+    /// `BufferingHints.IntervalInSeconds` (default 300).
+    pub buffer_interval_s: u64,
+    /// `RetryOptions.DurationInSeconds` (default 300).
+    pub retry_duration_s: u64,
+    /// `S3Configuration`: where records that fail go.
+    pub s3: S3Settings,
+}
+
+impl IcebergSettings {
+    /// Reads an `IcebergDestinationConfiguration`; `None` without a valid
+    /// `S3Configuration`.
+    pub fn from_config(config: &Map<String, Value>) -> Option<IcebergSettings> {
+        let hint = |key: &str| config.get("BufferingHints").and_then(|h| h.get(key)).and_then(Value::as_u64);
+        let tables = config
+            .get("DestinationTableConfigurationList")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let database = t.get("DestinationDatabaseName")?.as_str()?;
+                Some((database.to_string(), t.get("DestinationTableName")?.as_str()?.to_string()))
+            })
+            .collect();
+        Some(IcebergSettings {
+            tables,
+            buffer_mib: hint("SizeInMBs").unwrap_or(5),
+            buffer_interval_s: hint("IntervalInSeconds").unwrap_or(300),
+            retry_duration_s: config
+                .get("RetryOptions")
+                .and_then(|r| r.get("DurationInSeconds"))
+                .and_then(Value::as_u64)
+                .unwrap_or(300),
+            s3: S3Settings::from_config(config.get("S3Configuration")?.as_object()?)?,
+        })
+    }
+}
+
 impl Destination {
+    /// Where an Iceberg destination delivers; `None` for other kinds.
+    pub fn iceberg_settings(&self) -> Option<IcebergSettings> {
+        match self.kind {
+            DestinationKind::Iceberg => IcebergSettings::from_config(&self.config),
+            _ => None,
+        }
+    }
+
     /// Where an HTTP endpoint destination delivers; `None` for other kinds.
     pub fn http_settings(&self) -> Option<HttpSettings> {
         match self.kind {
@@ -276,7 +335,7 @@ impl Destination {
     pub fn processing(&self) -> Option<ProcessingChain> {
         let dynamic_partitioning = self.s3_settings().is_some_and(|s| s.dynamic_partitioning);
         match self.kind {
-            DestinationKind::ExtendedS3 | DestinationKind::HttpEndpoint => {
+            DestinationKind::ExtendedS3 | DestinationKind::HttpEndpoint | DestinationKind::Iceberg => {
                 ProcessingChain::from_config(&self.config, dynamic_partitioning).ok().flatten()
             }
             _ => None,
@@ -301,7 +360,7 @@ impl Destination {
     pub fn buckets(&self) -> Vec<String> {
         let mut buckets: Vec<String> =
             self.s3_settings().into_iter().chain(self.backup_s3_settings()).map(|s| s.bucket).collect();
-        if self.kind == DestinationKind::HttpEndpoint {
+        if matches!(self.kind, DestinationKind::HttpEndpoint | DestinationKind::Iceberg) {
             let failed =
                 self.config.get("S3Configuration").and_then(Value::as_object).and_then(S3Settings::from_config);
             buckets.extend(failed.map(|s| s.bucket));
@@ -357,6 +416,19 @@ impl Destination {
                 with_default(&mut d, "RetryOptions", json!({"DurationInSeconds": 300}));
                 with_default(&mut d, "S3BackupMode", json!("FailedDataOnly"));
                 out.insert("HttpEndpointDestinationDescription".into(), Value::Object(d));
+            }
+            DestinationKind::Iceberg => {
+                let mut d = self.config.clone();
+                if let Some(s3) = d.remove("S3Configuration") {
+                    let s3 = s3.as_object().map(describe_s3).unwrap_or_default();
+                    d.insert("S3DestinationDescription".into(), Value::Object(s3));
+                }
+                with_default(&mut d, "BufferingHints", json!({"SizeInMBs": 5, "IntervalInSeconds": 300}));
+                with_default(&mut d, "CloudWatchLoggingOptions", json!({"Enabled": false}));
+                with_default(&mut d, "RetryOptions", json!({"DurationInSeconds": 300}));
+                with_default(&mut d, "S3BackupMode", json!("FailedDataOnly"));
+                with_default(&mut d, "AppendOnly", json!(false));
+                out.insert("IcebergDestinationDescription".into(), Value::Object(d));
             }
             other => {
                 out.insert(format!("{}DestinationDescription", other.name()), Value::Object(self.config.clone()));
@@ -462,7 +534,7 @@ impl Destination {
                     ));
                 }
             }
-            DestinationKind::HttpEndpoint => {
+            DestinationKind::HttpEndpoint | DestinationKind::Iceberg => {
                 nested("S3Configuration").map(|s3| check_s3(s3, false)).transpose()?;
                 ProcessingChain::from_config(&self.config, false).map_err(invalid)?;
             }
@@ -490,11 +562,33 @@ fn unsupported(kind: DestinationKind, config: &Map<String, Value>) -> Option<Str
         {
             Some("Sluice does not write ORC yet: with OrcSerDe, records would not be delivered as ORC. Choose ParquetSerDe, or set DataFormatConversionConfiguration's Enabled to false.".to_string())
         }
+        DestinationKind::Iceberg => iceberg_unsupported(config),
         DestinationKind::HttpEndpoint if enabled("SecretsManagerConfiguration") == Some(true) => Some(
             "Sluice does not read secrets from AWS Secrets Manager: with SecretsManagerConfiguration enabled, the endpoint would receive no access key. Give the key in EndpointConfiguration.AccessKey, or set SecretsManagerConfiguration's Enabled to false.".to_string(),
         ),
         _ => None,
     }
+}
+
+/// What Sluice's Iceberg destination does not do yet, as the refusal's message.
+fn iceberg_unsupported(config: &Map<String, Value>) -> Option<String> {
+    let tables = config.get("DestinationTableConfigurationList").and_then(Value::as_array);
+    let tables = tables.map(Vec::as_slice).unwrap_or_default();
+    if tables.iter().any(|t| t.get("UniqueKeys").and_then(Value::as_array).is_some_and(|k| !k.is_empty())) {
+        return Some("Sluice appends to Iceberg tables only: UniqueKeys (row-level updates and deletes) are not supported until the Iceberg library writes delete files. Leave UniqueKeys out.".into());
+    }
+    if tables.len() != 1 {
+        return Some(format!(
+            "Sluice delivers an Iceberg stream to exactly one table so far (DestinationTableConfigurationList has {}); routing records to several tables is not supported yet.",
+            tables.len()
+        ));
+    }
+    let enabled =
+        |member: &str| config.get(member).and_then(|m| m.get("Enabled")).and_then(Value::as_bool) == Some(true);
+    if enabled("SchemaEvolutionConfiguration") || enabled("TableCreationConfiguration") {
+        return Some("Sluice does not create Iceberg tables or evolve their schemas yet: leave SchemaEvolutionConfiguration and TableCreationConfiguration disabled, and create the table first.".into());
+    }
+    None
 }
 
 impl DestinationKind {

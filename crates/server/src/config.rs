@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// Where format conversion finds its tables: declared ones, and the Glue API.
     #[serde(default)]
     pub glue: RawGlueConfig,
+    /// The Iceberg catalog of Iceberg destinations.
+    #[serde(default)]
+    pub iceberg: RawIcebergConfig,
     /// Who may call the API.
     #[serde(default)]
     pub auth: RawAuthConfig,
@@ -664,6 +667,64 @@ impl RawGlueConfig {
     }
 }
 
+/// `[iceberg]`: the catalog Iceberg destinations append through.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIcebergConfig {
+    /// `sql` (the only kind so far).
+    pub catalog: Option<String>,
+    /// The SQL catalog's database as a SQLAlchemy-style URL (what pyiceberg takes):
+    /// `sqlite:////abs/path/catalog.db` or `postgresql://user:pass@host/db`.
+    pub uri: Option<String>,
+    /// The catalog name tables are registered under. Default `sluice`.
+    pub name: Option<String>,
+    /// Where tables created through the catalog go. Default `file://<data-dir>/iceberg`.
+    pub warehouse: Option<String>,
+}
+
+impl RawIcebergConfig {
+    fn validate(self, data_dir: &Path) -> Result<Option<sluice_iceberg::CatalogConfig>, ConfigError> {
+        let Some(uri) = self.uri else {
+            return match self.catalog {
+                Some(_) => Err(ConfigError::Invalid("iceberg: uri is required".into())),
+                None => Ok(None),
+            };
+        };
+        match self.catalog.as_deref() {
+            None | Some("sql") => {}
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "iceberg: catalog {other:?} is not supported; \"sql\" is (a REST catalog is not yet)"
+                )))
+            }
+        }
+        let sql_uri = sqlx_uri(&uri).ok_or_else(|| {
+            ConfigError::Invalid(format!("iceberg: uri {uri:?} is not a sqlite:/// or postgresql:// URL"))
+        })?;
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let warehouse = self.warehouse.unwrap_or_else(|| format!("file://{}/iceberg", data_dir.display()));
+        Ok(Some(sluice_iceberg::CatalogConfig {
+            sql_uri,
+            name: self.name.unwrap_or_else(|| "sluice".into()),
+            warehouse,
+        }))
+    }
+}
+
+/// A SQLAlchemy database URL (as pyiceberg's SQL catalog takes it) as sqlx takes
+/// it: `sqlite:////abs/x.db` (or `sqlite:///relative.db`) becomes `sqlite:///abs/x.db`
+/// (created if missing), `postgresql[+driver]://...` becomes `postgres://...`.
+fn sqlx_uri(uri: &str) -> Option<String> {
+    if let Some(path) = uri.strip_prefix("sqlite:///") {
+        return Some(format!("sqlite://{path}?mode=rwc"));
+    }
+    let (scheme, rest) = uri.split_once("://")?;
+    match scheme.split('+').next()? {
+        "postgresql" | "postgres" => Some(format!("postgres://{rest}")),
+        _ => None,
+    }
+}
+
 /// `[http]`: how Sluice connects to HTTP endpoint destinations.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -868,6 +929,8 @@ pub struct Config {
     pub kinesis: KinesisConfig,
     /// Tables for format conversion.
     pub glue: GlueConfig,
+    /// The Iceberg catalog, if configured.
+    pub iceberg: Option<sluice_iceberg::CatalogConfig>,
     /// Access keys; empty: requests are not verified.
     pub auth_keys: Vec<crate::auth::AccessKey>,
     /// Regions credential scopes may name; empty: any.
@@ -1157,6 +1220,7 @@ impl RawConfig {
         let lambda = self.lambda.validate(&region)?;
         let kinesis = self.kinesis.validate()?;
         let glue = self.glue.validate()?;
+        let iceberg = self.iceberg.validate(&data_dir)?;
         let mut auth_keys = Vec::new();
         for key in self.auth.keys {
             let what = format!("auth.keys {:?}", key.access_key_id);
@@ -1244,6 +1308,7 @@ impl RawConfig {
             lambda,
             kinesis,
             glue,
+            iceberg,
             http,
             s3,
             retention_ms: self.delivery.retention_s.unwrap_or(86_400) * 1000,

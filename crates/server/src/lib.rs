@@ -147,6 +147,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         disk: resources::DiskState::new(data_dir.join("wal")),
         installation_id,
         flushes: Arc::default(),
+        iceberg: tokio::sync::OnceCell::new(),
     });
     let ownership_task = storage.ownership.clone().map(|o| tokio::spawn(o.run(state.clone(), background.clone())));
     let upkeep_state = state.clone();

@@ -63,6 +63,8 @@ pub struct AppState {
     pub installation_id: uuid::Uuid,
     /// Flushes asked for through `/_sluice/flush`, and what lanes reported.
     pub flushes: Arc<crate::delivery::flush::FlushBoard>,
+    /// The Iceberg catalog, opened on first use (see [`AppState::iceberg`]).
+    pub iceberg: tokio::sync::OnceCell<Arc<sluice_iceberg::Tables>>,
 }
 
 /// Request bodies held in memory at once, across all connections. With the 8 MiB
@@ -108,6 +110,20 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl AppState {
+    /// The Iceberg catalog of `[iceberg]`, opened once (a failed open is tried again
+    /// at the next use).
+    pub async fn iceberg(&self) -> Result<Arc<sluice_iceberg::Tables>, sluice_iceberg::IcebergError> {
+        let Some(config) = &self.config.iceberg else {
+            return Err(sluice_iceberg::IcebergError::Catalog(
+                "no Iceberg catalog is configured: set [iceberg] uri in Sluice's configuration".into(),
+            ));
+        };
+        self.iceberg
+            .get_or_try_init(|| async { sluice_iceberg::Tables::open(config).await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
     pub(crate) fn arn(&self, region: &str, name: &str) -> String {
         format!("arn:aws:firehose:{region}:{}:deliverystream/{name}", self.config.account_id)
     }
@@ -238,6 +254,21 @@ pub(crate) async fn check_conversion(
         .await
         .map(|_| ())
         .map_err(|e| ApiError::new(ErrorCode::InvalidArgumentException, e.to_string()))
+}
+
+/// An Iceberg destination's table must exist in the configured catalog, with a
+/// layout Sluice writes.
+pub(crate) async fn check_iceberg(
+    state: &AppState,
+    destination: &sluice_protocol::destination::Destination,
+) -> Result<(), ApiError> {
+    let Some(settings) = destination.iceberg_settings() else { return Ok(()) };
+    let invalid = |e: sluice_iceberg::IcebergError| ApiError::new(ErrorCode::InvalidArgumentException, e.to_string());
+    let tables = state.iceberg().await.map_err(invalid)?;
+    for (database, table) in &settings.tables {
+        tables.check(database, table).await.map_err(invalid)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn check_queries(destination: &sluice_protocol::destination::Destination) -> Result<(), ApiError> {

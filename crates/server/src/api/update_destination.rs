@@ -16,7 +16,7 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Update
     };
     if !update.kind.is_supported() {
         return Err(invalid(format!(
-            "Sluice does not deliver to {} destinations; supported: ExtendedS3, S3, HttpEndpoint.",
+            "Sluice does not deliver to {} destinations; supported: ExtendedS3, S3, HttpEndpoint, Iceberg.",
             update.kind.name()
         )));
     }
@@ -27,6 +27,7 @@ pub(super) async fn handle(state: &AppState, ctx: &RequestContext, input: Update
         let options = sluice_protocol::ParseOptions { allow_http_endpoints: state.config.http.allow_http };
         if let Ok(updated) = stream.destination.apply_with(update, &options) {
             super::check_conversion(state, &updated, &ctx.region).await?;
+            super::check_iceberg(state, &updated).await?;
         }
     }
     state

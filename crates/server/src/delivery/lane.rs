@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use sluice_protocol::destination::{Destination, HttpSettings, S3Settings};
+use sluice_protocol::destination::{Destination, HttpSettings, IcebergSettings, S3Settings};
 use sluice_protocol::processing::ProcessingChain;
 use tokio::sync::watch;
 
@@ -38,14 +38,18 @@ const RETENTION_EXPIRED: &str = "retention-expired";
 
 /// Every error output type a batch of an S3 lane can produce; their keys are
 /// decided with the batch, so a redone batch writes its error objects in place too.
-const ERROR_OUTPUT_TYPES: [&str; 6] = [
+const ERROR_OUTPUT_TYPES: [&str; 7] = [
     RETENTION_EXPIRED,
     "processing-failed",
     "decompression-failed",
     HTTP_ENDPOINT_FAILED,
     PARTITIONING_FAILED,
     convert::FORMAT_CONVERSION_FAILED,
+    ICEBERG_FAILED,
 ];
+
+/// The `!{firehose:error-output-type}` of records an Iceberg table did not take.
+const ICEBERG_FAILED: &str = "iceberg-failed";
 
 /// The `!{firehose:error-output-type}` of records an HTTP endpoint did not take.
 const HTTP_ENDPOINT_FAILED: &str = "http-endpoint-failed";
@@ -92,17 +96,19 @@ impl LaneKind {
             LaneKind::Destination => destination
                 .s3_settings()
                 .map(Target::S3)
-                .or_else(|| destination.http_settings().map(|h| Target::Http(Box::new(h)))),
+                .or_else(|| destination.http_settings().map(|h| Target::Http(Box::new(h))))
+                .or_else(|| destination.iceberg_settings().map(|i| Target::Iceberg(Box::new(i)))),
             LaneKind::Backup => destination.backup_s3_settings().map(Target::S3),
         }
     }
 
-    /// The prefix of the lane's Firehose metrics.
-    fn metric(self, http: bool) -> &'static str {
-        match (self, http) {
-            (LaneKind::Destination, false) => "DeliveryToS3",
-            (LaneKind::Destination, true) => "DeliveryToHttpEndpoint",
-            (LaneKind::Backup, _) => "BackupToS3",
+    /// The prefix of the lane's Firehose metrics, by what its destination is.
+    fn metric(self, http: bool, iceberg: bool) -> &'static str {
+        match self {
+            LaneKind::Backup => "BackupToS3",
+            LaneKind::Destination if http => "DeliveryToHttpEndpoint",
+            LaneKind::Destination if iceberg => "DeliveryToIceberg",
+            LaneKind::Destination => "DeliveryToS3",
         }
     }
 }
@@ -114,6 +120,8 @@ pub(super) enum Target {
     S3(S3Settings),
     /// Requests to an HTTP endpoint; failed records go to its `S3Configuration`.
     Http(Box<HttpSettings>),
+    /// Appends to an Iceberg table; failed records go to its `S3Configuration`.
+    Iceberg(Box<IcebergSettings>),
 }
 
 impl Target {
@@ -121,6 +129,7 @@ impl Target {
         match self {
             Target::S3(s3) => s3.buffer_mib << 20,
             Target::Http(http) => http.buffer_mib << 20,
+            Target::Iceberg(iceberg) => iceberg.buffer_mib << 20,
         }
     }
 
@@ -128,6 +137,7 @@ impl Target {
         match self {
             Target::S3(s3) => s3.buffer_interval_s,
             Target::Http(http) => http.buffer_interval_s,
+            Target::Iceberg(iceberg) => iceberg.buffer_interval_s,
         }
     }
 
@@ -136,6 +146,7 @@ impl Target {
         match self {
             Target::S3(s3) => s3,
             Target::Http(http) => &http.s3,
+            Target::Iceberg(iceberg) => &iceberg.s3,
         }
     }
 }
@@ -220,7 +231,7 @@ pub(super) async fn run(
         // The lane is gone when the destination no longer has it; what it buffered
         // stays in the log, and the stream's worker releases its hold on it.
         let Some(target) = kind.target(&stream.destination) else { return };
-        let metric = kind.metric(matches!(target, Target::Http(_)));
+        let metric = kind.metric(matches!(target, Target::Http(_)), matches!(target, Target::Iceberg(_)));
         let size_max = target.buffer_bytes_max();
         let bytes = buffered.as_ref().map_or(0, |b| b.bytes);
         // Whether the log has nothing more for this batch right now: when stopping,
@@ -334,11 +345,14 @@ async fn decide(
     // An HTTP batch has a request id instead of a key: the same on every retry,
     // after a crash too, so the endpoint can tell a repeat.
     let http_request_id = matches!(target, Target::Http(_)).then(|| identity.uuid().hyphenated().to_string());
+    // An Iceberg batch's snapshot carries an id, the same on every retry, so that
+    // a redo after its commit appends nothing.
+    let iceberg_batch_id = matches!(target, Target::Iceberg(_)).then(|| identity.uuid().hyphenated().to_string());
     // A partitioned batch's keys depend on its records' partition keys: they are
     // derived when it is uploaded (from the batch's identity, so the same on a retry).
     let partitioned = matches!(target, Target::S3(s3) if s3.dynamic_partitioning);
     let key = loop {
-        if let Some(request_id) = &http_request_id {
+        if let Some(request_id) = http_request_id.as_ref().or(iceberg_batch_id.as_ref()) {
             break request_id.clone();
         }
         if partitioned {
@@ -367,6 +381,7 @@ async fn decide(
             .collect(),
         bytes: batch.bytes,
         http_request_id,
+        iceberg_batch_id,
         partitioned,
         version: stream.version_id,
         oldest_arrival_ms: batch.oldest_arrival_ms,
@@ -462,10 +477,11 @@ async fn deliver(
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let stream_id = progress.stream_id;
-    let metric = kind.metric(intent.http_request_id.is_some());
-    let stored = match &intent.http_request_id {
-        Some(request_id) => deliver_http(delivery, progress, metric, intent, request_id, shutdown).await,
-        None => deliver_s3(delivery, progress, kind, metric, intent, shutdown).await,
+    let metric = kind.metric(intent.http_request_id.is_some(), intent.iceberg_batch_id.is_some());
+    let stored = match (&intent.http_request_id, &intent.iceberg_batch_id) {
+        (Some(request_id), _) => deliver_http(delivery, progress, metric, intent, request_id, shutdown).await,
+        (None, Some(batch_id)) => deliver_iceberg(delivery, progress, metric, intent, batch_id, shutdown).await,
+        (None, None) => deliver_s3(delivery, progress, kind, metric, intent, shutdown).await,
     };
     if !stored {
         return false;
@@ -935,18 +951,134 @@ async fn deliver_http(
             }
         }
     };
-    give_up_http(delivery, progress, intent, attempt, &failure, shutdown).await
+    let failure = (failure.code, failure.message.as_str());
+    give_up(delivery, progress, intent, attempt, failure, HTTP_ENDPOINT_FAILED, shutdown).await
 }
 
-/// Writes a batch the endpoint did not take under the error prefix of the
-/// destination's `S3Configuration` (`http-endpoint-failed`), retrying the write
-/// until the retention period ends, then counting and logging the records.
-async fn give_up_http(
+/// Appends the batch to its Iceberg table, retrying with backoff until
+/// `RetryOptions.DurationInSeconds` has passed since the first failure; then the
+/// batch's records go to the destination's `S3Configuration` under the error
+/// prefix (`iceberg-failed`), never dropped. Records that do not fit the table go
+/// there at once, as Firehose's error records; the rest are appended. The append
+/// is one snapshot carrying the batch's id, so a redo after a crash that followed
+/// the commit appends nothing twice. `false` if it stopped for shutdown or
+/// deletion first.
+async fn deliver_iceberg(
+    delivery: &Delivery,
+    progress: &StreamProgress,
+    metric: &'static str,
+    intent: &Intent,
+    batch_id: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let (stream_id, kind) = (progress.stream_id, LaneKind::Destination);
+    let state = &delivery.state;
+    let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
+    let mut attempt = 0u32;
+    let mut first_failure: Option<tokio::time::Instant> = None;
+    let failure = loop {
+        let Some(stream) = state.catalog.get_by_id(stream_id) else {
+            tracing::info!(stream_id, "Stream deleted; its delivery stops.");
+            return false;
+        };
+        if progress.fenced() {
+            return false;
+        }
+        attempt += 1;
+        let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
+        let mut batch = match read_batch(delivery, stream_id, intent).await {
+            Ok(batch) if batch.is_empty() => {
+                tracing::error!(stream_id, batch_id, "The batch's records are no longer in the log.");
+                return true;
+            }
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(stream_id, %error, "Reading the batch from the log failed; retrying.");
+                drop(permit);
+                if wait(shutdown, RETRY_DELAY_MIN).await {
+                    return false;
+                }
+                continue;
+            }
+        };
+        state.metrics.oldest_undelivered(stream_id, metric, Some(batch[0].arrival_ms));
+        let chain = chain_of(&stream, kind);
+        let mut processed = process(delivery, &stream, chain.as_ref(), &mut batch, attempt).await;
+        let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
+        let settings = stream.destination.iceberg_settings();
+        let result: Result<u64, String> = async {
+            let settings = settings.as_ref().ok_or("The destination is no longer an Iceberg table.")?;
+            let (database, table) = settings.tables.first().ok_or("The destination names no table.")?;
+            let tables = state.iceberg().await.map_err(|e| e.to_string())?;
+            let records: Vec<&[u8]> = processed.records.iter().map(Vec::as_slice).collect();
+            let input = sluice_convert::InputFormat::default();
+            let appended =
+                tables.append(database, table, batch_id, &input, &records).await.map_err(|e| e.to_string())?;
+            let now_ms = delivery.clock.now_ms();
+            let lines = processed.errors.entry(ICEBERG_FAILED).or_default();
+            for (i, error) in &appended.failed {
+                let source = &batch[processed.sources[*i]];
+                let failed = Failed {
+                    record: source,
+                    data: &processed.records[*i],
+                    code: error.code(),
+                    message: &error.message,
+                };
+                error_line(lines, &failed, attempt, now_ms, None);
+            }
+            if lines.is_empty() {
+                processed.errors.remove(ICEBERG_FAILED);
+            }
+            Ok(appended.failed.len() as u64)
+        }
+        .await;
+        // Records that failed (processing, or the table) are written where they go
+        // before the batch counts as delivered; a redo rewrites the same objects.
+        let result = match result {
+            Ok(n_failed) => put_errors(delivery, progress, kind, intent, std::mem::take(&mut processed.errors))
+                .await
+                .map(|()| n_failed),
+            Err(error) => Err(error),
+        };
+        drop(permit);
+        let n_delivered = n_records - result.as_ref().map_or(0, |n| *n);
+        state.metrics.delivery(stream_id, metric, result.is_ok(), n_delivered, n_bytes);
+        let error = match result {
+            Ok(_) => {
+                state.metrics.processing(stream_id, &processed.stats);
+                state.flushes.delivered(stream_id, kind.name(), n_delivered);
+                return true;
+            }
+            Err(error) => error,
+        };
+        state.flushes.failed(stream_id, kind.name(), &error);
+        tracing::warn!(stream_id, batch_id, attempt, %error, "Delivery to the Iceberg table failed.");
+        let since_first_failure = first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed();
+        let retry_duration = Duration::from_secs(settings.as_ref().map_or(0, |s| s.retry_duration_s));
+        let delay = backoff.next_delay(rand::random::<f64>());
+        match http::next_wait(since_first_failure, retry_duration, delay) {
+            None => break error,
+            Some(delay) => {
+                if *shutdown.borrow() || wait(shutdown, delay).await {
+                    return false;
+                }
+            }
+        }
+    };
+    give_up(delivery, progress, intent, attempt, ("Iceberg.AppendFailed", &failure), ICEBERG_FAILED, shutdown).await
+}
+
+/// Writes a batch the destination did not take under the error prefix of its
+/// `S3Configuration` (`output_type`: `http-endpoint-failed`, `iceberg-failed`),
+/// retrying the write until the retention period ends, then counting and logging
+/// the records.
+async fn give_up(
     delivery: &Delivery,
     progress: &StreamProgress,
     intent: &Intent,
     attempt: u32,
-    failure: &HttpFailure,
+    (code, message): (&str, &str),
+    output_type: &'static str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let stream_id = progress.stream_id;
@@ -966,10 +1098,10 @@ async fn give_up_http(
                 let now_ms = delivery.clock.now_ms();
                 let mut lines = Vec::new();
                 for record in batch.iter() {
-                    let failed = Failed { record, data: &record.data, code: failure.code, message: &failure.message };
+                    let failed = Failed { record, data: &record.data, code, message };
                     error_line(&mut lines, &failed, attempt, now_ms, None);
                 }
-                let result = match intent.error_key(HTTP_ENDPOINT_FAILED) {
+                let result = match intent.error_key(output_type) {
                     Some(key) => {
                         let lines = bytes::Bytes::from(lines);
                         store_object(delivery, progress, LaneKind::Destination, &intent.bucket, key, lines).await
@@ -989,11 +1121,11 @@ async fn give_up_http(
         drop(permit);
         match result {
             Ok(()) => {
-                tracing::warn!(stream_id, request_id = intent.key, bucket = %intent.bucket, "The HTTP endpoint did not take the batch; its records are under the error prefix.");
+                tracing::warn!(stream_id, batch = intent.key, bucket = %intent.bucket, output_type, "The destination did not take the batch; its records are under the error prefix.");
                 return true;
             }
             Err(error) => {
-                tracing::warn!(stream_id, bucket = %intent.bucket, %error, "Writing failed HTTP records to S3 failed; retrying.");
+                tracing::warn!(stream_id, bucket = %intent.bucket, %error, output_type, "Writing failed records to S3 failed; retrying.");
                 if wait(shutdown, backoff.next_delay(rand::random::<f64>())).await {
                     return false;
                 }

@@ -47,6 +47,10 @@ pub(super) struct Intent {
     /// the error keys are then its `S3Configuration`'s, for records it fails).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) http_request_id: Option<String>,
+    /// For an Iceberg batch: the id its snapshot carries (`bucket` and the error
+    /// keys are then its `S3Configuration`'s, for records that fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) iceberg_batch_id: Option<String>,
     /// Dynamic partitioning: the objects' keys come from the records' partition
     /// keys at upload (`key` is then empty).
     #[serde(default)]
@@ -164,6 +168,7 @@ mod tests {
             error_keys: BTreeMap::new(),
             bytes: 100,
             http_request_id: None,
+            iceberg_batch_id: None,
             partitioned: false,
             version: 1,
             oldest_arrival_ms: 1,

@@ -48,6 +48,7 @@ impl Harness {
             disk: crate::resources::DiskState::new(dir.path().join("wal")),
             installation_id: uuid::Uuid::new_v4(),
             flushes: Arc::default(),
+            iceberg: tokio::sync::OnceCell::new(),
         });
         Harness { dir, state }
     }
