@@ -14,12 +14,23 @@ async fn logs(cluster: &Cluster, node: &str) -> StreamLogs {
     when_ready(|| StreamLogs::open(&connection, options.clone(), node.to_string())).await
 }
 
+/// Every record from `from` on. A read that fails is asked again, as a delivery lane
+/// does (a cursor keeps its position): servers just restarted may time a read out
+/// once while its consumer is made again; one that keeps failing fails the test.
 async fn read_all(logs: &StreamLogs, id: u64, from: u64) -> Vec<sluice_jetstream::StoredRecord> {
     let mut cursor = logs.cursor(id, from, None);
     let mut out = Vec::new();
     let mut idle = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while idle < 20 {
-        let records = cursor.read(1000, 1 << 20).await.expect("read");
+        let records = match cursor.read(1000, 1 << 20).await {
+            Ok(records) => records,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "read: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         if records.is_empty() {
             idle += 1;
             cursor.wait(Duration::from_millis(50)).await;
