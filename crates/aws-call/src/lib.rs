@@ -96,16 +96,17 @@ pub struct JsonApi {
 }
 
 impl JsonApi {
-    /// A caller of `service`'s API.
+    /// A caller of `service`'s API. Callers share one HTTP client (its connection
+    /// pool, and the TLS roots it loads once): a caller made for each call (a Glue
+    /// lookup per batch) costs no new connections or file reads.
     pub fn new(
         config: JsonApiConfig,
         service: &'static str,
         target_prefix: &'static str,
     ) -> Result<JsonApi, CallError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| CallError::Network(e.to_string()))?;
+        static SHARED: std::sync::OnceLock<Result<reqwest::Client, String>> = std::sync::OnceLock::new();
+        let http = SHARED.get_or_init(|| reqwest::Client::builder().build().map_err(|e| e.to_string()));
+        let http = http.clone().map_err(CallError::Network)?;
         Ok(JsonApi { http, config, service, target_prefix })
     }
 
@@ -120,7 +121,7 @@ impl JsonApi {
         let url = format!("{}/", self.config.endpoint.trim_end_matches('/'));
         let target = format!("{}.{operation}", self.target_prefix);
         let headers = [("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
-        let mut request = self.http.post(&url);
+        let mut request = self.http.post(&url).timeout(self.config.timeout);
         for (name, value) in headers {
             request = request.header(name, value);
         }

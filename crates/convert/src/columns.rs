@@ -79,9 +79,11 @@ pub fn record_batch(schema: &TableSchema, arrow: &SchemaRef, columns: &mut [Vec<
 
 /// One column's array. Cells were read for this type, so a mismatch is a bug.
 fn array(t: &HiveType, cells: Vec<Cell>) -> ArrayRef {
+    // Appends every cell to `builder` (made for `cells.len()` values): `$pattern`'s
+    // value, or a null.
     macro_rules! scalar {
-        ($builder:ty, $pattern:pat => $value:expr) => {{
-            let mut b = <$builder>::with_capacity(cells.len());
+        ($builder:expr, $pattern:pat => $value:expr) => {{
+            let mut b = $builder;
             for cell in cells {
                 match cell {
                     $pattern => b.append_value($value),
@@ -92,62 +94,39 @@ fn array(t: &HiveType, cells: Vec<Cell>) -> ArrayRef {
             Arc::new(b.finish()) as ArrayRef
         }};
     }
+    let n = cells.len();
+    // The bytes of a string or binary column, for its builder's capacity.
+    let byte_len = |cells: &[Cell]| -> usize {
+        cells
+            .iter()
+            .map(|c| match c {
+                Cell::Text(s) => s.len(),
+                Cell::Bytes(b) => b.len(),
+                _ => 0,
+            })
+            .sum()
+    };
     match t {
-        HiveType::Boolean => scalar!(BooleanBuilder, Cell::Bool(v) => v),
-        HiveType::TinyInt => scalar!(Int8Builder, Cell::Int(v) => v as i8),
-        HiveType::SmallInt => scalar!(Int16Builder, Cell::Int(v) => v as i16),
-        HiveType::Int => scalar!(Int32Builder, Cell::Int(v) => v as i32),
-        HiveType::BigInt => scalar!(Int64Builder, Cell::Int(v) => v),
-        HiveType::Float => scalar!(Float32Builder, Cell::Float(v) => v as f32),
-        HiveType::Double => scalar!(Float64Builder, Cell::Float(v) => v),
-        HiveType::Decimal { precision, scale } => {
-            let mut b = Decimal128Builder::with_capacity(cells.len())
+        HiveType::Boolean => scalar!(BooleanBuilder::with_capacity(n), Cell::Bool(v) => v),
+        HiveType::TinyInt => scalar!(Int8Builder::with_capacity(n), Cell::Int(v) => v as i8),
+        HiveType::SmallInt => scalar!(Int16Builder::with_capacity(n), Cell::Int(v) => v as i16),
+        HiveType::Int => scalar!(Int32Builder::with_capacity(n), Cell::Int(v) => v as i32),
+        HiveType::BigInt => scalar!(Int64Builder::with_capacity(n), Cell::Int(v) => v),
+        HiveType::Float => scalar!(Float32Builder::with_capacity(n), Cell::Float(v) => v as f32),
+        HiveType::Double => scalar!(Float64Builder::with_capacity(n), Cell::Float(v) => v),
+        HiveType::Decimal { precision, scale } => scalar!(
+            Decimal128Builder::with_capacity(n)
                 .with_precision_and_scale(*precision, *scale as i8)
-                .expect("the parser bounds precision and scale");
-            for cell in cells {
-                match cell {
-                    Cell::Decimal(v) => b.append_value(v),
-                    Cell::Null => b.append_null(),
-                    other => unreachable!("{other:?} read for {t}"),
-                }
-            }
-            Arc::new(b.finish())
-        }
+                .expect("the parser bounds precision and scale"),
+            Cell::Decimal(v) => v
+        ),
         HiveType::String | HiveType::Char(_) | HiveType::Varchar(_) => {
-            let bytes = cells.iter().map(|c| if let Cell::Text(s) = c { s.len() } else { 0 }).sum();
-            let mut b = StringBuilder::with_capacity(cells.len(), bytes);
-            for cell in cells {
-                match cell {
-                    Cell::Text(v) => b.append_value(v),
-                    Cell::Null => b.append_null(),
-                    other => unreachable!("{other:?} read for {t}"),
-                }
-            }
-            Arc::new(b.finish())
+            scalar!(StringBuilder::with_capacity(n, byte_len(&cells)), Cell::Text(v) => v)
         }
-        HiveType::Binary => {
-            let bytes = cells.iter().map(|c| if let Cell::Bytes(s) = c { s.len() } else { 0 }).sum();
-            let mut b = BinaryBuilder::with_capacity(cells.len(), bytes);
-            for cell in cells {
-                match cell {
-                    Cell::Bytes(v) => b.append_value(v),
-                    Cell::Null => b.append_null(),
-                    other => unreachable!("{other:?} read for {t}"),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        HiveType::Date => scalar!(Date32Builder, Cell::Date(v) => v),
+        HiveType::Binary => scalar!(BinaryBuilder::with_capacity(n, byte_len(&cells)), Cell::Bytes(v) => v),
+        HiveType::Date => scalar!(Date32Builder::with_capacity(n), Cell::Date(v) => v),
         HiveType::Timestamp => {
-            let mut b = TimestampMillisecondBuilder::with_capacity(cells.len()).with_timezone("UTC");
-            for cell in cells {
-                match cell {
-                    Cell::Timestamp(v) => b.append_value(v),
-                    Cell::Null => b.append_null(),
-                    other => unreachable!("{other:?} read for {t}"),
-                }
-            }
-            Arc::new(b.finish())
+            scalar!(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"), Cell::Timestamp(v) => v)
         }
         HiveType::Array(element) => {
             let (lengths, valid, items) = nested(cells, |cell| match cell {

@@ -112,9 +112,12 @@ impl Tables {
     /// The table, loaded now.
     async fn load(&self, database: &str, table: &str) -> Result<iceberg::table::Table, IcebergError> {
         let ident = TableIdent::new(NamespaceIdent::new(database.to_string()), table.to_string());
-        match self.catalog.table_exists(&ident).await.map_err(catalog_error)? {
-            false => Err(IcebergError::NoSuchTable(format!("{database}.{table}"))),
-            true => self.catalog.load_table(&ident).await.map_err(catalog_error),
+        // One round trip: a missing table (or namespace) is the load's own error.
+        match self.catalog.load_table(&ident).await {
+            Err(e) if matches!(e.kind(), iceberg::ErrorKind::TableNotFound | iceberg::ErrorKind::NamespaceNotFound) => {
+                Err(IcebergError::NoSuchTable(format!("{database}.{table}")))
+            }
+            loaded => loaded.map_err(catalog_error),
         }
     }
 
@@ -169,10 +172,8 @@ impl Tables {
                     continue;
                 }
             };
-            let missing = (before..before + n).find_map(|row| {
-                let cells: Vec<&Cell> = columns.iter().map(|c| &c[row]).collect();
-                schema::missing_required(fields, &cells)
-            });
+            let missing =
+                (before..before + n).find_map(|row| schema::missing_required(fields, columns.iter().map(|c| &c[row])));
             if let Some(path) = missing {
                 for column in &mut columns {
                     column.truncate(before);

@@ -62,8 +62,9 @@ fn hive_type(t: &Type) -> Result<HiveType, String> {
     })
 }
 
-/// The first required field a row leaves empty, as a path (`a.b`).
-pub(crate) fn missing_required(fields: &[NestedFieldRef], row: &[&Cell]) -> Option<String> {
+/// The first required field a row (its cells in column order) leaves empty, as
+/// a path (`a.b`).
+pub(crate) fn missing_required<'a>(fields: &[NestedFieldRef], row: impl Iterator<Item = &'a Cell>) -> Option<String> {
     fields.iter().zip(row).find_map(|(field, cell)| missing_in(field, cell))
 }
 

@@ -96,6 +96,17 @@ pub fn enabled(config: &Map<String, Value>) -> bool {
         .is_some_and(|c| c.get("Enabled").and_then(Value::as_bool) != Some(false))
 }
 
+/// The extension of a converting stream's objects (`.parquet` or `.orc`); `None`
+/// if it does not convert. Cheap: read where keys are named, for every batch.
+pub fn format_extension(config: &Map<String, Value>) -> Option<&'static str> {
+    if !enabled(config) {
+        return None;
+    }
+    let block = config.get("DataFormatConversionConfiguration")?;
+    let serializer = block.get("OutputFormatConfiguration")?.get("Serializer")?.as_object()?;
+    Some(if serializer.contains_key("OrcSerDe") { ".orc" } else { ".parquet" })
+}
+
 /// Checks an ExtendedS3 configuration's conversion block as Firehose does; the
 /// error is the message of an `InvalidArgumentException`.
 pub fn validate(config: &Map<String, Value>) -> Result<(), String> {

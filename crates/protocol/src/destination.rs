@@ -177,13 +177,7 @@ impl S3Settings {
             buffer_interval_s: hint("IntervalInSeconds").unwrap_or(300),
             compression: text("CompressionFormat").unwrap_or_else(|| "UNCOMPRESSED".into()),
             file_extension: text("FileExtension").filter(|e| !e.is_empty()),
-            format_extension: match crate::conversion::settings(config) {
-                Ok(Some(conversion)) => Some(match conversion.output {
-                    crate::conversion::OutputSettings::Parquet { .. } => ".parquet",
-                    crate::conversion::OutputSettings::Orc(_) => ".orc",
-                }),
-                _ => None,
-            },
+            format_extension: crate::conversion::format_extension(config),
             custom_time_zone: text("CustomTimeZone").filter(|z| !z.is_empty()),
             dynamic_partitioning: config
                 .get("DynamicPartitioningConfiguration")

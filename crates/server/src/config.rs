@@ -510,23 +510,13 @@ pub fn http_url(what: &str, endpoint: &str) -> Result<String, ConfigError> {
 impl RawKinesisConfig {
     fn validate(self) -> Result<KinesisConfig, ConfigError> {
         let endpoint_of = |what: &str, endpoint: Option<String>| endpoint.map(|e| http_url(what, &e)).transpose();
-        // The same rules as [s3]'s credentials.
-        let credentials_of = |what: &str, id: Option<String>, secret: Option<String>, file: Option<PathBuf>| {
-            let target = RawS3Target {
-                access_key_id: id,
-                secret_access_key: secret,
-                secret_access_key_file: file,
-                ..RawS3Target::default()
-            };
-            target.validate(what, "").map(|t| t.credentials)
-        };
         let mut streams = std::collections::BTreeMap::new();
         for (name, stream) in self.streams {
             let what = format!("kinesis.streams.{name}");
             let config = KinesisStreamConfig {
                 endpoint: endpoint_of(&what, stream.endpoint)?,
                 region: stream.region,
-                credentials: credentials_of(
+                credentials: signing_key(
                     &what,
                     stream.access_key_id,
                     stream.secret_access_key,
@@ -536,11 +526,8 @@ impl RawKinesisConfig {
             streams.insert(name, config);
         }
         let credentials =
-            credentials_of("kinesis", self.access_key_id, self.secret_access_key, self.secret_access_key_file)?
-                .or_else(|| {
-                    let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
-                    Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
-                });
+            signing_key("kinesis", self.access_key_id, self.secret_access_key, self.secret_access_key_file)?
+                .or_else(environment_key);
         Ok(KinesisConfig {
             endpoint: endpoint_of("kinesis", self.endpoint)?,
             region: self.region,
@@ -548,6 +535,24 @@ impl RawKinesisConfig {
             streams,
         })
     }
+}
+
+/// The key a section signs its AWS calls with (`what` names the section in
+/// errors), by the same rules as `[s3]`'s credentials; `None` if none is given.
+fn signing_key(
+    what: &str,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+) -> Result<Option<(String, String)>, ConfigError> {
+    let target = RawS3Target { access_key_id, secret_access_key, secret_access_key_file, ..RawS3Target::default() };
+    target.validate(what, "").map(|t| t.credentials)
+}
+
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, when a section gives no key.
+fn environment_key() -> Option<(String, String)> {
+    let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
+    Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
 }
 
 /// `[glue]`: where a converting stream's `SchemaConfiguration` finds its table:
@@ -637,16 +642,8 @@ impl GlueConfig {
 
 impl RawGlueConfig {
     fn validate(self) -> Result<GlueConfig, ConfigError> {
-        let target = RawS3Target {
-            access_key_id: self.access_key_id,
-            secret_access_key: self.secret_access_key,
-            secret_access_key_file: self.secret_access_key_file,
-            ..RawS3Target::default()
-        };
-        let credentials = target.validate("glue", "")?.credentials.or_else(|| {
-            let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
-            Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
-        });
+        let credentials = signing_key("glue", self.access_key_id, self.secret_access_key, self.secret_access_key_file)?
+            .or_else(environment_key);
         let mut tables = std::collections::BTreeMap::new();
         for table in self.tables {
             let key = (table.database.to_lowercase(), table.name.to_lowercase());
@@ -1093,19 +1090,9 @@ impl RawLambdaConfig {
             let function_endpoint = http_url(&what, function.endpoint.as_deref().unwrap_or(&endpoint))?;
             functions.insert(name, (function_endpoint, function.region.unwrap_or_else(|| region.clone())));
         }
-        // The same rules as [s3]'s credentials.
-        let credentials = RawS3Target {
-            access_key_id: self.access_key_id,
-            secret_access_key: self.secret_access_key,
-            secret_access_key_file: self.secret_access_key_file,
-            ..RawS3Target::default()
-        }
-        .validate("lambda", &region)?
-        .credentials
-        .or_else(|| {
-            let id = std::env::var("AWS_ACCESS_KEY_ID").ok()?;
-            Some((id, std::env::var("AWS_SECRET_ACCESS_KEY").ok()?))
-        });
+        let credentials =
+            signing_key("lambda", self.access_key_id, self.secret_access_key, self.secret_access_key_file)?
+                .or_else(environment_key);
         Ok(LambdaConfig { endpoint, region, credentials, timeout_s: self.timeout_s.unwrap_or(300).max(1), functions })
     }
 }

@@ -843,6 +843,93 @@ fn permits(intent: &Intent) -> u32 {
     ((intent.bytes * 2) >> 10).clamp(1, (super::BATCH_BYTES_IN_FLIGHT_MAX >> 10) as u64) as u32
 }
 
+/// How an attempt at a batch for an HTTP endpoint or an Iceberg table begins.
+enum Begun<'a> {
+    /// The stream as defined now, room in the in-flight budget, and the batch.
+    Ready(Arc<StreamRecord>, tokio::sync::SemaphorePermit<'a>, ReadBack),
+    /// The batch could not be read; waited, try again.
+    Again,
+    /// Stop: `true` if the batch counts as delivered (its records are gone from the
+    /// log, said loudly), `false` for shutdown, deletion or a take-over.
+    Stop(bool),
+}
+
+/// Begins an attempt: the stream still exists and is still this lane's, room in
+/// the in-flight budget, uploads an earlier attempt left aborted, and the batch
+/// read back from the log (a failed read waits before the next attempt).
+async fn begin_attempt<'a>(
+    delivery: &'a Delivery,
+    progress: &StreamProgress,
+    intent: &Intent,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Begun<'a> {
+    let stream_id = progress.stream_id;
+    let Some(stream) = delivery.state.catalog.get_by_id(stream_id) else {
+        tracing::info!(stream_id, "Stream deleted; its delivery stops.");
+        return Begun::Stop(false);
+    };
+    if progress.fenced() {
+        return Begun::Stop(false);
+    }
+    let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
+    let batch = match abort_stale_uploads(delivery, progress, LaneKind::Destination).await {
+        Ok(()) => read_batch(delivery, stream_id, intent).await.map_err(|e| e.to_string()),
+        Err(error) => Err(error),
+    };
+    match batch {
+        Ok(batch) if batch.is_empty() => {
+            tracing::error!(stream_id, batch = %intent.key, "The batch's records are no longer in the log.");
+            Begun::Stop(true)
+        }
+        Ok(batch) => Begun::Ready(stream, permit, batch),
+        Err(error) => {
+            tracing::error!(stream_id, %error, "Reading the batch from the log failed; retrying.");
+            drop(permit);
+            match wait(shutdown, RETRY_DELAY_MIN).await {
+                true => Begun::Stop(false),
+                false => Begun::Again,
+            }
+        }
+    }
+}
+
+/// The retries of a destination with `RetryOptions.DurationInSeconds`: backoff
+/// between attempts, for that long after the first failure.
+struct RetryWindow {
+    backoff: Backoff,
+    first_failure: Option<tokio::time::Instant>,
+}
+
+/// What follows a failed attempt.
+enum After {
+    /// Waited; try again.
+    Again,
+    /// The retry duration has passed.
+    GiveUp,
+    /// Shutting down.
+    Stop,
+}
+
+impl RetryWindow {
+    fn new(backoff: Backoff) -> RetryWindow {
+        RetryWindow { backoff, first_failure: None }
+    }
+
+    /// After a failed attempt: waits for the next one, unless `retry_duration_s`
+    /// has passed since the first failure (the last wait is cut short so that the
+    /// final attempt comes when the duration ends).
+    async fn after_failure(&mut self, retry_duration_s: u64, shutdown: &mut watch::Receiver<bool>) -> After {
+        let since_first_failure = self.first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed();
+        let delay = self.backoff.next_delay(rand::random::<f64>());
+        match http::next_wait(since_first_failure, Duration::from_secs(retry_duration_s), delay) {
+            None => After::GiveUp,
+            Some(_) if *shutdown.borrow() => After::Stop,
+            Some(delay) if wait(shutdown, delay).await => After::Stop,
+            Some(_) => After::Again,
+        }
+    }
+}
+
 /// Sends the batch to the HTTP endpoint, in requests of at most 10,000 records,
 /// retrying with Firehose's backoff until `RetryOptions.DurationInSeconds` has
 /// passed since the first failure (413: not at all); then the batch's records go to
@@ -860,43 +947,19 @@ async fn deliver_http(
 ) -> bool {
     let (stream_id, kind) = (progress.stream_id, LaneKind::Destination);
     let state = &delivery.state;
-    let mut backoff = Backoff::new(HTTP_RETRY_DELAY_MIN, HTTP_RETRY_DELAY_MAX, HTTP_RETRY_JITTER);
+    let mut retries = RetryWindow::new(Backoff::new(HTTP_RETRY_DELAY_MIN, HTTP_RETRY_DELAY_MAX, HTTP_RETRY_JITTER));
     let mut attempt = 0u32;
-    let mut first_failure: Option<tokio::time::Instant> = None;
     // Requests already answered with 200 are not sent again within this run.
     let mut requests_done = 0usize;
     let failure = loop {
-        let Some(stream) = state.catalog.get_by_id(stream_id) else {
-            tracing::info!(stream_id, "Stream deleted; its delivery stops.");
-            return false;
-        };
-        if progress.fenced() {
-            return false;
-        }
         attempt += 1;
-        let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
-        let batch = match abort_stale_uploads(delivery, progress, kind).await {
-            Ok(()) => read_batch(delivery, stream_id, intent).await.map_err(|e| e.to_string()),
-            Err(error) => Err(error),
-        };
-        let batch = match batch {
-            Ok(batch) if batch.is_empty() => {
-                tracing::error!(stream_id, request_id, "The batch's records are no longer in the log.");
-                return true;
-            }
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(stream_id, %error, "Reading the batch from the log failed; retrying.");
-                drop(permit);
-                if wait(shutdown, RETRY_DELAY_MIN).await {
-                    return false;
-                }
-                continue;
-            }
+        let (stream, permit, mut batch) = match begin_attempt(delivery, progress, intent, shutdown).await {
+            Begun::Ready(stream, permit, batch) => (stream, permit, batch),
+            Begun::Again => continue,
+            Begun::Stop(delivered) => return delivered,
         };
         state.metrics.oldest_undelivered(stream_id, metric, Some(batch[0].arrival_ms));
         let chain = chain_of(&stream, LaneKind::Destination);
-        let mut batch = batch;
         let mut processed = process(delivery, &stream, chain.as_ref(), &mut batch, attempt).await;
         let now_ms = delivery.clock.now_ms();
         let (n_records, n_bytes) = (processed.records.len() as u64, processed.n_bytes());
@@ -939,16 +1002,10 @@ async fn deliver_http(
         if failure.permanent {
             break failure;
         }
-        let since_first_failure = first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed();
-        let retry_duration = Duration::from_secs(settings.as_ref().map_or(0, |s| s.retry_duration_s));
-        let delay = backoff.next_delay(rand::random::<f64>());
-        match http::next_wait(since_first_failure, retry_duration, delay) {
-            None => break failure,
-            Some(delay) => {
-                if *shutdown.borrow() || wait(shutdown, delay).await {
-                    return false;
-                }
-            }
+        match retries.after_failure(settings.as_ref().map_or(0, |s| s.retry_duration_s), shutdown).await {
+            After::Again => {}
+            After::GiveUp => break failure,
+            After::Stop => return false,
         }
     };
     let failure = (failure.code, failure.message.as_str());
@@ -973,33 +1030,14 @@ async fn deliver_iceberg(
 ) -> bool {
     let (stream_id, kind) = (progress.stream_id, LaneKind::Destination);
     let state = &delivery.state;
-    let mut backoff = Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER);
+    let mut retries = RetryWindow::new(Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX, RETRY_JITTER));
     let mut attempt = 0u32;
-    let mut first_failure: Option<tokio::time::Instant> = None;
     let failure = loop {
-        let Some(stream) = state.catalog.get_by_id(stream_id) else {
-            tracing::info!(stream_id, "Stream deleted; its delivery stops.");
-            return false;
-        };
-        if progress.fenced() {
-            return false;
-        }
         attempt += 1;
-        let permit = delivery.batch_kib_in_flight.acquire_many(permits(intent)).await.expect("never closed");
-        let mut batch = match read_batch(delivery, stream_id, intent).await {
-            Ok(batch) if batch.is_empty() => {
-                tracing::error!(stream_id, batch_id, "The batch's records are no longer in the log.");
-                return true;
-            }
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(stream_id, %error, "Reading the batch from the log failed; retrying.");
-                drop(permit);
-                if wait(shutdown, RETRY_DELAY_MIN).await {
-                    return false;
-                }
-                continue;
-            }
+        let (stream, permit, mut batch) = match begin_attempt(delivery, progress, intent, shutdown).await {
+            Begun::Ready(stream, permit, batch) => (stream, permit, batch),
+            Begun::Again => continue,
+            Begun::Stop(delivered) => return delivered,
         };
         state.metrics.oldest_undelivered(stream_id, metric, Some(batch[0].arrival_ms));
         let chain = chain_of(&stream, kind);
@@ -1053,16 +1091,10 @@ async fn deliver_iceberg(
         };
         state.flushes.failed(stream_id, kind.name(), &error);
         tracing::warn!(stream_id, batch_id, attempt, %error, "Delivery to the Iceberg table failed.");
-        let since_first_failure = first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed();
-        let retry_duration = Duration::from_secs(settings.as_ref().map_or(0, |s| s.retry_duration_s));
-        let delay = backoff.next_delay(rand::random::<f64>());
-        match http::next_wait(since_first_failure, retry_duration, delay) {
-            None => break error,
-            Some(delay) => {
-                if *shutdown.borrow() || wait(shutdown, delay).await {
-                    return false;
-                }
-            }
+        match retries.after_failure(settings.as_ref().map_or(0, |s| s.retry_duration_s), shutdown).await {
+            After::Again => {}
+            After::GiveUp => break error,
+            After::Stop => return false,
         }
     };
     give_up(delivery, progress, intent, attempt, ("Iceberg.AppendFailed", &failure), ICEBERG_FAILED, shutdown).await
