@@ -114,6 +114,12 @@ struct RunArgs {
     /// per request, a figure steadier than throughput on a shared machine.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Requests per second over all connections, sent on a fixed schedule (open
+    /// loop) instead of each connection's next request right after its answer;
+    /// latency then counts from when a request was due, so a server falling behind
+    /// shows in it (no coordinated omission). 0: as fast as the connections go.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -363,6 +369,7 @@ impl RunArgs {
             sign: self.sign.clone(),
             ca_file: self.ca_file.clone(),
             server_pid: self.server_pid,
+            rate: self.rate,
         }
     }
 }
@@ -398,10 +405,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    // With a rate, connection c sends at t0 + (k * connections + c) / rate: the
+    // schedule as a whole is evenly spaced.
+    let spacing = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
+    let t0 = tokio::time::Instant::now();
     for c in 0..args.connections {
         let at = c % endpoints.len();
         let (prepared, measuring, stop, endpoint) =
             (prepared[at].clone(), measuring.clone(), stop.clone(), endpoints[at].clone());
+        let mut due = spacing.map(|s| t0 + s.mul_f64(c as f64 / args.connections as f64));
         tasks.push(tokio::spawn(async move {
             let mut sender = endpoint.conn();
             let mut latencies_us = Vec::with_capacity(1 << 16);
@@ -409,7 +421,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let request = prepared[i % prepared.len()].request();
                 i += 1;
-                let started = Instant::now();
+                let started = match (&mut due, spacing) {
+                    (Some(due), Some(spacing)) => {
+                        tokio::time::sleep_until(*due).await;
+                        let started = due.into_std();
+                        *due += spacing;
+                        started
+                    }
+                    _ => Instant::now(),
+                };
                 let status = sender.call(request).await.map(|(s, _)| s).unwrap_or(0);
                 if measuring.load(Ordering::Relaxed) {
                     if status == 200 {
@@ -452,6 +472,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "label": args.label,
         "op": target,
         "connections": args.connections,
+        "rate": args.rate,
         "streams": args.streams,
         "record_bytes": args.record_bytes,
         "records_per_request": records_per_request,
