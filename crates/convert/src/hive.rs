@@ -91,6 +91,17 @@ impl HiveType {
     pub fn is_primitive(&self) -> bool {
         !matches!(self, HiveType::Array(_) | HiveType::Map(..) | HiveType::Struct(_))
     }
+
+    /// Whether this type is `t` or holds it at any depth.
+    pub fn contains(&self, t: &HiveType) -> bool {
+        self == t
+            || match self {
+                HiveType::Array(element) => element.contains(t),
+                HiveType::Map(key, value) => key.contains(t) || value.contains(t),
+                HiveType::Struct(fields) => fields.iter().any(|(_, f)| f.contains(t)),
+                _ => false,
+            }
+    }
 }
 
 impl fmt::Display for HiveType {

@@ -6,8 +6,8 @@
 //! The steps: the table's columns and their Hive types (`schema`, `hive`), the
 //! input deserializer turning each record into rows of typed cells (`json`, with
 //! `timestamp` and `joda` for the time forms), cells to arrow arrays (`columns`),
-//! and the file writer (`parquet`). A record that does not fit fails alone
-//! ([`RecordError`]); the rest are written.
+//! and the file writer (`parquet` or `orc`). A record that does not fit fails
+//! alone ([`RecordError`]); the rest are written.
 //!
 //! This crate knows nothing of Firehose's wire format, HTTP servers or the log.
 //! It holds the heavy columnar dependencies (arrow, parquet), so that the log,
@@ -17,6 +17,7 @@ pub mod columns;
 pub mod hive;
 pub mod joda;
 pub mod json;
+pub mod orc;
 pub mod parquet;
 pub mod schema;
 pub mod timestamp;
@@ -25,6 +26,7 @@ use arrow_schema::SchemaRef;
 
 pub use hive::{HiveType, TypeError};
 pub use json::{Cell, InputFormat, RecordError, RecordErrorKind, TimestampFormat};
+pub use orc::{OrcCompression, OrcOptions};
 pub use parquet::{ParquetCompression, ParquetOptions};
 pub use schema::{Column, SchemaError, TableSchema};
 
@@ -49,6 +51,8 @@ pub enum ConvertError {
 pub enum OutputFormat {
     /// `ParquetSerDe`.
     Parquet(ParquetOptions),
+    /// `OrcSerDe`.
+    Orc(OrcOptions),
 }
 
 /// A stream's conversion: its table's schema, how records are read and how the
@@ -60,6 +64,8 @@ pub struct Conversion {
     arrow: SchemaRef,
     input: InputFormat,
     output: OutputFormat,
+    /// Whether a column holds timestamps, at any depth (ORC cannot hold them all).
+    timestamps: bool,
 }
 
 impl Conversion {
@@ -69,7 +75,8 @@ impl Conversion {
             return Err(SchemaError::NoColumns.into());
         }
         let arrow = columns::arrow_schema(&schema);
-        Ok(Conversion { schema, arrow, input, output })
+        let timestamps = schema.columns.iter().any(|c| c.hive_type.contains(&HiveType::Timestamp));
+        Ok(Conversion { schema, arrow, input, output, timestamps })
     }
 
     /// The table's schema.
@@ -81,13 +88,15 @@ impl Conversion {
     pub fn extension(&self) -> &'static str {
         match self.output {
             OutputFormat::Parquet(_) => ".parquet",
+            OutputFormat::Orc(_) => ".orc",
         }
     }
 
     /// Starts a file.
     pub fn file(&self) -> Result<FileWriter<'_>, ConvertError> {
         let file = match &self.output {
-            OutputFormat::Parquet(options) => parquet::ParquetFile::new(self.arrow.clone(), options)?,
+            OutputFormat::Parquet(options) => File::Parquet(parquet::ParquetFile::new(self.arrow.clone(), options)?),
+            OutputFormat::Orc(options) => File::Orc(Box::new(orc::OrcFile::new(&self.schema, options))),
         };
         Ok(FileWriter {
             conversion: self,
@@ -107,9 +116,14 @@ pub struct FileWriter<'a> {
     columns: Vec<Vec<Cell>>,
     pending_rows: usize,
     rows: u64,
-    file: parquet::ParquetFile,
+    file: File,
     /// A writer failure, kept for [`FileWriter::finish`].
     failed: Option<ConvertError>,
+}
+
+enum File {
+    Parquet(parquet::ParquetFile),
+    Orc(Box<orc::OrcFile>),
 }
 
 impl FileWriter<'_> {
@@ -118,12 +132,37 @@ impl FileWriter<'_> {
     pub fn push(&mut self, record: &[u8]) -> Result<usize, RecordError> {
         let conversion = self.conversion;
         let n = conversion.input.read(&conversion.schema, record, &mut self.columns)?;
+        if conversion.timestamps && matches!(self.file, File::Orc(_)) {
+            self.check_orc_timestamps(n)?;
+        }
         self.pending_rows += n;
         self.rows += n as u64;
         if self.pending_rows >= CHUNK_ROWS_MAX {
             self.write_chunk();
         }
         Ok(n)
+    }
+
+    /// Fails (and takes back) the last `n` rows if a timestamp in them is one ORC
+    /// cannot hold.
+    fn check_orc_timestamps(&mut self, n: usize) -> Result<(), RecordError> {
+        let schema = &self.conversion.schema;
+        let unfit = schema.columns.iter().zip(&self.columns).find_map(|(column, cells)| {
+            cells[cells.len() - n..]
+                .iter()
+                .find_map(|cell| orc::unfit_timestamp(cell, &column.hive_type).map(|ms| (column, ms)))
+        });
+        let Some((column, ms)) = unfit else { return Ok(()) };
+        for cells in &mut self.columns {
+            cells.truncate(cells.len() - n);
+        }
+        Err(RecordError {
+            kind: RecordErrorKind::Malformed,
+            message: format!(
+                "Data does not match the schema. Column {}: the timestamp {ms} ms since the epoch (in the second before 1970-01-01) cannot be written to ORC (ORC-763).",
+                column.name
+            ),
+        })
     }
 
     /// Rows written so far.
@@ -137,7 +176,11 @@ impl FileWriter<'_> {
         }
         let batch = columns::record_batch(&self.conversion.schema, &self.conversion.arrow, &mut self.columns);
         self.pending_rows = 0;
-        if let Err(error) = self.file.write(&batch) {
+        let written = match &mut self.file {
+            File::Parquet(file) => file.write(&batch),
+            File::Orc(file) => file.write(&batch),
+        };
+        if let Err(error) = written {
             self.failed = Some(error);
         }
     }
@@ -148,6 +191,9 @@ impl FileWriter<'_> {
         if let Some(error) = self.failed {
             return Err(error);
         }
-        self.file.finish()
+        match self.file {
+            File::Parquet(file) => file.finish(),
+            File::Orc(file) => file.finish(),
+        }
     }
 }
