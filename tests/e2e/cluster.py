@@ -74,6 +74,51 @@ class NatsCluster:
                     raise RuntimeError(f"nats-server {n} not ready: {self.logs[n].read_text()[-2000:]}")
                 time.sleep(0.05)
 
+    def hand_over_leadership(self, i: int, timeout=20):
+        """Moves every stream's leadership away from server `i` and waits until the
+        other replicas of each stream are current: what an operator does before
+        taking a server's disk out. (A server that loses its disk while it leads,
+        and rejoins under its old name, can lose that stream's newest acknowledged
+        messages: its Raft state went with the disk, and its vote can elect the
+        follower that lacks them. See docs/cluster.md.)"""
+        self._settle(f"nats-{i}", timeout)
+
+    def wait_current(self, timeout=60):
+        """Until every stream has a leader and every replica is current (a server
+        that came back with an empty store has copied everything back)."""
+        self._settle(None, timeout)
+
+    def _settle(self, away_from, timeout):
+        import nats
+
+        async def run():
+            urls = [u for n, u in enumerate(self.urls) if f"nats-{n}" != away_from and self.procs[n] is not None]
+            nc = await nats.connect(urls, connect_timeout=5, allow_reconnect=False)
+            try:
+                js = nc.jetstream(timeout=5)
+                deadline = time.time() + timeout
+                while True:
+                    pending = []
+                    for info in await js.streams_info():
+                        cluster = info.cluster
+                        if cluster is None:
+                            continue
+                        if away_from is not None and cluster.leader == away_from:
+                            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{info.config.name}", b"", timeout=5)
+                            pending.append(info.config.name)
+                        elif cluster.leader is None or any(
+                                r.name != away_from and (r.offline or not r.current) for r in cluster.replicas or []):
+                            pending.append(info.config.name)
+                    if not pending:
+                        return
+                    if time.time() > deadline:
+                        raise RuntimeError(f"streams not settled ({away_from=}): {pending}")
+                    await asyncio.sleep(0.2)
+            finally:
+                await nc.close()
+
+        asyncio.run(run())
+
     def kill(self, i: int):
         proc = self.procs[i]
         if proc is not None:

@@ -191,14 +191,19 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
                 time.sleep(rng.uniform(0.5, 2.0))
                 own_nats.start(i)
             elif kind == "nats_disk_lost":
-                # A NATS server's disk is replaced: it comes back with an empty
-                # store, and the other replicas must bring it up to date (start()
-                # waits until its /healthz says its streams are current) before
-                # the next fault may take one of them.
+                # A NATS server's disk is replaced: the operator moves its streams'
+                # leadership away first (a leader that loses its disk and rejoins
+                # under its old name can lose acknowledged messages: NATS's Raft
+                # state goes with the disk; docs/cluster.md), then it comes back
+                # with an empty store, and the other replicas must bring it up to
+                # date (start() waits until its /healthz says its streams are
+                # current) before the next fault may take one of them.
                 i = rng.randrange(3)
+                own_nats.hand_over_leadership(i)
                 own_nats.kill(i)
                 shutil.rmtree(own_nats.store_dir(i), ignore_errors=True)
                 own_nats.start(i)
+                own_nats.wait_current()
             elif kind == "pause_owner":
                 stream = rng.choice(streams)
                 deadline = time.time() + 10

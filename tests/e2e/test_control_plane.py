@@ -97,15 +97,11 @@ def test_http_endpoint_and_s3_destinations_are_stored(fh):
         "EndpointConfiguration": {"Url": "https://x.example.com"}, "S3Configuration": S3_CONFIG}},
      "Exactly one destination configuration is supported for a Firehose"),
     # Format conversion: an incomplete block by Firehose's rules (an absent Enabled is
-    # true); ORC, which Sluice does not write yet, refused rather than ignored.
+    # true).
     ({"ExtendedS3DestinationConfiguration": dict(S3_CONFIG, DataFormatConversionConfiguration={"Enabled": True})},
      "InputFormatConfiguration must not be null"),
     ({"ExtendedS3DestinationConfiguration": dict(S3_CONFIG, DataFormatConversionConfiguration={
         "SchemaConfiguration": {"DatabaseName": "db", "TableName": "t"}})}, "InputFormatConfiguration must not be null"),
-    ({"ExtendedS3DestinationConfiguration": dict(S3_CONFIG, DataFormatConversionConfiguration={
-        "SchemaConfiguration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "DatabaseName": "db", "TableName": "t"},
-        "InputFormatConfiguration": {"Deserializer": {"OpenXJsonSerDe": {}}},
-        "OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}}}})}, "Sluice does not write ORC yet"),
     # Accepted and ignored, this would change what is delivered: refused instead.
     ({"HttpEndpointDestinationConfiguration": {
         "EndpointConfiguration": {"Url": "https://x.example.com"}, "S3Configuration": S3_CONFIG,

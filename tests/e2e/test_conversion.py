@@ -1,5 +1,5 @@
-"""Data format conversion (issue 14): JSON records in, Parquet objects out, read back by
-independent readers (pyarrow, DuckDB); schemas from tables declared in the config file and
+"""Data format conversion (issue 14): JSON records in, Parquet and ORC objects out, read back
+by independent readers (pyarrow, DuckDB, pyarrow's ORC reader); schemas from tables declared in the config file and
 from moto's Glue server; records that do not fit go to `format-conversion-failed` while the
 rest of the batch is delivered; Firehose's create-time rules, through boto3."""
 
@@ -133,6 +133,43 @@ def test_duckdb_reads_what_each_serializer_option_wrote(lake):
         assert (n, total, users) == (500, sum(range(500)), 3), key
         [(codec,)] = duckdb.sql(f"select distinct compression from parquet_metadata('{path}')").fetchall()
         assert codec == key.split("/")[0], key
+
+
+def test_orc_objects_read_back_with_each_compression_and_misfits_go_to_the_error_prefix(lake):
+    import pyarrow.orc as orc
+    out = bucket(lake)
+    fh = lake.client()
+    for compression in ("NONE", "ZLIB", "SNAPPY"):
+        serializer = {"OrcSerDe": {"Compression": compression, "StripeSizeBytes": 8388608, "RowIndexStride": 10000,
+                                   "BloomFilterColumns": ["user"], "FormatVersion": "V0_11"}}
+        config = dict(converting(serializer=serializer), Prefix=f"{compression}/")
+        make_stream(fh, compression.lower(), ExtendedS3DestinationConfiguration=config)
+        records = [{"id": i, "user": f"u{i % 3}", "amount": f"{i}.25", "at": 1714557600 + i, "tags": [str(i)],
+                    "attrs": {"n": i}, "geo": {"city": "Oslo", "lat": i / 4}} for i in range(498)]
+        # Not JSON; and a timestamp ORC readers would read a second off (ORC-763).
+        bad = [b"not json", b'{"id": 1, "at": "1969-12-31T23:59:59.500Z"}']
+        fh.put_record_batch(DeliveryStreamName=compression.lower(),
+                            Records=[{"Data": json.dumps(r).encode()} for r in records] + [{"Data": b} for b in bad])
+    found = wait_for(out, lambda f: sum(k.endswith(".orc") for k in f) == 3
+                     and sum("/format-conversion-failed/" in k for k in f) == 3)
+    for key in [k for k in found if k.endswith(".orc")]:
+        assert KEY.match(key.rsplit("/", 1)[-1])["ext"] == ".orc", key
+        f = orc.ORCFile(str(out / key))
+        expected = key.split("/")[0]
+        assert f.compression == ("UNCOMPRESSED" if expected == "NONE" else expected), (key, f.compression)
+        assert str(f.file_version) == "0.11" and f.nrows == 498
+        assert str(f.schema.field("amount").type) == "decimal128(12, 2)"
+        rows = sorted(f.read().to_pylist(), key=lambda r: r["id"])
+        assert [r["id"] for r in rows] == list(range(498))
+        seventh = rows[7]
+        assert seventh["user"] == "u1" and str(seventh["amount"]) == "7.25" and seventh["tags"] == ["7"]
+        assert seventh["at"].isoformat() == "2024-05-01T10:00:07" and seventh["attrs"] == [("n", 7)]
+        assert seventh["geo"] == {"city": "Oslo", "lat": 1.75} and seventh["ok"] is None
+    for key in [k for k in found if "/format-conversion-failed/" in k]:
+        lines = [json.loads(line) for line in (out / key).read_text().splitlines()]
+        assert sorted(line["lastErrorCode"] for line in lines) == [
+            "DataFormatConversion.MalformedData", "DataFormatConversion.ParseError"], lines
+        assert any("ORC-763" in line["lastErrorMessage"] for line in lines), lines
 
 
 def test_a_missing_table_is_refused_at_create_and_rules_are_checked_in_aws_order(lake):

@@ -72,8 +72,15 @@ pub enum OutputSettings {
         /// `WriterVersion`.
         writer_version: Option<String>,
     },
-    /// `OrcSerDe`: the whole object as given.
-    Orc(Map<String, Value>),
+    /// `OrcSerDe` (its other members have no effect in Sluice).
+    Orc {
+        /// `Compression`.
+        compression: Option<String>,
+        /// `StripeSizeBytes`.
+        stripe_bytes: Option<u64>,
+        /// `FormatVersion`.
+        format_version: Option<String>,
+    },
 }
 
 /// An enabled conversion's settings.
@@ -193,7 +200,11 @@ pub fn settings(config: &Map<String, Value>) -> Result<Option<ConversionSettings
     };
     let (kind, serde) = serializers.into_iter().next().ok_or("Serializer must not be null")?;
     let output = match kind.as_str() {
-        "OrcSerDe" => OutputSettings::Orc(serde),
+        "OrcSerDe" => OutputSettings::Orc {
+            compression: text(&serde, "Compression"),
+            stripe_bytes: serde.get("StripeSizeBytes").and_then(Value::as_u64),
+            format_version: text(&serde, "FormatVersion"),
+        },
         _ => OutputSettings::Parquet {
             compression: text(&serde, "Compression"),
             block_bytes: serde.get("BlockSizeBytes").and_then(Value::as_u64),

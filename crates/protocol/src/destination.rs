@@ -548,14 +548,6 @@ fn unsupported(kind: DestinationKind, config: &Map<String, Value>) -> Option<Str
         config.get(member).and_then(Value::as_object).map(|m| m.get("Enabled").and_then(Value::as_bool) != Some(false))
     };
     match kind {
-        DestinationKind::ExtendedS3
-            if matches!(
-                crate::conversion::settings(config),
-                Ok(Some(crate::conversion::ConversionSettings { output: crate::conversion::OutputSettings::Orc(_), .. }))
-            ) =>
-        {
-            Some("Sluice does not write ORC yet: with OrcSerDe, records would not be delivered as ORC. Choose ParquetSerDe, or set DataFormatConversionConfiguration's Enabled to false.".to_string())
-        }
         DestinationKind::Iceberg => iceberg_unsupported(config),
         DestinationKind::HttpEndpoint if enabled("SecretsManagerConfiguration") == Some(true) => Some(
             "Sluice does not read secrets from AWS Secrets Manager: with SecretsManagerConfiguration enabled, the endpoint would receive no access key. Give the key in EndpointConfiguration.AccessKey, or set SecretsManagerConfiguration's Enabled to false.".to_string(),
@@ -685,22 +677,20 @@ mod tests {
             config.insert(member.into(), value);
             Destination { kind: DestinationKind::ExtendedS3, config }
         };
-        // Format conversion: incomplete blocks by Firehose's rules, ORC as not written.
+        // Format conversion: incomplete blocks by Firehose's rules; ORC and Parquet both written.
+        let mut converting = with("DataFormatConversionConfiguration", json!({"Enabled": true}));
+        converting.config.remove("BufferingHints");
+        let refused = converting.validate().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidArgumentException);
+        assert!(refused.message.starts_with("InputFormatConfiguration must not be null"), "{}", refused.message);
         let orc = json!({
             "SchemaConfiguration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "DatabaseName": "d", "TableName": "t"},
             "InputFormatConfiguration": {"Deserializer": {"OpenXJsonSerDe": {}}},
-            "OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {}}},
+            "OutputFormatConfiguration": {"Serializer": {"OrcSerDe": {"Compression": "ZLIB"}}},
         });
-        for (conversion, expected) in [
-            (json!({"Enabled": true}), "InputFormatConfiguration must not be null"),
-            (orc, "Sluice does not write ORC yet"),
-        ] {
-            let mut converting = with("DataFormatConversionConfiguration", conversion);
-            converting.config.remove("BufferingHints");
-            let refused = converting.validate().unwrap_err();
-            assert_eq!(refused.code, ErrorCode::InvalidArgumentException);
-            assert!(refused.message.starts_with(expected), "{}", refused.message);
-        }
+        let mut converting = with("DataFormatConversionConfiguration", orc);
+        converting.config.remove("BufferingHints");
+        converting.validate().unwrap();
         with("DataFormatConversionConfiguration", json!({"Enabled": false})).validate().unwrap();
         let update = DestinationUpdate {
             kind: DestinationKind::ExtendedS3,

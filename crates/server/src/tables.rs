@@ -8,7 +8,8 @@
 use serde_json::{json, Value};
 use sluice_aws_call::{CallError, JsonApi};
 use sluice_convert::{
-    Conversion, InputFormat, OutputFormat, ParquetCompression, ParquetOptions, TableSchema, TimestampFormat,
+    Conversion, InputFormat, OrcCompression, OrcOptions, OutputFormat, ParquetCompression, ParquetOptions, TableSchema,
+    TimestampFormat,
 };
 use sluice_protocol::conversion::{ConversionSettings, InputSettings, OutputSettings, SchemaSource};
 
@@ -122,7 +123,19 @@ pub fn conversion(settings: &ConversionSettings, schema: TableSchema) -> Result<
                 writer_version_2: writer_version.as_deref() == Some("V2"),
             })
         }
-        OutputSettings::Orc(_) => return Err(TableError::Invalid("Sluice does not write ORC yet.".into())),
+        OutputSettings::Orc { compression, stripe_bytes, format_version } => {
+            let defaults = OrcOptions::default();
+            OutputFormat::Orc(OrcOptions {
+                compression: match compression.as_deref() {
+                    None | Some("SNAPPY") => OrcCompression::Snappy,
+                    Some("ZLIB") => OrcCompression::Zlib,
+                    Some("NONE") => OrcCompression::None,
+                    Some(other) => return Err(TableError::Invalid(format!("Unknown OrcSerDe.Compression {other}"))),
+                },
+                stripe_bytes: stripe_bytes.unwrap_or(defaults.stripe_bytes),
+                version_0_11: format_version.as_deref() == Some("V0_11"),
+            })
+        }
     };
     Conversion::new(schema, input, output).map_err(|e| TableError::Invalid(e.to_string()))
 }

@@ -1,5 +1,5 @@
 //! Format conversion in a lane: after processing (and partitioning), each object's
-//! records become one Parquet file (`sluice-convert`), and records that do not
+//! records become one Parquet or ORC file (`sluice-convert`), and records that do not
 //! convert go to the error prefix under `format-conversion-failed`, as Firehose's
 //! error records with the table they were meant for (`dataCatalogTable`). The
 //! rest of the batch is delivered. Deterministic, so a batch redone after a crash
