@@ -288,6 +288,11 @@ impl BucketStore {
                     Some(Ok(Change::Put(value))) => {
                         from = from.max(value.revision);
                         self.advance(value.revision);
+                        // The id counter and the master key's check share the
+                        // bucket; only `s.` keys are streams (as in `load`).
+                        if parse_key(&value.key).is_none() {
+                            continue;
+                        }
                         match decode(&value.key, &value.value) {
                             Ok(stream) => {
                                 self.apply_newer(catalog, &value.key, value.revision, Some(Arc::new(stream)));
@@ -298,7 +303,9 @@ impl BucketStore {
                     Some(Ok(Change::Deleted { key, revision })) => {
                         from = from.max(revision);
                         self.advance(revision);
-                        self.apply_newer(catalog, &key, revision, None);
+                        if parse_key(&key).is_some() {
+                            self.apply_newer(catalog, &key, revision, None);
+                        }
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "The catalog watch failed; watching again.");
