@@ -95,7 +95,9 @@ impl Conversion {
     /// Starts a file.
     pub fn file(&self) -> Result<FileWriter<'_>, ConvertError> {
         let file = match &self.output {
-            OutputFormat::Parquet(options) => File::Parquet(parquet::ParquetFile::new(self.arrow.clone(), options)?),
+            OutputFormat::Parquet(options) => {
+                File::Parquet(Box::new(parquet::ParquetFile::new(self.arrow.clone(), options)?))
+            }
             OutputFormat::Orc(options) => File::Orc(Box::new(orc::OrcFile::new(&self.schema, options))),
         };
         Ok(FileWriter {
@@ -122,7 +124,7 @@ pub struct FileWriter<'a> {
 }
 
 enum File {
-    Parquet(parquet::ParquetFile),
+    Parquet(Box<parquet::ParquetFile>),
     Orc(Box<orc::OrcFile>),
 }
 
