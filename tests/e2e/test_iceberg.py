@@ -102,14 +102,53 @@ def test_what_sluice_cannot_do_is_refused_at_create(lake):
         (dict(destination(), DestinationTableConfigurationList=[
             {"DestinationDatabaseName": "lake", "DestinationTableName": "events", "UniqueKeys": ["id"]}]),
          "UniqueKeys"),
+        (dict(destination(), DestinationTableConfigurationList=[]), "at least one table"),
         (dict(destination(), DestinationTableConfigurationList=[
             {"DestinationDatabaseName": "lake", "DestinationTableName": "events"},
-            {"DestinationDatabaseName": "lake", "DestinationTableName": "other"}]), "exactly one table"),
+            {"DestinationDatabaseName": "lake", "DestinationTableName": "other"}]), "lake.other does not exist"),
     ]
     for config, needle in cases:
         with pytest.raises(fh.exceptions.InvalidArgumentException) as e:
             fh.create_delivery_stream(DeliveryStreamName="refused", IcebergDestinationConfiguration=config)
         assert needle in e.value.response["Error"]["Message"], e.value.response["Error"]
+
+
+def test_records_are_routed_to_the_tables_their_metadata_names(lake):
+    """Firehose's routing: the MetadataExtraction query (or a Lambda function's
+    otfMetadata) names each record's database, table and operation."""
+    root, server = lake
+    make_table(root, "audit")
+    out = bucket(server)
+    fh = server.client()
+    query = '{destinationTableName: .table, operation: (.op // "insert")}'
+    fh.create_delivery_stream(DeliveryStreamName="routed", IcebergDestinationConfiguration=dict(
+        destination(),
+        DestinationTableConfigurationList=[{"DestinationDatabaseName": "lake", "DestinationTableName": "events"},
+                                           {"DestinationDatabaseName": "lake", "DestinationTableName": "audit"}],
+        ProcessingConfiguration={"Enabled": True, "Processors": [{"Type": "MetadataExtraction", "Parameters": [
+            {"ParameterName": "MetadataExtractionQuery", "ParameterValue": query},
+            {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]}))
+    wait_active(fh, "routed")
+    records = [
+        {"id": 1, "table": "events"}, {"id": 2, "table": "audit"}, {"id": 3, "table": "events", "op": "INSERT"},
+        {"id": 4, "table": "audit"},
+        # Nowhere to go: no table named with two listed, a table that does not
+        # exist, and an operation that needs a row-level change.
+        {"id": 5}, {"id": 6, "table": "nope"}, {"id": 7, "table": "audit", "op": "delete"},
+    ]
+    fh.put_record_batch(DeliveryStreamName="routed", Records=[{"Data": json.dumps(r).encode()} for r in records])
+    status, body = call(server, "POST", "/_sluice/flush")
+    assert status == 200 and body["Delivered"], body
+    assert sorted(r["id"] for r in rows(root, "events")) == [1, 3]
+    assert sorted(r["id"] for r in rows(root, "audit")) == [2, 4]
+    [error_key] = [k for k in objects(out) if k.startswith("iceberg-failed/")]
+    lines = [json.loads(line) for line in (out / error_key).read_text().splitlines()]
+    codes = {json.loads(base64.b64decode(line["rawData"]))["id"]: line["errorCode"] for line in lines}
+    assert codes == {5: "Iceberg.NoDestinationTable", 6: "Iceberg.TableNotFound", 7: "Iceberg.UnsupportedOperation"}
+    # One snapshot per table, each carrying the batch's id.
+    for name in ("events", "audit"):
+        [snapshot] = catalog(root).load_table(f"lake.{name}").snapshots()
+        assert "sluice.batch-id" in snapshot.summary.additional_properties
 
 
 def test_a_server_without_an_iceberg_catalog_refuses_iceberg_streams(tmp_path):

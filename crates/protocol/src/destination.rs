@@ -327,10 +327,12 @@ impl Destination {
     /// The processors the destination runs; `None` without (or with a disabled)
     /// `ProcessingConfiguration`. The configuration was validated when accepted.
     pub fn processing(&self) -> Option<ProcessingChain> {
-        let dynamic_partitioning = self.s3_settings().is_some_and(|s| s.dynamic_partitioning);
+        // MetadataExtraction feeds dynamic partitioning, or an Iceberg stream's routing.
+        let metadata =
+            self.kind == DestinationKind::Iceberg || self.s3_settings().is_some_and(|s| s.dynamic_partitioning);
         match self.kind {
             DestinationKind::ExtendedS3 | DestinationKind::HttpEndpoint | DestinationKind::Iceberg => {
-                ProcessingChain::from_config(&self.config, dynamic_partitioning).ok().flatten()
+                ProcessingChain::from_config(&self.config, metadata).ok().flatten()
             }
             _ => None,
         }
@@ -530,7 +532,9 @@ impl Destination {
             }
             DestinationKind::HttpEndpoint | DestinationKind::Iceberg => {
                 nested("S3Configuration").map(|s3| check_s3(s3, false)).transpose()?;
-                ProcessingChain::from_config(&self.config, false).map_err(invalid)?;
+                // An Iceberg stream's MetadataExtraction routes records to tables.
+                let metadata = self.kind == DestinationKind::Iceberg;
+                ProcessingChain::from_config(&self.config, metadata).map_err(invalid)?;
             }
             _ => {}
         }
@@ -563,11 +567,8 @@ fn iceberg_unsupported(config: &Map<String, Value>) -> Option<String> {
     if tables.iter().any(|t| t.get("UniqueKeys").and_then(Value::as_array).is_some_and(|k| !k.is_empty())) {
         return Some("Sluice appends to Iceberg tables only: UniqueKeys (row-level updates and deletes) are not supported until the Iceberg library writes delete files. Leave UniqueKeys out.".into());
     }
-    if tables.len() != 1 {
-        return Some(format!(
-            "Sluice delivers an Iceberg stream to exactly one table so far (DestinationTableConfigurationList has {}); routing records to several tables is not supported yet.",
-            tables.len()
-        ));
+    if tables.is_empty() {
+        return Some("DestinationTableConfigurationList must name at least one table: the table records go to when they name none, and the database of those that name only a table.".into());
     }
     let enabled =
         |member: &str| config.get(member).and_then(|m| m.get("Enabled")).and_then(Value::as_bool) == Some(true);

@@ -36,6 +36,8 @@ pub(super) enum LambdaResult {
         data: Vec<u8>,
         /// `metadata.partitionKeys`.
         partition_keys: BTreeMap<String, String>,
+        /// `metadata.otfMetadata`: the Iceberg table the record goes to.
+        route: Route,
     },
     /// `Dropped`: not delivered, not an error.
     Dropped,
@@ -265,6 +267,48 @@ struct ResponseRecord {
 struct Metadata {
     #[serde(default)]
     partition_keys: BTreeMap<String, String>,
+    #[serde(default)]
+    otf_metadata: Route,
+}
+
+/// Where a record of an Iceberg stream goes (`otfMetadata`, or the same names among
+/// the MetadataExtraction query's keys); unnamed parts fall back to the stream's
+/// table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Route {
+    /// `destinationDatabaseName`.
+    #[serde(default)]
+    pub(crate) destination_database_name: Option<String>,
+    /// `destinationTableName`.
+    #[serde(default)]
+    pub(crate) destination_table_name: Option<String>,
+    /// `operation`: `insert` (or unnamed); `update` and `delete` need row-level
+    /// changes, which Sluice does not write.
+    #[serde(default)]
+    pub(crate) operation: Option<String>,
+}
+
+impl Route {
+    /// The route the MetadataExtraction query's keys name, if any. A key the query
+    /// gave as JSON `null` (a field the record lacks) names nothing.
+    pub(crate) fn from_keys(keys: &BTreeMap<String, String>) -> Route {
+        let named = |key: &str| keys.get(key).filter(|v| v.as_str() != "null").cloned();
+        Route {
+            destination_database_name: named("destinationDatabaseName"),
+            destination_table_name: named("destinationTableName"),
+            operation: named("operation"),
+        }
+    }
+
+    /// This route, with what it leaves unnamed taken from `other`.
+    pub(crate) fn or(self, other: Route) -> Route {
+        Route {
+            destination_database_name: self.destination_database_name.or(other.destination_database_name),
+            destination_table_name: self.destination_table_name.or(other.destination_table_name),
+            operation: self.operation.or(other.operation),
+        }
+    }
 }
 
 /// The function's answer for `ids`, one result per id. A response that is not the
@@ -292,10 +336,11 @@ pub(super) fn interpret(body: &[u8], ids: &[String]) -> Vec<LambdaResult> {
         }
         results[i] = Some(match record.result.as_str() {
             "Ok" => match record.data.as_deref().map(|d| base64_simd::STANDARD.decode_to_vec(d)) {
-                Some(Ok(data)) => LambdaResult::Ok {
-                    data,
-                    partition_keys: record.metadata.map(|m| m.partition_keys).unwrap_or_default(),
-                },
+                Some(Ok(data)) => {
+                    let (partition_keys, route) =
+                        record.metadata.map(|m| (m.partition_keys, m.otf_metadata)).unwrap_or_default();
+                    LambdaResult::Ok { data, partition_keys, route }
+                }
                 _ => failed("Lambda.JsonProcessingException", "An Ok record's data is missing or not base64."),
             },
             "Dropped" => LambdaResult::Dropped,
@@ -327,12 +372,45 @@ mod tests {
         let results = interpret(body, &ids(5));
         assert_eq!(
             results[0],
-            LambdaResult::Ok { data: b"HI".to_vec(), partition_keys: [("k".into(), "v".into())].into() }
+            LambdaResult::Ok {
+                data: b"HI".to_vec(),
+                partition_keys: [("k".into(), "v".into())].into(),
+                route: Route::default()
+            }
         );
         assert_eq!(results[1], LambdaResult::Dropped);
         assert!(matches!(results[2], LambdaResult::Failed { code: "Lambda.ProcessingFailed", .. }));
         assert!(matches!(results[3], LambdaResult::Failed { code: "Lambda.JsonProcessingException", .. }));
         assert!(matches!(results[4], LambdaResult::Failed { code: "Lambda.MissingRecordId", .. }));
+    }
+
+    #[test]
+    fn otf_metadata_names_an_iceberg_route() {
+        let body = br#"{"records":[
+            {"recordId":"0000000000","result":"Ok","data":"SEk=","metadata":{"otfMetadata":
+                {"destinationDatabaseName":"lake","destinationTableName":"audit","operation":"insert"}}},
+            {"recordId":"0000000001","result":"Ok","data":"SEk=","metadata":{"otfMetadata":{"destinationTableName":"t"}}}]}"#;
+        let results = interpret(body, &ids(2));
+        let route_of = |r: &LambdaResult| match r {
+            LambdaResult::Ok { route, .. } => route.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            route_of(&results[0]),
+            Route {
+                destination_database_name: Some("lake".into()),
+                destination_table_name: Some("audit".into()),
+                operation: Some("insert".into())
+            }
+        );
+        assert_eq!(route_of(&results[1]).destination_table_name.as_deref(), Some("t"));
+        assert_eq!(route_of(&results[1]).destination_database_name, None);
+        // The query's keys route too, a JSON null naming nothing; the function's wins.
+        let keys: BTreeMap<String, String> =
+            [("destinationTableName".into(), "null".into()), ("destinationDatabaseName".into(), "db".into())].into();
+        let from_query = Route::from_keys(&keys);
+        assert_eq!(from_query.destination_table_name, None);
+        assert_eq!(route_of(&results[1]).or(from_query).destination_database_name.as_deref(), Some("db"));
     }
 
     #[test]

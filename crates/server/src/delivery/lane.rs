@@ -23,6 +23,7 @@ use super::convert;
 use super::encode::Compression;
 use super::http::{self, HttpFailure, REQUEST_RECORDS_MAX};
 use super::key::{object_key, partition_key, BatchIdentity, PartitionKeys, DESTINATION_LANE};
+use super::lambda::Route;
 use super::process::{error_line, process, Failed, Processed, PARTITIONING_FAILED};
 use super::progress::Intent;
 use super::source::KinesisMetadata;
@@ -1012,6 +1013,51 @@ async fn deliver_http(
     give_up(delivery, progress, intent, attempt, failure, HTTP_ENDPOINT_FAILED, shutdown).await
 }
 
+/// A batch's records grouped by the Iceberg table each goes to (in `records`
+/// order), and the records whose route cannot be followed, with the error code and
+/// message of each. A record's route (`routes`, from the MetadataExtraction query or
+/// the Lambda function) may name its database and table; a table named alone is in
+/// the database the stream lists it under, else in the first listed table's; a
+/// record naming no table goes to the stream's table when it lists exactly one.
+/// `update` and `delete` operations need row-level changes, which Sluice does not
+/// write: those records fail.
+type Routed = (BTreeMap<(String, String), Vec<usize>>, Vec<(usize, &'static str, String)>);
+
+fn route_records(settings: &IcebergSettings, routes: Option<&[Route]>, n: usize) -> Routed {
+    let (mut groups, mut failed): Routed = Default::default();
+    let only = match settings.tables.as_slice() {
+        [only] => Some(only),
+        _ => None,
+    };
+    for i in 0..n {
+        let route = routes.and_then(|r| r.get(i)).cloned().unwrap_or_default();
+        if let Some(operation) = route.operation.as_deref().filter(|o| !o.eq_ignore_ascii_case("insert")) {
+            let message = format!(
+                "The record's operation is {operation}: Sluice appends (insert) only; update and delete need row-level changes it does not write."
+            );
+            failed.push((i, "Iceberg.UnsupportedOperation", message));
+            continue;
+        }
+        let table = match (route.destination_database_name, route.destination_table_name) {
+            (Some(database), Some(table)) => Some((database, table)),
+            (None, Some(table)) => {
+                let listed = settings.tables.iter().find(|(_, t)| *t == table).or(settings.tables.first());
+                listed.map(|(database, _)| (database.clone(), table))
+            }
+            (database, None) => only.filter(|(d, _)| database.as_ref().is_none_or(|named| named == d)).cloned(),
+        };
+        match table {
+            Some(table) => groups.entry(table).or_default().push(i),
+            None => failed.push((
+                i,
+                "Iceberg.NoDestinationTable",
+                "The record names no destination table (destinationTableName), and the stream lists more than one, or another database's.".into(),
+            )),
+        }
+    }
+    (groups, failed)
+}
+
 /// Appends the batch to its Iceberg table, retrying with backoff until
 /// `RetryOptions.DurationInSeconds` has passed since the first failure; then the
 /// batch's records go to the destination's `S3Configuration` under the error
@@ -1046,28 +1092,42 @@ async fn deliver_iceberg(
         let settings = stream.destination.iceberg_settings();
         let result: Result<u64, String> = async {
             let settings = settings.as_ref().ok_or("The destination is no longer an Iceberg table.")?;
-            let (database, table) = settings.tables.first().ok_or("The destination names no table.")?;
             let tables = state.iceberg().await.map_err(|e| e.to_string())?;
-            let records: Vec<&[u8]> = processed.records.iter().map(Vec::as_slice).collect();
             let input = sluice_convert::InputFormat::default();
-            let appended =
-                tables.append(database, table, batch_id, &input, &records).await.map_err(|e| e.to_string())?;
+            let (groups, mut failed) = route_records(settings, processed.routes.as_deref(), processed.records.len());
+            // One append (one snapshot carrying the batch's id) per table: after a
+            // crash between two tables' commits, the redo skips the tables that have
+            // the batch and appends to the others.
+            for ((database, table), indices) in &groups {
+                let records: Vec<&[u8]> = indices.iter().map(|&i| processed.records[i].as_slice()).collect();
+                match tables.append(database, table, batch_id, &input, &records).await {
+                    Ok(appended) => {
+                        failed.extend(appended.failed.into_iter().map(|(j, e)| (indices[j], e.code(), e.message)))
+                    }
+                    // A table only records named (not one of the stream's) fails
+                    // those records; the stream's own tables are waited for.
+                    Err(sluice_iceberg::IcebergError::NoSuchTable(name))
+                        if !settings.tables.iter().any(|(d, t)| d == database && t == table) =>
+                    {
+                        let message =
+                            format!("The records were routed to the Iceberg table {name}, which does not exist.");
+                        failed.extend(indices.iter().map(|&i| (i, "Iceberg.TableNotFound", message.clone())));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
             let now_ms = delivery.clock.now_ms();
             let lines = processed.errors.entry(ICEBERG_FAILED).or_default();
-            for (i, error) in &appended.failed {
+            failed.sort_by_key(|(i, _, _)| *i);
+            for (i, code, message) in &failed {
                 let source = &batch[processed.sources[*i]];
-                let failed = Failed {
-                    record: source,
-                    data: &processed.records[*i],
-                    code: error.code(),
-                    message: &error.message,
-                };
+                let failed = Failed { record: source, data: &processed.records[*i], code, message };
                 error_line(lines, &failed, attempt, now_ms, None);
             }
             if lines.is_empty() {
                 processed.errors.remove(ICEBERG_FAILED);
             }
-            Ok(appended.failed.len() as u64)
+            Ok(failed.len() as u64)
         }
         .await;
         // Records that failed (processing, or the table) are written where they go
@@ -1216,5 +1276,56 @@ mod tests {
         let mut plain = Backoff::new(Duration::from_secs(1), Duration::from_secs(120), 0.15);
         let mid: Vec<u64> = (0..8).map(|_| plain.next_delay(0.5).as_secs()).collect();
         assert_eq!(mid, [1, 2, 4, 8, 16, 32, 64, 120]);
+    }
+
+    fn iceberg(tables: &[(&str, &str)]) -> IcebergSettings {
+        let list: Vec<serde_json::Value> = tables
+            .iter()
+            .map(|(d, t)| serde_json::json!({"DestinationDatabaseName": d, "DestinationTableName": t}))
+            .collect();
+        let config = serde_json::json!({
+            "DestinationTableConfigurationList": list,
+            "S3Configuration": {"RoleARN": "arn:aws:iam::000000000000:role/r", "BucketARN": "arn:aws:s3:::b"},
+        });
+        IcebergSettings::from_config(config.as_object().unwrap()).unwrap()
+    }
+
+    fn route(database: Option<&str>, table: Option<&str>, operation: Option<&str>) -> Route {
+        Route {
+            destination_database_name: database.map(str::to_string),
+            destination_table_name: table.map(str::to_string),
+            operation: operation.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn records_go_to_the_table_they_name_or_the_only_one_and_the_rest_fail_with_why() {
+        let key = |d: &str, t: &str| (d.to_string(), t.to_string());
+        let codes =
+            |failed: &[(usize, &'static str, String)]| failed.iter().map(|(i, c, _)| (*i, *c)).collect::<Vec<_>>();
+        // One table: records that name nothing go there; no routes at all, all there.
+        let (groups, failed) = route_records(&iceberg(&[("lake", "events")]), None, 3);
+        assert_eq!(groups, [(key("lake", "events"), vec![0, 1, 2])].into());
+        assert!(failed.is_empty());
+        let routes = [
+            route(None, None, None),
+            route(None, Some("audit"), Some("insert")),
+            route(Some("other"), Some("t"), None),
+            route(Some("other"), None, None),
+            route(None, Some("events"), Some("update")),
+        ];
+        let (groups, failed) = route_records(&iceberg(&[("lake", "events")]), Some(&routes), routes.len());
+        assert_eq!(
+            groups,
+            [(key("lake", "events"), vec![0]), (key("lake", "audit"), vec![1]), (key("other", "t"), vec![2])].into()
+        );
+        assert_eq!(codes(&failed), [(3, "Iceberg.NoDestinationTable"), (4, "Iceberg.UnsupportedOperation")]);
+        // Two tables: a table named alone takes the database it is listed under;
+        // naming no table fails.
+        let two = iceberg(&[("lake", "events"), ("audit_db", "audit")]);
+        let routes = [route(None, Some("audit"), None), route(None, None, None), route(None, Some("new"), None)];
+        let (groups, failed) = route_records(&two, Some(&routes), routes.len());
+        assert_eq!(groups, [(key("audit_db", "audit"), vec![0]), (key("lake", "new"), vec![2])].into());
+        assert_eq!(codes(&failed), [(1, "Iceberg.NoDestinationTable")]);
     }
 }

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 
 use sluice_processing::{Outcome, Stats};
+use sluice_protocol::destination::DestinationKind;
 use sluice_protocol::processing::ProcessingChain;
 
 use std::time::Instant;
 
 use super::key::PartitionKeys;
-use super::lambda::{InvocationStats, LambdaInput, LambdaResult};
+use super::lambda::{InvocationStats, LambdaInput, LambdaResult, Route};
 use super::lane::ReadBack;
 use super::Delivery;
 use crate::catalog::StreamRecord;
@@ -31,6 +32,9 @@ pub(super) struct Processed {
     /// With dynamic partitioning, each record's partition keys (aligned with
     /// `records`).
     pub(super) partitions: Option<Vec<PartitionKeys>>,
+    /// For an Iceberg destination, each record's table as the MetadataExtraction
+    /// query or the Lambda function named it (aligned with `records`).
+    pub(super) routes: Option<Vec<Route>>,
     /// Records in `records` that partitioning then sent to the error prefix.
     pub(super) n_failed_partitioning: u64,
     /// Error records (JSON lines) by error output type.
@@ -75,6 +79,7 @@ pub(super) async fn process(
         records: Vec::new(),
         sources: Vec::new(),
         partitions: None,
+        routes: None,
         n_failed_partitioning: 0,
         errors: BTreeMap::new(),
         stats: Stats::default(),
@@ -101,9 +106,9 @@ pub(super) async fn process(
             }
         }
     }
-    // What the function returned for each, with its partition keys from Lambda.
-    let mut outputs: Vec<(usize, Vec<u8>, BTreeMap<String, String>)> = match &chain.lambda {
-        None => prepared.into_iter().map(|(i, data)| (i, data, BTreeMap::new())).collect(),
+    // What the function returned for each, with its partition keys and route from Lambda.
+    let mut outputs: Vec<(usize, Vec<u8>, BTreeMap<String, String>, Route)> = match &chain.lambda {
+        None => prepared.into_iter().map(|(i, data)| (i, data, BTreeMap::new(), Route::default())).collect(),
         Some(lambda) => {
             let inputs: Vec<LambdaInput<'_>> = prepared
                 .iter()
@@ -118,7 +123,7 @@ pub(super) async fn process(
             let mut outputs = Vec::with_capacity(results.len());
             for ((i, data), result) in prepared.iter().zip(results) {
                 match result {
-                    LambdaResult::Ok { data, partition_keys } => outputs.push((*i, data, partition_keys)),
+                    LambdaResult::Ok { data, partition_keys, route } => outputs.push((*i, data, partition_keys, route)),
                     LambdaResult::Dropped => {}
                     LambdaResult::Failed { code, message } => {
                         let lines = processed.errors.entry("processing-failed").or_default();
@@ -127,29 +132,35 @@ pub(super) async fn process(
                     }
                 }
             }
-            delivery.state.metrics.succeed_processing(stream.id, outputs.iter().map(|(_, d, _)| d.len() as u64));
+            delivery.state.metrics.succeed_processing(stream.id, outputs.iter().map(|(_, d, _, _)| d.len() as u64));
             outputs
         }
     };
     let dynamic_partitioning = stream.destination.s3_settings().is_some_and(|s| s.dynamic_partitioning);
-    if dynamic_partitioning {
+    // An Iceberg stream routes its records by the same keys (Firehose's
+    // `destinationDatabaseName`, `destinationTableName`, `operation`).
+    let routing = stream.destination.kind == DestinationKind::Iceberg;
+    if dynamic_partitioning || routing {
         let query_keys = match &chain.metadata_query {
             None => vec![Ok(BTreeMap::new()); outputs.len()],
             Some(query) => {
                 let started = Instant::now();
-                let keys = sluice_processing::jq::extract(query, outputs.iter().map(|(_, d, _)| d.as_slice()))
+                let keys = sluice_processing::jq::extract(query, outputs.iter().map(|(_, d, _, _)| d.as_slice()))
                     .unwrap_or_else(|error| vec![Err(error); outputs.len()]);
                 delivery.state.metrics.jq(stream.id, started.elapsed().as_secs_f64() * 1000.0);
                 keys
             }
         };
         let mut partitions = Vec::with_capacity(outputs.len());
+        let mut routes = Vec::with_capacity(outputs.len());
         let mut kept = Vec::with_capacity(outputs.len());
-        for ((i, data, lambda), query) in outputs.into_iter().zip(query_keys) {
+        for ((i, data, lambda, route), query) in outputs.into_iter().zip(query_keys) {
             match query {
                 Ok(query) => {
+                    // The function's route wins over the query's, part by part.
+                    routes.push(route.or(Route::from_keys(&query)));
                     partitions.push(PartitionKeys { query, lambda });
-                    kept.push((i, data, BTreeMap::new()));
+                    kept.push((i, data, BTreeMap::new(), Route::default()));
                 }
                 Err(message) => {
                     let lines = processed.errors.entry(PARTITIONING_FAILED).or_default();
@@ -165,9 +176,15 @@ pub(super) async fn process(
             }
         }
         outputs = kept;
-        processed.partitions = Some(partitions);
+        if dynamic_partitioning {
+            processed.partitions = Some(partitions);
+        }
+        if routing {
+            processed.routes = Some(routes);
+        }
     }
-    let (sources, mut records): (Vec<usize>, Vec<Vec<u8>>) = outputs.into_iter().map(|(i, data, _)| (i, data)).unzip();
+    let (sources, mut records): (Vec<usize>, Vec<Vec<u8>>) =
+        outputs.into_iter().map(|(i, data, _, _)| (i, data)).unzip();
     sluice_processing::append_delimiter(chain, &mut records);
     processed.records = records;
     processed.sources = sources;
