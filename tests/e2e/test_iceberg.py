@@ -164,14 +164,22 @@ def test_a_server_without_an_iceberg_catalog_refuses_iceberg_streams(tmp_path):
 
 def test_kill_9_during_commits_leaves_every_acknowledged_record_once(tmp_path):
     """Sluice is killed at random moments while batches are committed (interval 0, small
-    batches: commits all the time); after each restart the batch in flight is redone,
-    and a snapshot that already carries its id appends nothing again."""
+    batches: commits all the time), each batch routed over two tables (two commits); after
+    each restart the batch in flight is redone, and a table whose snapshot already carries
+    its id appends nothing again."""
     root = tmp_path / "lake"
     root.mkdir()
     make_table(root)
+    make_table(root, "audit")
     server = Server(tmp_path / "data", extra_config=iceberg_config(root)).start()
     fh = server.client()
-    fh.create_delivery_stream(DeliveryStreamName="events", IcebergDestinationConfiguration=destination())
+    fh.create_delivery_stream(DeliveryStreamName="events", IcebergDestinationConfiguration=dict(
+        destination(),
+        DestinationTableConfigurationList=[{"DestinationDatabaseName": "lake", "DestinationTableName": "events"},
+                                           {"DestinationDatabaseName": "lake", "DestinationTableName": "audit"}],
+        ProcessingConfiguration={"Enabled": True, "Processors": [{"Type": "MetadataExtraction", "Parameters": [
+            {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{destinationTableName: .table}"},
+            {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]}))
     wait_active(fh, "events")
     acked, next_id, kills = set(), 0, int(__import__("os").environ.get("SLUICE_ICEBERG_KILLS", "10"))
     rng = random.Random(14)
@@ -187,7 +195,8 @@ def test_kill_9_during_commits_leaves_every_acknowledged_record_once(tmp_path):
                     next_id += 50
                     try:
                         client.put_record_batch(DeliveryStreamName="events", Records=[
-                            {"Data": json.dumps({"id": i, "user": "k"}).encode()} for i in ids])
+                            {"Data": json.dumps({"id": i, "user": "k", "table": ("events", "audit")[i % 2]}).encode()}
+                            for i in ids])
                     except Exception:
                         return  # killed mid-request: not acknowledged
                     acked.update(ids)
@@ -201,11 +210,13 @@ def test_kill_9_during_commits_leaves_every_acknowledged_record_once(tmp_path):
             server.start()
         status, body = call(server, "POST", "/_sluice/flush")
         assert status == 200 and body["Delivered"], body
-        ids = [r["id"] for r in rows(root)]
+        events, audit = [r["id"] for r in rows(root)], [r["id"] for r in rows(root, "audit")]
+        assert all(i % 2 == 0 for i in events) and all(i % 2 == 1 for i in audit), "each in its table"
+        ids = events + audit
         assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} records appended twice"
         missing = acked - set(ids)
         assert not missing, f"{len(missing)} acknowledged records not in the table"
-        print(f"\niceberg kill -9: {kills} kills, {len(acked)} acknowledged, each in the table once")
+        print(f"\niceberg kill -9: {kills} kills, {len(acked)} acknowledged over two tables, each in its table once")
         assert len(acked) > 0
     finally:
         if server.proc.poll() is None:

@@ -63,6 +63,10 @@ impl Processed {
     }
 }
 
+/// A record after the Lambda function: the index of its source record, its data,
+/// and the function's partition keys and route for it.
+type Output = (usize, Vec<u8>, BTreeMap<String, String>, Route);
+
 /// The records of a batch, through `chain` when there is one: the processors
 /// before Lambda on each record, the Lambda function on what they produce, the
 /// metadata extraction query (dynamic partitioning), then the delimiter. A record
@@ -107,7 +111,7 @@ pub(super) async fn process(
         }
     }
     // What the function returned for each, with its partition keys and route from Lambda.
-    let mut outputs: Vec<(usize, Vec<u8>, BTreeMap<String, String>, Route)> = match &chain.lambda {
+    let mut outputs: Vec<Output> = match &chain.lambda {
         None => prepared.into_iter().map(|(i, data)| (i, data, BTreeMap::new(), Route::default())).collect(),
         Some(lambda) => {
             let inputs: Vec<LambdaInput<'_>> = prepared
