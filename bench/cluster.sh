@@ -148,7 +148,7 @@ text = open("BENCHMARKS.md").read() if os.path.exists("BENCHMARKS.md") else ""
 # Only this section is replaced: the sections after it (other issues' benchmarks) stay.
 head, marker, rest = text.partition("<!-- cluster -->")
 after = rest.find("\n## ", rest.find("## Cluster mode") + 1) if marker else -1
-tail = rest[after:] if after >= 0 else ""
+tail = rest[after + 1:] if after >= 0 else ""
 text = head.rstrip("\n") + "\n\n" + section + tail
 open("BENCHMARKS.md", "w").write(text)
 print(section)
