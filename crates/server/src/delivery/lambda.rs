@@ -265,10 +265,11 @@ struct ResponseRecord {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Metadata {
+    // Either may be JSON null (a Go function's nil map or pointer): as if absent.
     #[serde(default)]
-    partition_keys: BTreeMap<String, String>,
+    partition_keys: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    otf_metadata: Route,
+    otf_metadata: Option<Route>,
 }
 
 /// Where a record of an Iceberg stream goes (`otfMetadata`, or the same names among
@@ -337,8 +338,10 @@ pub(super) fn interpret(body: &[u8], ids: &[String]) -> Vec<LambdaResult> {
         results[i] = Some(match record.result.as_str() {
             "Ok" => match record.data.as_deref().map(|d| base64_simd::STANDARD.decode_to_vec(d)) {
                 Some(Ok(data)) => {
-                    let (partition_keys, route) =
-                        record.metadata.map(|m| (m.partition_keys, m.otf_metadata)).unwrap_or_default();
+                    let (partition_keys, route) = record
+                        .metadata
+                        .map(|m| (m.partition_keys.unwrap_or_default(), m.otf_metadata.unwrap_or_default()))
+                        .unwrap_or_default();
                     LambdaResult::Ok { data, partition_keys, route }
                 }
                 _ => failed("Lambda.JsonProcessingException", "An Ok record's data is missing or not base64."),
@@ -389,8 +392,14 @@ mod tests {
         let body = br#"{"records":[
             {"recordId":"0000000000","result":"Ok","data":"SEk=","metadata":{"otfMetadata":
                 {"destinationDatabaseName":"lake","destinationTableName":"audit","operation":"insert"}}},
-            {"recordId":"0000000001","result":"Ok","data":"SEk=","metadata":{"otfMetadata":{"destinationTableName":"t"}}}]}"#;
-        let results = interpret(body, &ids(2));
+            {"recordId":"0000000001","result":"Ok","data":"SEk=","metadata":{"otfMetadata":{"destinationTableName":"t"}}},
+            {"recordId":"0000000002","result":"Ok","data":"SEk=","metadata":{"partitionKeys":null,"otfMetadata":null}}]}"#;
+        let results = interpret(body, &ids(3));
+        assert_eq!(
+            results[2],
+            LambdaResult::Ok { data: b"HI".to_vec(), partition_keys: BTreeMap::new(), route: Route::default() },
+            "null metadata members are as if absent"
+        );
         let route_of = |r: &LambdaResult| match r {
             LambdaResult::Ok { route, .. } => route.clone(),
             other => panic!("{other:?}"),
