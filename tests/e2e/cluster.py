@@ -99,16 +99,20 @@ class NatsCluster:
                 deadline = time.time() + timeout
                 while True:
                     pending = []
-                    for info in await js.streams_info():
-                        cluster = info.cluster
-                        if cluster is None:
-                            continue
-                        if away_from is not None and cluster.leader == away_from:
-                            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{info.config.name}", b"", timeout=5)
-                            pending.append(info.config.name)
-                        elif cluster.leader is None or any(
-                                r.name != away_from and (r.offline or not r.current) for r in cluster.replicas or []):
-                            pending.append(info.config.name)
+                    try:
+                        for info in await js.streams_info():
+                            cluster = info.cluster
+                            if cluster is None:
+                                continue
+                            if away_from is not None and cluster.leader == away_from:
+                                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{info.config.name}", b"",
+                                                 timeout=5)
+                                pending.append(info.config.name)
+                            elif cluster.leader is None or any(
+                                    r.name != away_from and (r.offline or not r.current) for r in cluster.replicas or []):
+                                pending.append(info.config.name)
+                    except Exception as error:  # JetStream still electing after the last fault: ask again
+                        pending.append(f"no answer yet ({error!r})")
                     if not pending:
                         return
                     if time.time() > deadline:
