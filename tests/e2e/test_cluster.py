@@ -168,12 +168,15 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
         watcher.start()
         producers = Producers(cluster, streams).start()
         rng = random.Random(int(os.environ.get("SLUICE_CLUSTER_SEED", "11")))
-        kinds = ["kill_sluice", "kill_nats", "pause_owner", "all_nats_down", "nats_disk_lost"]
+        kinds = ["kill_sluice", "kill_nats", "pause_owner", "all_nats_down"]
         # SLUICE_CLUSTER_FAULT_KINDS=kill_sluice,kill_nats narrows the mix (to tell
-        # which kind a failure of a long run needs).
+        # which kind a failure of a long run needs), and is how `nats_disk_lost` is
+        # asked for: NATS itself has lost acknowledged messages when disks were
+        # replaced one after another (docs/cluster.md), so it is not in CI's mix,
+        # which must fail only for Sluice's own faults.
         only = [k for k in os.environ.get("SLUICE_CLUSTER_FAULT_KINDS", "").split(",") if k]
         if only:
-            assert set(only) <= set(kinds), only
+            assert set(only) <= set(kinds + ["nats_disk_lost"]), only
             kinds = only
         done = []
         for fault in range(FAULTS):
