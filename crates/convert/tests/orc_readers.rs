@@ -3,55 +3,16 @@
 //! table with every Hive type, nested ones included, each compression, many
 //! stripes with nulls at every depth, and timestamps before 1970.
 
+mod common;
+
 use std::fmt::Write as _;
-use std::process::Command;
 
+use common::{python, COLUMNS, RECORD};
 use sluice_convert::{Conversion, InputFormat, OrcCompression, OrcOptions, OutputFormat, TableSchema};
-
-const COLUMNS: &[(&str, &str)] = &[
-    ("b", "boolean"),
-    ("t", "tinyint"),
-    ("s", "smallint"),
-    ("i", "int"),
-    ("l", "bigint"),
-    ("f", "float"),
-    ("d", "double"),
-    ("dec", "decimal(38,9)"),
-    ("str", "string"),
-    ("c", "char(4)"),
-    ("v", "varchar(8)"),
-    ("bin", "binary"),
-    ("day", "date"),
-    ("ts_iso", "timestamp"),
-    ("ts_local", "timestamp"),
-    ("ts_seconds", "timestamp"),
-    ("ts_millis", "timestamp"),
-    ("ts_float", "timestamp"),
-    ("tags", "array<string>"),
-    ("counts", "map<string,bigint>"),
-    ("who", "struct<name:string,age:int,langs:array<string>>"),
-];
-
-const RECORD: &str = r#"{"b":true,"t":-7,"s":300,"i":-70000,"l":9007199254740993,"f":1.5,"d":-2.25,
-"dec":"12345678901234567890.123456789","str":"héllo","c":"abcdef","v":"short","bin":"raw",
-"day":"2024-02-29","ts_iso":"2024-02-29T12:34:56.789+01:00","ts_local":"2024-02-29 11:34:56.789",
-"ts_seconds":1709206496,"ts_millis":1709206496789,"ts_float":"1709206496.789",
-"tags":["x","y"],"counts":{"a":1,"b":null},"who":{"Name":"Ada","age":36,"langs":["en"]}}
-{"i":1}"#;
 
 fn conversion(columns: &[(&str, &str)], options: OrcOptions) -> Conversion {
     let schema = TableSchema::declared(columns.iter().copied()).unwrap();
     Conversion::new(schema, InputFormat::default(), OutputFormat::Orc(options)).unwrap()
-}
-
-fn python(script: &str, path: &std::path::Path) -> String {
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .expect("python3 with pyarrow is installed (.ci/run installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// pyarrow's view of the file: its schema, compression, stripes and rows.

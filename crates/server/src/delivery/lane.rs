@@ -1021,16 +1021,19 @@ async fn deliver_http(
 /// record naming no table goes to the stream's table when it lists exactly one.
 /// `update` and `delete` operations need row-level changes, which Sluice does not
 /// write: those records fail.
-type Routed = (BTreeMap<(String, String), Vec<usize>>, Vec<(usize, &'static str, String)>);
+type Routed<'a> = (BTreeMap<(&'a str, &'a str), Vec<usize>>, Vec<(usize, &'static str, String)>);
 
-fn route_records(settings: &IcebergSettings, routes: Option<&[Route]>, n: usize) -> Routed {
-    let (mut groups, mut failed): Routed = Default::default();
+fn route_records<'a>(settings: &'a IcebergSettings, routes: Option<&'a [Route]>, n: usize) -> Routed<'a> {
+    let (mut groups, mut failed): Routed<'a> = Default::default();
     let only = match settings.tables.as_slice() {
-        [only] => Some(only),
+        [(database, table)] => Some((database.as_str(), table.as_str())),
         _ => None,
     };
+    // A record without a route names nothing.
+    static UNNAMED: Route = Route { destination_database_name: None, destination_table_name: None, operation: None };
     for i in 0..n {
-        let route = routes.and_then(|r| r.get(i)).cloned().unwrap_or_default();
+        // Borrowed, not cloned: this runs for every record of a batch.
+        let route = routes.and_then(|r| r.get(i)).unwrap_or(&UNNAMED);
         if let Some(operation) = route.operation.as_deref().filter(|o| !o.eq_ignore_ascii_case("insert")) {
             let message = format!(
                 "The record's operation is {operation}: Sluice appends (insert) only; update and delete need row-level changes it does not write."
@@ -1038,13 +1041,13 @@ fn route_records(settings: &IcebergSettings, routes: Option<&[Route]>, n: usize)
             failed.push((i, "Iceberg.UnsupportedOperation", message));
             continue;
         }
-        let table = match (route.destination_database_name, route.destination_table_name) {
+        let table = match (route.destination_database_name.as_deref(), route.destination_table_name.as_deref()) {
             (Some(database), Some(table)) => Some((database, table)),
             (None, Some(table)) => {
-                let listed = settings.tables.iter().find(|(_, t)| *t == table).or(settings.tables.first());
-                listed.map(|(database, _)| (database.clone(), table))
+                let listed = settings.tables.iter().find(|(_, t)| t == table).or(settings.tables.first());
+                listed.map(|(database, _)| (database.as_str(), table))
             }
-            (database, None) => only.filter(|(d, _)| database.as_ref().is_none_or(|named| named == d)).cloned(),
+            (database, None) => only.filter(|(d, _)| database.is_none_or(|named| named == *d)),
         };
         match table {
             Some(table) => groups.entry(table).or_default().push(i),
@@ -1300,11 +1303,12 @@ mod tests {
 
     #[test]
     fn records_go_to_the_table_they_name_or_the_only_one_and_the_rest_fail_with_why() {
-        let key = |d: &str, t: &str| (d.to_string(), t.to_string());
+        let key = |d: &'static str, t: &'static str| (d, t);
         let codes =
             |failed: &[(usize, &'static str, String)]| failed.iter().map(|(i, c, _)| (*i, *c)).collect::<Vec<_>>();
         // One table: records that name nothing go there; no routes at all, all there.
-        let (groups, failed) = route_records(&iceberg(&[("lake", "events")]), None, 3);
+        let one = iceberg(&[("lake", "events")]);
+        let (groups, failed) = route_records(&one, None, 3);
         assert_eq!(groups, [(key("lake", "events"), vec![0, 1, 2])].into());
         assert!(failed.is_empty());
         let routes = [
@@ -1314,7 +1318,7 @@ mod tests {
             route(Some("other"), None, None),
             route(None, Some("events"), Some("update")),
         ];
-        let (groups, failed) = route_records(&iceberg(&[("lake", "events")]), Some(&routes), routes.len());
+        let (groups, failed) = route_records(&one, Some(&routes), routes.len());
         assert_eq!(
             groups,
             [(key("lake", "events"), vec![0]), (key("lake", "audit"), vec![1]), (key("other", "t"), vec![2])].into()

@@ -162,8 +162,12 @@ pub(super) async fn process(
             match query {
                 Ok(query) => {
                     // The function's route wins over the query's, part by part.
-                    routes.push(route.or(Route::from_keys(&query)));
-                    partitions.push(PartitionKeys { query, lambda });
+                    if routing {
+                        routes.push(route.or(Route::from_keys(&query)));
+                    }
+                    if dynamic_partitioning {
+                        partitions.push(PartitionKeys { query, lambda });
+                    }
                     kept.push((i, data, BTreeMap::new(), Route::default()));
                 }
                 Err(message) => {
