@@ -38,6 +38,10 @@ pub(crate) struct JetStreamArgs {
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Publishes per second over all publishers, on a fixed schedule (open loop;
+    /// latency counts from when each was due), as `run --rate`. 0: closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 pub(crate) async fn run(args: JetStreamArgs) -> anyhow::Result<()> {
@@ -65,14 +69,16 @@ pub(crate) async fn run(args: JetStreamArgs) -> anyhow::Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..args.connections {
+    let t0 = tokio::time::Instant::now();
+    for c in 0..args.connections {
         let (jetstream, payload, measuring, stop) =
             (jetstream.clone(), payload.clone(), measuring.clone(), stop.clone());
+        let mut schedule = crate::Schedule::new(t0, args.rate, c, args.connections);
         tasks.push(tokio::spawn(async move {
             let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut n_errors = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
+                let started = schedule.next().await;
                 let acked = match jetstream.publish("loadgen.ceiling", payload.clone()).await {
                     Ok(ack) => ack.await.is_ok(),
                     Err(_) => false,
@@ -119,6 +125,7 @@ pub(crate) async fn run(args: JetStreamArgs) -> anyhow::Result<()> {
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
         "errors": n_errors,
+        "rate": args.rate,
     });
     println!("{out}");
     Ok(())

@@ -65,6 +65,37 @@ impl Op {
     }
 }
 
+/// When one connection (or publisher) sends its next request. With a rate,
+/// connection c of n sends at t0 + (k * n + c) / rate, so the schedule as a whole is
+/// evenly spaced (open loop); without one, right away (closed loop).
+pub(crate) struct Schedule {
+    due: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl Schedule {
+    pub(crate) fn new(t0: tokio::time::Instant, rate: f64, c: usize, n: usize) -> Schedule {
+        let due = (rate > 0.0).then(|| {
+            let spacing = Duration::from_secs_f64(n as f64 / rate);
+            (t0 + spacing.mul_f64(c as f64 / n as f64), spacing)
+        });
+        Schedule { due }
+    }
+
+    /// Waits until the next request is due and returns when that was: latency
+    /// counts from there, so a server falling behind shows in it.
+    pub(crate) async fn next(&mut self) -> Instant {
+        match &mut self.due {
+            Some((due, spacing)) => {
+                tokio::time::sleep_until(*due).await;
+                let started = due.into_std();
+                *due += *spacing;
+                started
+            }
+            None => Instant::now(),
+        }
+    }
+}
+
 /// The `p` quantile of latencies sorted ascending, in milliseconds (0 for none).
 pub(crate) fn quantile_ms(sorted_us: &[u32], p: f64) -> f64 {
     let at = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len().saturating_sub(1));
@@ -405,15 +436,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    // With a rate, connection c sends at t0 + (k * connections + c) / rate: the
-    // schedule as a whole is evenly spaced.
-    let spacing = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
     let t0 = tokio::time::Instant::now();
     for c in 0..args.connections {
         let at = c % endpoints.len();
         let (prepared, measuring, stop, endpoint) =
             (prepared[at].clone(), measuring.clone(), stop.clone(), endpoints[at].clone());
-        let mut due = spacing.map(|s| t0 + s.mul_f64(c as f64 / args.connections as f64));
+        let mut schedule = Schedule::new(t0, args.rate, c, args.connections);
         tasks.push(tokio::spawn(async move {
             let mut sender = endpoint.conn();
             let mut latencies_us = Vec::with_capacity(1 << 16);
@@ -421,15 +449,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let request = prepared[i % prepared.len()].request();
                 i += 1;
-                let started = match (&mut due, spacing) {
-                    (Some(due), Some(spacing)) => {
-                        tokio::time::sleep_until(*due).await;
-                        let started = due.into_std();
-                        *due += spacing;
-                        started
-                    }
-                    _ => Instant::now(),
-                };
+                let started = schedule.next().await;
                 let status = sender.call(request).await.map(|(s, _)| s).unwrap_or(0);
                 if measuring.load(Ordering::Relaxed) {
                     if status == 200 {
