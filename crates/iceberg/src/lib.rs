@@ -8,10 +8,17 @@
 //! (`sluice.batch-id`); before writing, the table's snapshots are searched for
 //! it, so a batch redone after a crash that came after its commit appends
 //! nothing the second time. Data files a crash left uncommitted are never
-//! referenced (the redo writes its own, under the same names).
+//! referenced (the redo writes its own, under the same names: a batch's
+//! partitions are written in the order of their paths, so file numbers repeat).
+//!
+//! Partitioned tables: each row's partition comes from the table's default
+//! partition spec (identity, bucket, truncate, year/month/day/hour, void), and
+//! each partition of a batch gets its own data files under `data/<partition
+//! path>/`, all in the batch's one snapshot.
 //!
 //! Catalogs: SQL (SQLite or PostgreSQL, the table layout pyiceberg and Java's
-//! JDBC catalog share). Warehouses: `file://` (synced, see `storage`).
+//! JDBC catalog share) and REST (the Iceberg REST catalog protocol). Table locations: `file://` (synced) and `s3://` (see
+//! `storage`).
 //!
 //! This crate knows nothing of Firehose's wire format, the log or HTTP servers.
 
@@ -21,13 +28,16 @@ pub mod storage;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use iceberg::spec::{DataFileFormat, TableMetadata};
+use arrow_array::RecordBatch;
+use iceberg::arrow::RecordBatchPartitionSplitter;
+use iceberg::spec::{DataFileFormat, PartitionKey, Struct, TableMetadata};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use sluice_convert::{Cell, InputFormat, RecordError};
 
@@ -66,13 +76,50 @@ fn write_error(error: impl std::fmt::Display) -> IcebergError {
 /// Which catalog, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogConfig {
+    pub kind: CatalogKind,
+    /// The catalog name (a SQL catalog keeps its rows under it: pyiceberg's and
+    /// Spark's `name`).
+    pub name: String,
+    /// Where tables created through this catalog would go (`file:///path`,
+    /// `s3://bucket/path`); for a REST catalog, the warehouse it is asked for
+    /// (`None`: its default).
+    pub warehouse: Option<String>,
+    /// Where the buckets of `s3://` table locations live.
+    pub s3: storage::S3Buckets,
+}
+
+/// The kind of catalog.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CatalogKind {
     /// A SQL catalog's database, as sqlx takes it (`sqlite:///abs/path.db`,
     /// `postgres://...`).
-    pub sql_uri: String,
-    /// The catalog name rows are kept under (pyiceberg's and Spark's `name`).
-    pub name: String,
-    /// Where tables created through this catalog would go (`file:///path`).
-    pub warehouse: String,
+    Sql { uri: String },
+    /// An Iceberg REST catalog at `uri` (`http(s)://host/prefix`), with a bearer
+    /// `token` or an OAuth2 client `credential` (`id:secret`) if it needs one.
+    Rest { uri: String, token: Option<String>, credential: Option<String> },
+}
+
+impl std::fmt::Debug for CatalogKind {
+    // Tokens and credentials never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogKind::Sql { uri } => f.debug_struct("Sql").field("uri", &redacted_url(uri)).finish(),
+            CatalogKind::Rest { uri, token, credential } => f
+                .debug_struct("Rest")
+                .field("uri", uri)
+                .field("token", &token.as_ref().map(|_| "***"))
+                .field("credential", &credential.as_ref().map(|_| "***"))
+                .finish(),
+        }
+    }
+}
+
+/// A database URL with its password left out.
+fn redacted_url(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &uri[..scheme], &uri[at..]),
+        _ => uri.to_string(),
+    }
 }
 
 /// An open catalog.
@@ -92,21 +139,49 @@ pub struct Appended {
 }
 
 impl Tables {
-    /// Opens the catalog (a SQLite catalog's file and tables are created if absent).
+    /// Opens the catalog (a SQLite catalog's file and tables are created if
+    /// absent; a REST catalog is asked for its configuration when first used).
     pub async fn open(config: &CatalogConfig) -> Result<Tables, IcebergError> {
-        sqlx::any::install_default_drivers();
-        let bind_style = if config.sql_uri.starts_with("sqlite:") { "QMark" } else { "DollarNumeric" };
-        let props = HashMap::from([
-            (iceberg_catalog_sql::SQL_CATALOG_PROP_URI.to_string(), config.sql_uri.clone()),
-            (iceberg_catalog_sql::SQL_CATALOG_PROP_WAREHOUSE.to_string(), config.warehouse.clone()),
-            (iceberg_catalog_sql::SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
-        ]);
-        let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(storage::DurableFsFactory))
-            .load(config.name.clone(), props)
-            .await
-            .map_err(catalog_error)?;
-        Ok(Tables { catalog: Arc::new(catalog) })
+        let storage = Arc::new(storage::TableStorageFactory::new(config.s3.clone()));
+        let catalog: Arc<dyn Catalog> = match &config.kind {
+            CatalogKind::Sql { uri } => {
+                sqlx::any::install_default_drivers();
+                let bind_style = if uri.starts_with("sqlite:") { "QMark" } else { "DollarNumeric" };
+                let mut props = HashMap::from([
+                    (iceberg_catalog_sql::SQL_CATALOG_PROP_URI.to_string(), uri.clone()),
+                    (iceberg_catalog_sql::SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind_style.to_string()),
+                ]);
+                if let Some(warehouse) = &config.warehouse {
+                    props.insert(iceberg_catalog_sql::SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone());
+                }
+                let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
+                    .with_storage_factory(storage)
+                    .load(config.name.clone(), props)
+                    .await
+                    .map_err(catalog_error)?;
+                Arc::new(catalog)
+            }
+            CatalogKind::Rest { uri, token, credential } => {
+                let mut props = HashMap::from([(iceberg_catalog_rest::REST_CATALOG_PROP_URI.to_string(), uri.clone())]);
+                let optional = [
+                    (iceberg_catalog_rest::REST_CATALOG_PROP_WAREHOUSE, &config.warehouse),
+                    ("token", token),
+                    ("credential", credential),
+                ];
+                for (key, value) in optional {
+                    if let Some(value) = value {
+                        props.insert(key.to_string(), value.clone());
+                    }
+                }
+                let catalog = iceberg_catalog_rest::RestCatalogBuilder::default()
+                    .with_storage_factory(storage)
+                    .load(config.name.clone(), props)
+                    .await
+                    .map_err(catalog_error)?;
+                Arc::new(catalog)
+            }
+        };
+        Ok(Tables { catalog })
     }
 
     /// The table, loaded now.
@@ -124,7 +199,8 @@ impl Tables {
     /// Checks that the table exists and that Sluice can write its schema and layout.
     pub async fn check(&self, database: &str, table: &str) -> Result<(), IcebergError> {
         let table = self.load(database, table).await?;
-        writable(table.metadata()).map(|_| ())
+        writable(table.metadata())?;
+        Partitions::of(table.metadata()).map(|_| ())
     }
 
     /// Appends the rows of `records` (JSON, read with `input` under the table's
@@ -143,6 +219,7 @@ impl Tables {
         let loaded = self.load(database, table).await?;
         let already_committed = committed(loaded.metadata(), batch_id);
         let hive = writable(loaded.metadata())?;
+        let partitions = Partitions::of(loaded.metadata())?;
         let iceberg_schema = loaded.metadata().current_schema().clone();
         let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(catalog_error)?);
         let converted_schema = sluice_convert::columns::arrow_schema(&hive);
@@ -159,7 +236,8 @@ impl Tables {
         );
         let rolling =
             RollingFileWriterBuilder::new_with_default_file_size(parquet, loaded.file_io().clone(), location, names);
-        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(write_error)?;
+        // One writer per partition (a single one for an unpartitioned table).
+        let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
         let mut appended = Appended { already_committed, ..Appended::default() };
         let mut columns: Vec<Vec<Cell>> = vec![Vec::new(); hive.columns.len()];
         let fields = iceberg_schema.as_struct().fields();
@@ -192,12 +270,12 @@ impl Tables {
             appended.rows += n as u64;
             if columns[0].len() >= CHUNK_ROWS_MAX {
                 let batch = sluice_convert::columns::record_batch(&hive, &converted_schema, &mut columns);
-                writer.write(schema::cast_to(&batch, &target)?).await.map_err(write_error)?;
+                partitions.write(&mut writer, schema::cast_to(&batch, &target)?).await?;
             }
         }
         if !columns[0].is_empty() {
             let batch = sluice_convert::columns::record_batch(&hive, &converted_schema, &mut columns);
-            writer.write(schema::cast_to(&batch, &target)?).await.map_err(write_error)?;
+            partitions.write(&mut writer, schema::cast_to(&batch, &target)?).await?;
         }
         if already_committed || appended.rows == 0 {
             // Nothing was written: the data file writer made no file.
@@ -216,6 +294,44 @@ impl Tables {
     }
 }
 
+/// How a table's rows are split into partitions: by its default partition spec.
+enum Partitions {
+    /// Every row in one partition (the spec's empty key).
+    None(PartitionKey),
+    /// By the spec's transforms of each row's source columns.
+    Split(Box<RecordBatchPartitionSplitter>),
+}
+
+impl Partitions {
+    fn of(metadata: &TableMetadata) -> Result<Partitions, IcebergError> {
+        let spec = metadata.default_partition_spec().clone();
+        let schema = metadata.current_schema().clone();
+        if spec.is_unpartitioned() {
+            return Ok(Partitions::None(PartitionKey::new(spec.as_ref().clone(), schema, Struct::empty())));
+        }
+        RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec)
+            .map(|splitter| Partitions::Split(Box::new(splitter)))
+            .map_err(|e| IcebergError::Schema(format!("Sluice cannot write this table's partition spec: {e}")))
+    }
+
+    /// Writes `batch`'s rows, each to its partition's data files.
+    async fn write<W: PartitioningWriter>(&self, writer: &mut W, batch: RecordBatch) -> Result<(), IcebergError> {
+        match self {
+            Partitions::None(key) => writer.write(key.clone(), batch).await.map_err(write_error),
+            Partitions::Split(splitter) => {
+                let mut parts = splitter.split(&batch).map_err(write_error)?;
+                // In path order, so a redo of the batch names its files as the first
+                // try did (file numbers count up over the batch's partitions).
+                parts.sort_by_cached_key(|(key, _)| key.to_path());
+                for (key, part) in parts {
+                    writer.write(key, part).await.map_err(write_error)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Whether a snapshot of the table carries `batch_id`.
 fn committed(metadata: &TableMetadata, batch_id: &str) -> bool {
     metadata
@@ -223,13 +339,8 @@ fn committed(metadata: &TableMetadata, batch_id: &str) -> bool {
         .any(|s| s.summary().additional_properties.get(BATCH_ID_PROPERTY).map(String::as_str) == Some(batch_id))
 }
 
-/// The Hive view of the table's schema, if Sluice writes this table: an
-/// unpartitioned one with types it reads JSON into.
+/// The Hive view of the table's schema, if Sluice writes this table: one with
+/// types it reads JSON into.
 fn writable(metadata: &TableMetadata) -> Result<sluice_convert::TableSchema, IcebergError> {
-    if !metadata.default_partition_spec().is_unpartitioned() {
-        return Err(IcebergError::Schema(
-            "Sluice appends to unpartitioned Iceberg tables only, so far; this table has a partition spec".into(),
-        ));
-    }
     schema::table_schema(metadata.current_schema())
 }

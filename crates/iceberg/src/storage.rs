@@ -1,32 +1,298 @@
-//! Where table files go for `file://` warehouses: the local file system, durably.
-//! Iceberg's own local storage writes metadata files without syncing them, and a
-//! catalog pointer committed to a metadata file a crash then lost would leave the
-//! table unreadable; here every file is written to a temporary name, synced,
-//! renamed into place and its directory synced before the write returns, so what
-//! a commit points to is on disk first.
+//! Where table files go: the local file system (`file://`), durably, and
+//! S3-compatible services (`s3://`, `s3a://`) through object_store. A table's
+//! own location picks the storage, path by path.
+//!
+//! Local files: Iceberg's own local storage writes metadata files without
+//! syncing them, and a catalog pointer committed to a metadata file a crash then
+//! lost would leave the table unreadable; here every file is written to a
+//! temporary name, synced, renamed into place and its directory synced before the
+//! write returns, so what a commit points to is on disk first.
+//!
+//! S3: an object exists whole once its PUT (or multipart completion) returns, so
+//! a data or metadata file is never seen half-written; where each bucket lives
+//! (endpoint, region, addressing, credentials) comes from [`S3Buckets`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use iceberg::io::{
     FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage, StorageConfig, StorageFactory,
 };
 use iceberg::{Error, ErrorKind, Result};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-/// Builds [`DurableFsStorage`].
+/// Where one bucket lives.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Bucket {
+    /// The service's URL; `None`: AWS S3 itself.
+    pub endpoint: Option<String>,
+    /// Signing region.
+    pub region: String,
+    /// Path-style addressing (most S3-compatible servers).
+    pub path_style: bool,
+    /// `(access key id, secret)`; `None`: the `AWS_*` environment variables.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for S3Bucket {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Bucket")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
+            .finish()
+    }
+}
+
+/// Where S3 buckets live: one default and per-bucket overrides (as Sluice's
+/// `[s3]` section says for its deliveries).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Buckets {
+    pub default: S3Bucket,
+    pub buckets: BTreeMap<String, S3Bucket>,
+}
+
+/// Builds [`TableStorage`]. A catalog may build one per table it loads (a REST
+/// catalog does): they share their S3 clients and so their connections.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct DurableFsFactory;
+pub struct TableStorageFactory {
+    buckets: S3Buckets,
+    #[serde(skip)]
+    clients: S3Clients,
+}
+
+impl TableStorageFactory {
+    pub fn new(buckets: S3Buckets) -> TableStorageFactory {
+        TableStorageFactory { buckets, clients: S3Clients::default() }
+    }
+}
 
 #[typetag::serde]
-impl StorageFactory for DurableFsFactory {
+impl StorageFactory for TableStorageFactory {
     fn build(&self, _config: &StorageConfig) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(DurableFsStorage { reads: LocalFsStorage::new() }))
+        let s3 = S3Storage { buckets: self.buckets.clone(), clients: self.clients.clone() };
+        Ok(Arc::new(TableStorage { fs: DurableFsStorage { reads: LocalFsStorage::new() }, s3 }))
+    }
+}
+
+/// S3 clients by bucket, built when first used.
+type S3Clients = Arc<Mutex<HashMap<String, Arc<AmazonS3>>>>;
+
+/// Local paths durably, S3 paths through object_store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableStorage {
+    fs: DurableFsStorage,
+    s3: S3Storage,
+}
+
+/// Which storage a path is in.
+enum Located<'a> {
+    Local,
+    S3 { bucket: &'a str, key: ObjectPath },
+}
+
+fn locate(path: &str) -> Result<Located<'_>> {
+    if path.starts_with('/') || path.starts_with("file:") {
+        return Ok(Located::Local);
+    }
+    let rest = ["s3://", "s3a://", "s3n://"].iter().find_map(|scheme| path.strip_prefix(scheme)).ok_or_else(|| {
+        Error::new(
+            ErrorKind::FeatureUnsupported,
+            format!("{path}: Sluice writes Iceberg tables at file:// and s3:// locations"),
+        )
+    })?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let key = ObjectPath::parse(key).map_err(|e| Error::new(ErrorKind::DataInvalid, format!("{path}: {e}")))?;
+    Ok(Located::S3 { bucket, key })
+}
+
+#[async_trait]
+#[typetag::serde]
+impl Storage for TableStorage {
+    async fn exists(&self, path: &str) -> Result<bool> {
+        match locate(path)? {
+            Located::Local => self.fs.exists(path).await,
+            Located::S3 { bucket, key } => match self.s3.client(bucket)?.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(s3_error(path, e)),
+            },
+        }
+    }
+
+    async fn metadata(&self, path: &str) -> Result<FileMetadata> {
+        match locate(path)? {
+            Located::Local => self.fs.metadata(path).await,
+            Located::S3 { bucket, key } => {
+                let head = self.s3.client(bucket)?.head(&key).await.map_err(|e| s3_error(path, e))?;
+                Ok(FileMetadata { size: head.size })
+            }
+        }
+    }
+
+    async fn read(&self, path: &str) -> Result<Bytes> {
+        match locate(path)? {
+            Located::Local => self.fs.read(path).await,
+            Located::S3 { bucket, key } => {
+                let got = self.s3.client(bucket)?.get(&key).await.map_err(|e| s3_error(path, e))?;
+                got.bytes().await.map_err(|e| s3_error(path, e))
+            }
+        }
+    }
+
+    async fn reader(&self, path: &str) -> Result<Box<dyn FileRead>> {
+        match locate(path)? {
+            Located::Local => self.fs.reader(path).await,
+            Located::S3 { bucket, key } => {
+                Ok(Box::new(S3Read { client: self.s3.client(bucket)?, key, path: path.to_string() }))
+            }
+        }
+    }
+
+    async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
+        match locate(path)? {
+            Located::Local => self.fs.write(path, bs).await,
+            Located::S3 { bucket, key } => {
+                self.s3.client(bucket)?.put(&key, bs.into()).await.map(|_| ()).map_err(|e| s3_error(path, e))
+            }
+        }
+    }
+
+    async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
+        match locate(path)? {
+            Located::Local => self.fs.writer(path).await,
+            Located::S3 { bucket, key } => {
+                let client: Arc<dyn ObjectStore> = self.s3.client(bucket)?;
+                Ok(Box::new(S3Write {
+                    writer: BufWriter::with_capacity(client, key, S3_PART_BYTES),
+                    path: path.into(),
+                }))
+            }
+        }
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        match locate(path)? {
+            Located::Local => self.fs.delete(path).await,
+            Located::S3 { bucket, key } => match self.s3.client(bucket)?.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(s3_error(path, e)),
+            },
+        }
+    }
+
+    async fn delete_prefix(&self, path: &str) -> Result<()> {
+        match locate(path)? {
+            Located::Local => self.fs.delete_prefix(path).await,
+            Located::S3 { bucket, key } => {
+                let client = self.s3.client(bucket)?;
+                let keys = client.list(Some(&key)).map_ok(|meta| meta.location).boxed();
+                client.delete_stream(keys).try_collect::<Vec<_>>().await.map(|_| ()).map_err(|e| s3_error(path, e))
+            }
+        }
+    }
+
+    async fn delete_stream(&self, mut paths: BoxStream<'static, String>) -> Result<()> {
+        // Rare (table maintenance, not appends): one at a time.
+        while let Some(path) = paths.next().await {
+            self.delete(&path).await?;
+        }
+        Ok(())
+    }
+
+    fn new_input(&self, path: &str) -> Result<InputFile> {
+        Ok(InputFile::new(Arc::new(self.clone()), path.to_string()))
+    }
+
+    fn new_output(&self, path: &str) -> Result<OutputFile> {
+        Ok(OutputFile::new(Arc::new(self.clone()), path.to_string()))
+    }
+}
+
+/// Parts of a large data file's multipart upload (smaller files are one PUT).
+const S3_PART_BYTES: usize = 8 << 20;
+
+fn s3_error(path: &str, error: object_store::Error) -> Error {
+    let kind = match error {
+        object_store::Error::NotFound { .. } => ErrorKind::DataInvalid,
+        _ => ErrorKind::Unexpected,
+    };
+    Error::new(kind, format!("{path}: {error}"))
+}
+
+/// Where buckets live, and their clients.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct S3Storage {
+    buckets: S3Buckets,
+    #[serde(skip)]
+    clients: S3Clients,
+}
+
+impl S3Storage {
+    fn client(&self, bucket: &str) -> Result<Arc<AmazonS3>> {
+        let mut clients = self.clients.lock().expect("lock");
+        if let Some(client) = clients.get(bucket) {
+            return Ok(client.clone());
+        }
+        let at = self.buckets.buckets.get(bucket).unwrap_or(&self.buckets.default);
+        let mut builder = AmazonS3Builder::from_env()
+            .with_region(&at.region)
+            .with_bucket_name(bucket)
+            .with_virtual_hosted_style_request(!at.path_style);
+        if let Some(endpoint) = &at.endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some((id, secret)) = &at.credentials {
+            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let client = Arc::new(builder.build().map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?);
+        clients.insert(bucket.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+struct S3Read {
+    client: Arc<AmazonS3>,
+    key: ObjectPath,
+    path: String,
+}
+
+#[async_trait]
+impl FileRead for S3Read {
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.client.get_range(&self.key, range).await.map_err(|e| s3_error(&self.path, e))
+    }
+}
+
+/// A file uploaded as it is written (one PUT when small, multipart when large);
+/// the object appears whole, at close.
+struct S3Write {
+    writer: BufWriter,
+    path: String,
+}
+
+#[async_trait]
+impl FileWrite for S3Write {
+    async fn write(&mut self, bs: Bytes) -> Result<()> {
+        self.writer.put(bs).await.map_err(|e| s3_error(&self.path, e))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.writer.shutdown().await.map_err(|e| Error::new(ErrorKind::Unexpected, format!("{}: {e}", self.path)))
     }
 }
 

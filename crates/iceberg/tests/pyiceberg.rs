@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use sluice_convert::InputFormat;
-use sluice_iceberg::{CatalogConfig, Tables};
+use sluice_iceberg::{CatalogConfig, CatalogKind, Tables};
 
 fn python(dir: &Path, script: &str) -> String {
     let out = Command::new("python3")
@@ -57,9 +57,10 @@ async fn pyiceberg_reads_each_batch_once_with_the_values_appended() {
     let dir = tempfile::tempdir().unwrap();
     python(dir.path(), &format!("{CATALOG}{CREATE}"));
     let config = CatalogConfig {
-        sql_uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+        kind: CatalogKind::Sql { uri: format!("sqlite://{}/catalog.db", dir.path().display()) },
         name: "sluice".into(),
-        warehouse: format!("file://{}/warehouse", dir.path().display()),
+        warehouse: Some(format!("file://{}/warehouse", dir.path().display())),
+        s3: Default::default(),
     };
     let tables = Tables::open(&config).await.unwrap();
     tables.check("lake", "events").await.unwrap();
@@ -95,4 +96,87 @@ async fn pyiceberg_reads_each_batch_once_with_the_values_appended() {
     assert!(rows[2].contains("('user', 'two in one')"), "{out}");
     assert!(out.contains("snapshots 2\n"), "{out}");
     assert!(out.contains("batch batch-1 3\n") && out.contains("batch batch-2 1\n"), "{out}");
+}
+
+const CREATE_PARTITIONED: &str = r#"
+from pyiceberg.schema import Schema
+from pyiceberg.types import NestedField, LongType, StringType, TimestamptzType
+from pyiceberg.partitioning import PartitionSpec, PartitionField
+from pyiceberg.transforms import IdentityTransform, DayTransform, BucketTransform
+catalog.create_namespace("lake")
+catalog.create_table("lake.clicks", schema=Schema(
+    NestedField(1, "id", LongType(), required=True),
+    NestedField(2, "user", StringType()),
+    NestedField(3, "at", TimestamptzType()),
+), partition_spec=PartitionSpec(
+    PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="user"),
+    PartitionField(source_id=3, field_id=1001, transform=DayTransform(), name="at_day"),
+    PartitionField(source_id=1, field_id=1002, transform=BucketTransform(4), name="id_bucket"),
+))
+"#;
+
+// Every data file's rows checked against the partition its manifest entry names
+// (pyiceberg's own transforms), and a filtered scan (which prunes by those
+// partition values) finding exactly the rows it should.
+const READ_PARTITIONED: &str = r#"
+import datetime, pyarrow.parquet as pq
+from pyiceberg.expressions import EqualTo
+from pyiceberg.transforms import DayTransform, BucketTransform
+from pyiceberg.types import LongType, TimestamptzType
+table = catalog.load_table("lake.clicks")
+rows = table.scan().to_arrow().to_pylist()
+print("rows", len(rows), "ids", len({r["id"] for r in rows}))
+print("ada", sorted(r["id"] for r in table.scan(row_filter=EqualTo("user", "ada")).to_arrow().to_pylist()))
+day = DayTransform().transform(TimestamptzType())
+bucket = BucketTransform(4).transform(LongType())
+files = table.inspect.files().to_pylist()
+for f in files:
+    p = f["partition"]
+    # pyiceberg shows a day partition as a date, its transform gives days since the epoch.
+    p_day = None if p["at_day"] is None else (p["at_day"] - datetime.date(1970, 1, 1)).days
+    for r in pq.read_table(f["file_path"].removeprefix("file://")).to_pylist():
+        at = None if r["at"] is None else int(r["at"].timestamp() * 1_000_000)
+        assert (r["user"], day(at), bucket(r["id"])) == (p["user"], p_day, p["id_bucket"]), (f["file_path"], r, p)
+print("files", len(files), "partitions", len({tuple(sorted(f["partition"].items())) for f in files}))
+print("paths", all("/data/user=" in f["file_path"] for f in files))
+print("snapshots", len(table.snapshots()))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_gets_each_row_in_its_partition_in_one_snapshot_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    python(dir.path(), &format!("{CATALOG}{CREATE_PARTITIONED}"));
+    let config = CatalogConfig {
+        kind: CatalogKind::Sql { uri: format!("sqlite://{}/catalog.db", dir.path().display()) },
+        name: "sluice".into(),
+        warehouse: Some(format!("file://{}/warehouse", dir.path().display())),
+        s3: Default::default(),
+    };
+    let tables = Tables::open(&config).await.unwrap();
+    tables.check("lake", "clicks").await.unwrap();
+    let users = ["ada", "bo", "cy"];
+    let records: Vec<String> = (0..60)
+        .map(|i| match i {
+            // A row with no user and no time: the null partition.
+            59 => r#"{"id": 59}"#.to_string(),
+            _ => format!(r#"{{"id": {i}, "user": "{}", "at": "2024-05-0{}T10:00:00Z"}}"#, users[i % 3], 1 + i % 2),
+        })
+        .collect();
+    let records: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+    let input = InputFormat::default();
+    let first = tables.append("lake", "clicks", "batch-1", &input, &records[..40]).await.unwrap();
+    assert_eq!((first.rows, first.failed.len()), (40, 0));
+    assert!(tables.append("lake", "clicks", "batch-1", &input, &records[..40]).await.unwrap().already_committed);
+    let second = tables.append("lake", "clicks", "batch-2", &input, &records[40..]).await.unwrap();
+    assert_eq!(second.rows, 20);
+    let out = python(dir.path(), &format!("{CATALOG}{READ_PARTITIONED}"));
+    assert!(out.contains("rows 60 ids 60\n"), "{out}");
+    let ada: Vec<String> = (0..59).filter(|i| i % 3 == 0).map(|i| i.to_string()).collect();
+    assert!(out.contains(&format!("ada [{}]\n", ada.join(", "))), "{out}");
+    // 3 users x 2 days x up to 4 buckets, and the null row's partition.
+    let partitions: usize =
+        out.split("partitions ").nth(1).unwrap().trim_end().split('\n').next().unwrap().parse().unwrap();
+    assert!(partitions > 6, "{out}");
+    assert!(out.contains("paths True\n"), "{out}");
+    assert!(out.contains("snapshots 2\n"), "{out}");
 }

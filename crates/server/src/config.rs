@@ -668,42 +668,66 @@ impl RawGlueConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIcebergConfig {
-    /// `sql` (the only kind so far).
+    /// `sql` (default) or `rest`.
     pub catalog: Option<String>,
     /// The SQL catalog's database as a SQLAlchemy-style URL (what pyiceberg takes):
-    /// `sqlite:////abs/path/catalog.db` or `postgresql://user:pass@host/db`.
+    /// `sqlite:////abs/path/catalog.db` or `postgresql://user:pass@host/db`; a REST
+    /// catalog's base URL (`http(s)://host[/prefix]`, without `/v1`).
     pub uri: Option<String>,
+    /// A REST catalog's bearer token.
+    pub token: Option<String>,
+    /// A REST catalog's OAuth2 client credential, `client_id:client_secret`.
+    pub credential: Option<String>,
     /// The catalog name tables are registered under. Default `sluice`.
     pub name: Option<String>,
-    /// Where tables created through the catalog go. Default `file://<data-dir>/iceberg`.
+    /// Where tables created through the catalog go. Default `file://<data-dir>/iceberg`;
+    /// `s3://bucket/path` puts them in a bucket that `[s3]` says where to find.
     pub warehouse: Option<String>,
 }
 
 impl RawIcebergConfig {
-    fn validate(self, data_dir: &Path) -> Result<Option<sluice_iceberg::CatalogConfig>, ConfigError> {
+    fn validate(self, data_dir: &Path, s3: &S3Config) -> Result<Option<sluice_iceberg::CatalogConfig>, ConfigError> {
         let Some(uri) = self.uri else {
             return match self.catalog {
                 Some(_) => Err(ConfigError::Invalid("iceberg: uri is required".into())),
                 None => Ok(None),
             };
         };
-        match self.catalog.as_deref() {
-            None | Some("sql") => {}
+        let (kind, warehouse) = match self.catalog.as_deref() {
+            None | Some("sql") => {
+                if self.token.is_some() || self.credential.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "iceberg: token and credential are for catalog = \"rest\"".into(),
+                    ));
+                }
+                let uri = sqlx_uri(&uri).ok_or_else(|| {
+                    ConfigError::Invalid(format!("iceberg: uri {uri:?} is not a sqlite:/// or postgresql:// URL"))
+                })?;
+                let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+                let warehouse = self.warehouse.unwrap_or_else(|| format!("file://{}/iceberg", data_dir.display()));
+                (sluice_iceberg::CatalogKind::Sql { uri }, Some(warehouse))
+            }
+            Some("rest") => {
+                let uri = http_url("iceberg (catalog = \"rest\")", &uri)?;
+                let kind = sluice_iceberg::CatalogKind::Rest { uri, token: self.token, credential: self.credential };
+                (kind, self.warehouse)
+            }
             Some(other) => {
                 return Err(ConfigError::Invalid(format!(
-                    "iceberg: catalog {other:?} is not supported; \"sql\" is (a REST catalog is not yet)"
+                    "iceberg: catalog {other:?} is not supported; \"sql\" and \"rest\" are"
                 )))
             }
-        }
-        let sql_uri = sqlx_uri(&uri).ok_or_else(|| {
-            ConfigError::Invalid(format!("iceberg: uri {uri:?} is not a sqlite:/// or postgresql:// URL"))
-        })?;
-        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        let warehouse = self.warehouse.unwrap_or_else(|| format!("file://{}/iceberg", data_dir.display()));
+        };
         Ok(Some(sluice_iceberg::CatalogConfig {
-            sql_uri,
+            kind,
             name: self.name.unwrap_or_else(|| "sluice".into()),
             warehouse,
+            // Tables at s3:// locations are written where `[s3]` says their bucket
+            // lives (AWS S3 itself when `[s3]` names no endpoint).
+            s3: sluice_iceberg::storage::S3Buckets {
+                default: s3.default.iceberg_bucket(),
+                buckets: s3.buckets.iter().map(|(name, target)| (name.clone(), target.iceberg_bucket())).collect(),
+            },
         }))
     }
 }
@@ -1015,6 +1039,18 @@ pub struct S3Target {
     pub credentials: Option<(String, String)>,
 }
 
+impl S3Target {
+    /// The same place, for an Iceberg table's files.
+    fn iceberg_bucket(&self) -> sluice_iceberg::storage::S3Bucket {
+        sluice_iceberg::storage::S3Bucket {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            credentials: self.credentials.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for S3Target {
     // The secret never reaches a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1207,7 +1243,7 @@ impl RawConfig {
         let lambda = self.lambda.validate(&region)?;
         let kinesis = self.kinesis.validate()?;
         let glue = self.glue.validate()?;
-        let iceberg = self.iceberg.validate(&data_dir)?;
+        let iceberg = self.iceberg.validate(&data_dir, &s3)?;
         let mut auth_keys = Vec::new();
         for key in self.auth.keys {
             let what = format!("auth.keys {:?}", key.access_key_id);
@@ -1351,6 +1387,36 @@ mod tests {
         assert_eq!(other.credentials, Some(("id2".into(), "from-file".into())));
         assert!(!format!("{other:?}").contains("from-file"), "secrets stay out of logs");
         assert_eq!(c.s3.multipart_part_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn the_iceberg_catalog_is_sql_or_rest_and_s3_tables_use_the_s3_settings() {
+        use sluice_iceberg::CatalogKind;
+        let sql = config("[iceberg]\nuri = \"sqlite:////abs/catalog.db\"\n").unwrap().iceberg.unwrap();
+        assert_eq!(sql.kind, CatalogKind::Sql { uri: "sqlite:///abs/catalog.db?mode=rwc".into() });
+        assert_eq!(sql.warehouse.as_deref(), Some("file:///tmp/unused/iceberg"));
+        let rest = config(
+            "[s3]\nendpoint = \"http://s3:9000\"\naccess_key_id = \"id\"\nsecret_access_key = \"s\"\n\
+             [s3.buckets.other]\nendpoint = \"http://other:9000\"\n\
+             [iceberg]\ncatalog = \"rest\"\nuri = \"http://catalog:8181/api/\"\ntoken = \"t\"\n",
+        )
+        .unwrap()
+        .iceberg
+        .unwrap();
+        let uri = "http://catalog:8181/api".to_string();
+        assert_eq!(rest.kind, CatalogKind::Rest { uri, token: Some("t".into()), credential: None });
+        assert_eq!(rest.warehouse, None, "a REST catalog's own default warehouse");
+        assert_eq!(rest.s3.default.endpoint.as_deref(), Some("http://s3:9000"));
+        assert_eq!(rest.s3.default.credentials, Some(("id".into(), "s".into())));
+        assert_eq!(rest.s3.buckets["other"].endpoint.as_deref(), Some("http://other:9000"));
+        assert!(!format!("{rest:?}").contains("\"t\""), "the token is not logged");
+        for bad in [
+            "[iceberg]\ncatalog = \"rest\"\nuri = \"catalog:8181\"",
+            "[iceberg]\ncatalog = \"hive\"\nuri = \"thrift://x\"",
+            "[iceberg]\nuri = \"sqlite:////abs/catalog.db\"\ntoken = \"t\"",
+        ] {
+            assert!(config(bad).is_err(), "accepted: {bad}");
+        }
     }
 
     #[test]
