@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def test_records_are_appended_and_misfits_go_to_the_error_prefix(lake):
                                                       "DataFormatConversion.MalformedData"}
     snapshots = catalog(root).load_table("lake.events").snapshots()
     assert len(snapshots) == 1 and "sluice.batch-id" in snapshots[0].summary.additional_properties
+    metrics = urllib.request.urlopen(server.endpoint + "/metrics").read().decode()
+    for name, n in [("IncomingRowCount", 7), ("SuccessfulRowCount", 5), ("FailedRowCount", 2), ("Success", 1)]:
+        assert f'DeliveryToIceberg_{name}{{DeliveryStreamName="events"}} {n}\n' in metrics, (name, metrics)
 
 
 def test_what_sluice_cannot_do_is_refused_at_create(lake):

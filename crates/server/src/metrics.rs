@@ -101,6 +101,17 @@ impl Metrics {
         }
     }
 
+    /// Records a batch appended to Iceberg tables, counted per record after
+    /// processing (`DeliveryToIceberg.IncomingRowCount`, `.SuccessfulRowCount`,
+    /// `.FailedRowCount`: appended, and sent to the error prefix).
+    pub fn iceberg_rows(&self, stream_id: u64, incoming: u64, failed: u64) {
+        let Some(name) = self.names.read().expect("lock").get(&stream_id).cloned() else { return };
+        let labels = [("DeliveryStreamName", name)];
+        metrics::counter!("DeliveryToIceberg.IncomingRowCount", &labels).increment(incoming);
+        metrics::counter!("DeliveryToIceberg.SuccessfulRowCount", &labels).increment(incoming - failed);
+        metrics::counter!("DeliveryToIceberg.FailedRowCount", &labels).increment(failed);
+    }
+
     /// Notes the arrival time of the oldest record of a stream not yet delivered
     /// by one lane (`None` when nothing waits). `<prefix>.DataFreshness`, its age in
     /// seconds, is computed when metrics are rendered, so it keeps growing while a

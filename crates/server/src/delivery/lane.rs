@@ -1145,8 +1145,9 @@ async fn deliver_iceberg(
         let n_delivered = n_records - result.as_ref().map_or(0, |n| *n);
         state.metrics.delivery(stream_id, metric, result.is_ok(), n_delivered, n_bytes);
         let error = match result {
-            Ok(_) => {
+            Ok(n_failed) => {
                 state.metrics.processing(stream_id, &processed.stats);
+                state.metrics.iceberg_rows(stream_id, n_records, n_failed);
                 state.flushes.delivered(stream_id, kind.name(), n_delivered);
                 return true;
             }
