@@ -940,6 +940,23 @@ impl Cursor {
         }
     }
 
+    /// Whether every message the stream held when asked has been read. A read that
+    /// returned nothing judged by the pending count of the last message it took,
+    /// which does not know of messages stored after that one was sent: a caller
+    /// about to act on "nothing more" (a shutdown, a flush) asks the stream itself.
+    pub async fn caught_up(&mut self) -> Result<bool, Error> {
+        if !self.ready.is_empty() {
+            return Ok(false);
+        }
+        let last = last_message(self.jetstream.clone(), self.stream_name.clone()).await?;
+        if last > self.consumed {
+            // The next read waits for them rather than trusting the stale count.
+            self.pending = Some(last - self.consumed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Drops the consumer as a read error does (tests only): the next read makes a
     /// new one at the reader's position.
     #[cfg(feature = "testing")]

@@ -187,6 +187,31 @@ async fn records_come_back_in_order_and_concurrent_appends_share_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_is_caught_up_only_once_it_read_every_stored_message() {
+    let cluster = Cluster::start(Setup::default());
+    let logs = logs(&cluster, "a").await;
+    logs.create_stream(1, Some(1 << 30)).await.unwrap();
+    logs.append(1, vec![b"first".to_vec()], 1, false).await.unwrap();
+    let mut cursor = logs.cursor(1, 0, None);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = cursor.read(100, 1 << 20).await.unwrap();
+    }
+    assert!(cursor.read(100, 1 << 20).await.unwrap().is_empty());
+    assert!(cursor.caught_up().await.unwrap(), "everything stored is read");
+    // Stored after the last message the cursor took: the pending count that message
+    // carried does not know of it, the stream does.
+    logs.append(1, vec![b"second".to_vec()], 2, false).await.unwrap();
+    assert!(!cursor.caught_up().await.unwrap(), "a message stored and not read");
+    let mut more = Vec::new();
+    while more.is_empty() {
+        more = cursor.read(100, 1 << 20).await.unwrap();
+    }
+    assert_eq!(more[0].data, b"second");
+    assert!(cursor.caught_up().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
     let cluster = Cluster::start(Setup::default());
     let a = logs(&cluster, "a").await;

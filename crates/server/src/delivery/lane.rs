@@ -269,6 +269,23 @@ pub(super) async fn run(
                 }
             }
         }
+        if drained && (stopping || flushing) {
+            // About to act on "nothing more" (cut the batch for a shutdown, answer a
+            // flush): make sure no record stored before now is still on its way to
+            // this reader (a replicated log's reader learns of them a moment late;
+            // CI saw a shutdown split what one batch holds).
+            match cursor.caught_up().await {
+                Ok(caught_up) => drained = caught_up,
+                Err(error) => {
+                    tracing::warn!(stream = %stream.name, %error, "Asking the log for its end failed.");
+                    // A shutdown goes on (the records stay in the log); a flush waits.
+                    drained = stopping;
+                    if !stopping && wait(&mut shutdown, RETRY_DELAY_MIN).await {
+                        return;
+                    }
+                }
+            }
+        }
         let metrics = &delivery.state.metrics;
         metrics.oldest_undelivered(stream_id, metric, buffered.as_ref().map(|b| b.oldest_arrival_ms));
         let interval_s = delivery

@@ -191,6 +191,15 @@ impl LogCursor for JetStreamCursor {
     fn wait(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(self.inner.wait(REFRESH_EVERY))
     }
+
+    fn caught_up(&mut self) -> BoxFuture<'_, Result<bool, LogError>> {
+        Box::pin(async move {
+            if !self.unopened.is_empty() {
+                return Ok(false);
+            }
+            self.inner.caught_up().await.map_err(log_error)
+        })
+    }
 }
 
 const SEALED_VERSION: u8 = 1;

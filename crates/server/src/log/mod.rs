@@ -93,6 +93,10 @@ pub trait LogCursor: Send {
     /// Resolves when a record at or after the cursor may be durable (a backend may
     /// also resolve after a while without one; callers read again either way).
     fn wait(&mut self) -> BoxFuture<'_, ()>;
+    /// After a read that returned nothing: whether every record durable before this
+    /// call has been read. A replicated backend's reader learns of new records a
+    /// moment late, so an empty read does not mean that by itself.
+    fn caught_up(&mut self) -> BoxFuture<'_, Result<bool, LogError>>;
 }
 
 /// A durable, per-stream record log. Calls that a replicated backend serves over
