@@ -306,6 +306,35 @@ def test_a_rest_catalog_that_refuses_sluice_keeps_the_records_until_it_accepts(t
         assert sorted(r["id"] for r in rows(root)) == list(range(5))
 
 
+def test_three_nodes_append_to_one_table_each_record_once(request, tmp_path):
+    """Cluster mode: three nodes with one `[iceberg]` (a SQLite catalog and a warehouse all of
+    them reach), puts spread over the nodes; the node that owns the stream's delivery appends,
+    and every record is in the table once."""
+    from cluster import SluiceCluster
+
+    root = tmp_path / "lake"
+    root.mkdir()
+    make_table(root)
+    cluster = SluiceCluster(tmp_path / "cluster", request.getfixturevalue("nats"),
+                            extra_config=iceberg_config(root)).start()
+    request.addfinalizer(cluster.close)
+    fh = cluster.client()
+    fh.create_delivery_stream(DeliveryStreamName="events", IcebergDestinationConfiguration=destination())
+    wait_active(fh, "events")
+    for batch in range(12):
+        fh.put_record_batch(DeliveryStreamName="events", Records=[
+            {"Data": json.dumps({"id": batch * 25 + i, "user": f"n{batch % 3}"}).encode()} for i in range(25)])
+    deadline = time.time() + 60
+    while len(got := rows(root)) < 300:
+        assert time.time() < deadline, f"{len(got)} of 300 rows appended"
+        time.sleep(0.5)
+    assert sorted(r["id"] for r in got) == list(range(300)), "each record once"
+    snapshots = catalog(root).load_table("lake.events").snapshots()
+    ids = [s.summary.additional_properties["sluice.batch-id"] for s in snapshots]
+    assert len(ids) == len(set(ids)), "one snapshot per batch"
+    assert cluster.stop() == 0, cluster.logs()
+
+
 def test_a_server_without_an_iceberg_catalog_refuses_iceberg_streams(tmp_path):
     server = Server(tmp_path / "data").start()
     try:
