@@ -3,6 +3,12 @@
 //! `X-Amz-Target: <prefix>.<Operation>`), which the Kinesis source (GetRecords
 //! and its kin) and the Glue schema lookups (GetTable) use. Sits outside the
 //! record's path: these are the calls Sluice makes to the services it reads from.
+//! Also where an S3 bucket lives and a client for it ([`S3Place`]), which S3
+//! delivery and Iceberg tables in buckets share.
+
+mod s3;
+
+pub use s3::S3Place;
 
 use std::time::{Duration, SystemTime};
 

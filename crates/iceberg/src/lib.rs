@@ -17,8 +17,8 @@
 //! path>/`, all in the batch's one snapshot.
 //!
 //! Catalogs: SQL (SQLite or PostgreSQL, the table layout pyiceberg and Java's
-//! JDBC catalog share) and REST (the Iceberg REST catalog protocol). Table locations: `file://` (synced) and `s3://` (see
-//! `storage`).
+//! JDBC catalog share) and REST (the Iceberg REST catalog protocol). Table
+//! locations: `file://` (synced) and `s3://` (see `storage`).
 //!
 //! This crate knows nothing of Firehose's wire format, the log or HTTP servers.
 
@@ -199,8 +199,7 @@ impl Tables {
     /// Checks that the table exists and that Sluice can write its schema and layout.
     pub async fn check(&self, database: &str, table: &str) -> Result<(), IcebergError> {
         let table = self.load(database, table).await?;
-        writable(table.metadata())?;
-        Partitions::of(table.metadata()).map(|_| ())
+        writable(table.metadata()).map(|_| ())
     }
 
     /// Appends the rows of `records` (JSON, read with `input` under the table's
@@ -218,8 +217,7 @@ impl Tables {
     ) -> Result<Appended, IcebergError> {
         let loaded = self.load(database, table).await?;
         let already_committed = committed(loaded.metadata(), batch_id);
-        let hive = writable(loaded.metadata())?;
-        let partitions = Partitions::of(loaded.metadata())?;
+        let (hive, partitions) = writable(loaded.metadata())?;
         let iceberg_schema = loaded.metadata().current_schema().clone();
         let target = Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_schema).map_err(catalog_error)?);
         let converted_schema = sluice_convert::columns::arrow_schema(&hive);
@@ -339,8 +337,9 @@ fn committed(metadata: &TableMetadata, batch_id: &str) -> bool {
         .any(|s| s.summary().additional_properties.get(BATCH_ID_PROPERTY).map(String::as_str) == Some(batch_id))
 }
 
-/// The Hive view of the table's schema, if Sluice writes this table: one with
-/// types it reads JSON into.
-fn writable(metadata: &TableMetadata) -> Result<sluice_convert::TableSchema, IcebergError> {
-    schema::table_schema(metadata.current_schema())
+/// The Hive view of the table's schema and how its rows are partitioned, if
+/// Sluice writes this table: one with types it reads JSON into and a partition
+/// spec it computes.
+fn writable(metadata: &TableMetadata) -> Result<(sluice_convert::TableSchema, Partitions), IcebergError> {
+    Ok((schema::table_schema(metadata.current_schema())?, Partitions::of(metadata)?))
 }

@@ -26,43 +26,19 @@ use iceberg::io::{
     FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage, StorageConfig, StorageFactory,
 };
 use iceberg::{Error, ErrorKind, Result};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-
-/// Where one bucket lives.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct S3Bucket {
-    /// The service's URL; `None`: AWS S3 itself.
-    pub endpoint: Option<String>,
-    /// Signing region.
-    pub region: String,
-    /// Path-style addressing (most S3-compatible servers).
-    pub path_style: bool,
-    /// `(access key id, secret)`; `None`: the `AWS_*` environment variables.
-    pub credentials: Option<(String, String)>,
-}
-
-impl std::fmt::Debug for S3Bucket {
-    // The secret never reaches a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Bucket")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("path_style", &self.path_style)
-            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
-            .finish()
-    }
-}
+use sluice_aws_call::S3Place;
 
 /// Where S3 buckets live: one default and per-bucket overrides (as Sluice's
-/// `[s3]` section says for its deliveries).
+/// `[s3]` section says for its deliveries; no endpoint here means AWS S3 itself).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Buckets {
-    pub default: S3Bucket,
-    pub buckets: BTreeMap<String, S3Bucket>,
+    pub default: S3Place,
+    pub buckets: BTreeMap<String, S3Place>,
 }
 
 /// Builds [`TableStorage`]. A catalog may build one per table it loads (a REST
@@ -248,17 +224,8 @@ impl S3Storage {
             return Ok(client.clone());
         }
         let at = self.buckets.buckets.get(bucket).unwrap_or(&self.buckets.default);
-        let mut builder = AmazonS3Builder::from_env()
-            .with_region(&at.region)
-            .with_bucket_name(bucket)
-            .with_virtual_hosted_style_request(!at.path_style);
-        if let Some(endpoint) = &at.endpoint {
-            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
-        }
-        if let Some((id, secret)) = &at.credentials {
-            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
-        }
-        let client = Arc::new(builder.build().map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?);
+        let client = at.client_builder(bucket).build().map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?;
+        let client = Arc::new(client);
         clients.insert(bucket.to_string(), client.clone());
         Ok(client)
     }

@@ -19,6 +19,17 @@ fn python(dir: &Path, script: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The SQLite catalog pyiceberg made in `dir` (as [`CATALOG`] opens it).
+async fn open(dir: &Path) -> Tables {
+    let config = CatalogConfig {
+        kind: CatalogKind::Sql { uri: format!("sqlite://{}/catalog.db", dir.display()) },
+        name: "sluice".into(),
+        warehouse: Some(format!("file://{}/warehouse", dir.display())),
+        s3: Default::default(),
+    };
+    Tables::open(&config).await.unwrap()
+}
+
 const CATALOG: &str = r#"
 import sys
 from pyiceberg.catalog.sql import SqlCatalog
@@ -56,13 +67,7 @@ for s in table.snapshots():
 async fn pyiceberg_reads_each_batch_once_with_the_values_appended() {
     let dir = tempfile::tempdir().unwrap();
     python(dir.path(), &format!("{CATALOG}{CREATE}"));
-    let config = CatalogConfig {
-        kind: CatalogKind::Sql { uri: format!("sqlite://{}/catalog.db", dir.path().display()) },
-        name: "sluice".into(),
-        warehouse: Some(format!("file://{}/warehouse", dir.path().display())),
-        s3: Default::default(),
-    };
-    let tables = Tables::open(&config).await.unwrap();
+    let tables = open(dir.path()).await;
     tables.check("lake", "events").await.unwrap();
     assert!(tables.check("lake", "nope").await.unwrap_err().to_string().contains("does not exist"));
     let records: Vec<&[u8]> = vec![
@@ -146,13 +151,7 @@ print("snapshots", len(table.snapshots()))
 async fn a_partitioned_table_gets_each_row_in_its_partition_in_one_snapshot_per_batch() {
     let dir = tempfile::tempdir().unwrap();
     python(dir.path(), &format!("{CATALOG}{CREATE_PARTITIONED}"));
-    let config = CatalogConfig {
-        kind: CatalogKind::Sql { uri: format!("sqlite://{}/catalog.db", dir.path().display()) },
-        name: "sluice".into(),
-        warehouse: Some(format!("file://{}/warehouse", dir.path().display())),
-        s3: Default::default(),
-    };
-    let tables = Tables::open(&config).await.unwrap();
+    let tables = open(dir.path()).await;
     tables.check("lake", "clicks").await.unwrap();
     let users = ["ada", "bo", "cy"];
     let records: Vec<String> = (0..60)

@@ -724,10 +724,7 @@ impl RawIcebergConfig {
             warehouse,
             // Tables at s3:// locations are written where `[s3]` says their bucket
             // lives (AWS S3 itself when `[s3]` names no endpoint).
-            s3: sluice_iceberg::storage::S3Buckets {
-                default: s3.default.iceberg_bucket(),
-                buckets: s3.buckets.iter().map(|(name, target)| (name.clone(), target.iceberg_bucket())).collect(),
-            },
+            s3: sluice_iceberg::storage::S3Buckets { default: s3.default.clone(), buckets: s3.buckets.clone() },
         }))
     }
 }
@@ -1026,42 +1023,9 @@ impl S3Config {
     }
 }
 
-/// One bucket's location, validated.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct S3Target {
-    /// `None`: the local directory `<data_dir>/buckets/NAME`.
-    pub endpoint: Option<String>,
-    /// Signing region.
-    pub region: String,
-    /// Path-style addressing.
-    pub path_style: bool,
-    /// `(access key id, secret)`; `None`: the AWS environment variables.
-    pub credentials: Option<(String, String)>,
-}
-
-impl S3Target {
-    /// The same place, for an Iceberg table's files.
-    fn iceberg_bucket(&self) -> sluice_iceberg::storage::S3Bucket {
-        sluice_iceberg::storage::S3Bucket {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            path_style: self.path_style,
-            credentials: self.credentials.clone(),
-        }
-    }
-}
-
-impl std::fmt::Debug for S3Target {
-    // The secret never reaches a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Target")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("path_style", &self.path_style)
-            .field("access_key_id", &self.credentials.as_ref().map(|c| &c.0))
-            .finish()
-    }
-}
+/// One bucket's location, validated. For deliveries, no `endpoint` means the
+/// local directory `<data_dir>/buckets/NAME`.
+pub type S3Target = sluice_aws_call::S3Place;
 
 impl RawS3Target {
     /// Fields set here win over `base`'s. Credentials go together: a bucket that

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3ConfigKey};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientConfigKey, ObjectStoreExt, PutPayload};
@@ -323,14 +323,14 @@ impl Store {
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         let target = self.s3.target(bucket);
-        let Some(endpoint) = &target.endpoint else {
+        if target.endpoint.is_none() {
             let (local, bucket, key) = (self.local.clone(), bucket.to_string(), key.to_string());
             return tokio::task::spawn_blocking(move || local.put(&bucket, &key, &body).map(|_| ()))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string());
-        };
-        let client = self.client(bucket, endpoint, target)?;
+        }
+        let client = self.client(bucket, target)?;
         let path = ObjectPath::from(key);
         let part_bytes = self.s3.multipart_part_bytes as usize;
         if body.len() <= part_bytes {
@@ -372,30 +372,25 @@ impl Store {
     /// longer exists (completed, or already aborted) is not an error.
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), String> {
         let target = self.s3.target(bucket);
-        let Some(endpoint) = &target.endpoint else { return Ok(()) };
-        let client = self.client(bucket, endpoint, target)?;
+        if target.endpoint.is_none() {
+            return Ok(());
+        }
+        let client = self.client(bucket, target)?;
         match client.abort_multipart(&ObjectPath::from(key), &upload_id.to_string()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(error.to_string()),
         }
     }
 
-    fn client(&self, bucket: &str, endpoint: &str, target: &S3Target) -> Result<Arc<AmazonS3>, String> {
+    fn client(&self, bucket: &str, target: &S3Target) -> Result<Arc<AmazonS3>, String> {
         let mut clients = self.clients.lock().expect("lock");
         if let Some(client) = clients.get(bucket) {
             return Ok(client.clone());
         }
-        let mut builder = AmazonS3Builder::from_env()
-            .with_endpoint(endpoint)
-            .with_region(&target.region)
-            .with_bucket_name(bucket)
-            .with_virtual_hosted_style_request(!target.path_style)
-            .with_allow_http(endpoint.starts_with("http://"))
+        let builder = target
+            .client_builder(bucket)
             // Every object, multipart ones included, as Firehose writes them.
             .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::DefaultContentType), "application/octet-stream");
-        if let Some((id, secret)) = &target.credentials {
-            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
-        }
         let client = Arc::new(builder.build().map_err(|e| e.to_string())?);
         clients.insert(bucket.to_string(), client.clone());
         Ok(client)
