@@ -1,0 +1,327 @@
+"""NATS alone, without Sluice: does a three-server JetStream cluster (replicas 3,
+`sync_interval: always`) keep every acknowledged message while its servers' disks
+are replaced one after another? The cluster fault test lost acknowledged records
+with its `nats_disk_lost` kind (docs/cluster.md); this takes Sluice out of the
+question and compares the ways an operator can bring a server back. Not a CI test:
+
+    python3 tests/e2e/nats_disk_loss.py --mode MODE [--replacements N] [--seed S]
+
+MODE is how each replaced server comes back:
+  same-name          killed, store wiped, restarted under its old name at once
+  same-name-planned  its stream leaderships handed over and every replica current
+                     first (what docs/cluster.md used to recommend), then as above
+  new-name           killed, store wiped, the old peer removed from the cluster
+                     (`$JS.API.SERVER.REMOVE`, system account), restarted under a
+                     new server_name; every replica current before the next one
+
+Publishers keep a bounded number of publishes in flight, at a bounded rate (each with a Nats-Msg-Id,
+retried with that id after a timeout, as Sluice does) throughout, and a reader takes
+the stream in order (with --purge purging what it read, as Sluice does after each
+delivery) until it has read the last message: an acknowledged id it never saw is a
+lost write.
+Prints one JSON line with the counts and exits 1 on a loss.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import free_port  # noqa: E402
+
+STREAM = "LOSS"
+PAYLOAD_BYTES = 1024
+
+
+class Servers:
+    """Three nats-server processes with a system account (peer removal needs it);
+    applications connect without credentials as the APP account's user."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+        self.names = [f"n{i}" for i in range(3)]
+        self.generation = [0, 0, 0]
+        self.procs = [None] * 3
+
+    @property
+    def urls(self):
+        return [f"nats://127.0.0.1:{c}" for c, _, _ in self.ports]
+
+    def store(self, i):
+        return self.root / f"store-{i}"
+
+    def start(self, i):
+        client, http, route = self.ports[i]
+        routes = ", ".join(f"nats://127.0.0.1:{r}" for _, _, r in self.ports)
+        config = self.root / f"n{i}.conf"
+        config.write_text(
+            f"server_name: {self.names[i]}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n"
+            "max_payload: 8MB\n"
+            "accounts {\n  SYS { users: [{user: sys, password: sys}] }\n"
+            "  APP { jetstream: enabled, users: [{user: app, password: app}] }\n}\n"
+            "system_account: SYS\nno_auth_user: app\n"
+            f'jetstream {{\n  store_dir: "{self.store(i)}"\n  sync_interval: always\n}}\n'
+            f"cluster {{\n  name: loss\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n"
+        )
+        log = open(self.root / f"n{i}.log", "ab")
+        self.procs[i] = subprocess.Popen(["nats-server", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        # A server with an empty store is healthy once it has copied the stream back.
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"{self.names[i]} not healthy")
+            time.sleep(0.05)
+
+    def kill(self, i):
+        self.procs[i].kill()
+        self.procs[i].wait()
+
+    def stop(self):
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+async def settle(servers: Servers, away_from=None, timeout=90):
+    """Until the stream has a leader and every replica is current; first moves
+    its leadership off `away_from` when that server leads it."""
+    import nats
+    nc = await nats.connect(servers.urls, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=5)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                info = await js.stream_info(STREAM)
+                c = info.cluster
+                if away_from is not None and c.leader == away_from:
+                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
+                elif c.leader is not None and len(c.replicas or []) == 2 and all(
+                        r.current and not r.offline for r in c.replicas):
+                    return c
+            except Exception:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("stream never settled")
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def remove_peer(servers: Servers, name: str):
+    import nats
+    nc = await nats.connect(servers.urls, user="sys", password="sys", connect_timeout=5)
+    try:
+        deadline = time.time() + 30
+        while True:
+            # Only the meta leader answers; after a kill there may be none for a while.
+            try:
+                reply = json.loads((await nc.request("$JS.API.SERVER.REMOVE", json.dumps({"peer": name}).encode(),
+                                                     timeout=5)).data)
+            except nats.errors.TimeoutError:
+                reply = {"error": "no meta leader answered"}
+            if reply.get("success"):
+                return
+            if time.time() > deadline:
+                raise RuntimeError(f"could not remove {name}: {reply}")
+            await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+class Publishers(threading.Thread):
+    def __init__(self, servers: Servers, in_flight: int, rate: float, purge: bool):
+        super().__init__(daemon=True)
+        self.servers, self.in_flight, self.rate, self.purge = servers, in_flight, rate, purge
+        self.acked, self.unknown, self.seen, self.purged_below = {}, set(), {}, 0
+        self.stopping, self.published = threading.Event(), threading.Event()
+
+    def run(self):
+        asyncio.run(self.main())
+
+    async def main(self):
+        import nats
+        nc = await nats.connect(self.servers.urls, connect_timeout=5, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.2)
+        js = nc.jetstream(timeout=2)
+        ids = iter(range(10 ** 12))
+
+        async def one():
+            while not self.stopping.is_set():
+                due = time.monotonic() + self.in_flight / self.rate
+                n = next(ids)
+                payload = n.to_bytes(8, "big") * (PAYLOAD_BYTES // 8)
+                for _attempt in range(5):
+                    try:
+                        ack = await js.publish("loss.x", payload, headers={"Nats-Msg-Id": str(n)})
+                        self.acked[n] = ack.seq
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.2)
+                else:
+                    self.unknown.add(n)
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+        deliverer = asyncio.create_task(self.deliver(js))
+        await asyncio.gather(*(one() for _ in range(self.in_flight)))
+        self.published.set()
+        await deliverer
+        await nc.close()
+
+    async def deliver(self, js):
+        """Reads the stream in order, as a Sluice lane does, and with `purge`
+        purges what it read (as Sluice does once a batch is delivered); after the
+        publishers stop, reads on up to the stream's last message."""
+        sub = await js.subscribe("loss.>", ordered_consumer=True, idle_heartbeat=1.0)
+        last_read, last_purge = 0, time.monotonic()
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except Exception:
+                msg = None
+            if msg is not None:
+                last_read = msg.metadata.sequence.stream
+                self.seen[int.from_bytes(msg.data[:8], "big")] = last_read
+            if self.purge and last_read and time.monotonic() - last_purge > 0.5:
+                try:
+                    await js.purge_stream(STREAM, seq=last_read + 1)
+                    self.purged_below = last_read + 1
+                    last_purge = time.monotonic()
+                except Exception:
+                    pass
+            if self.published.is_set() and msg is None:
+                try:
+                    if last_read >= (await js.stream_info(STREAM)).state.last_seq:
+                        return
+                except Exception:
+                    pass
+
+
+async def leader_of(servers: Servers):
+    """The stream's leader now, or None while it has none (or cannot say)."""
+    import nats
+    try:
+        nc = await nats.connect(servers.urls, connect_timeout=2)
+        try:
+            return (await nc.jetstream(timeout=2).stream_info(STREAM)).cluster.leader
+        finally:
+            await nc.close()
+    except Exception:
+        return None
+
+
+async def create_stream(servers: Servers):
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+    nc = await nats.connect(servers.urls, connect_timeout=5)
+    try:
+        await nc.jetstream(timeout=10).add_stream(StreamConfig(
+            name=STREAM, subjects=["loss.>"], num_replicas=3, storage=StorageType.FILE,
+            duplicate_window=120.0))
+    finally:
+        await nc.close()
+
+
+def main():
+    args = argparse.ArgumentParser()
+    args.add_argument("--mode", choices=["same-name", "same-name-planned", "new-name"], required=True)
+    args.add_argument("--replacements", type=int, default=6)
+    args.add_argument("--seed", type=int, default=1)
+    args.add_argument("--in-flight", type=int, default=16)
+    # Bounded, so that a wiped server copies the stream back in seconds (Sluice's log
+    # streams stay small too: delivered records are purged).
+    args.add_argument("--rate", type=float, default=300, help="publishes per second, at most")
+    args.add_argument("--purge", action="store_true", help="purge what was read, as Sluice does")
+    args.add_argument("--keep", action="store_true", help="keep the servers' logs and stores")
+    opts = args.parse_args()
+    rng = random.Random(opts.seed)
+    root = Path(tempfile.mkdtemp(prefix="nats-disk-loss-"))
+    servers = Servers(root)
+    events = []
+    try:
+        for i in range(3):
+            threading.Thread(target=servers.start, args=(i,)).start()
+        time.sleep(0.5)
+        for i in range(3):
+            while servers.procs[i] is None:
+                time.sleep(0.05)
+        asyncio.run(settle_meta(servers))
+        asyncio.run(create_stream(servers))
+        asyncio.run(settle(servers))
+        pubs = Publishers(servers, opts.in_flight, opts.rate, opts.purge)
+        pubs.start()
+        for _ in range(opts.replacements):
+            time.sleep(rng.uniform(1.0, 3.0))
+            i = rng.randrange(3)
+            old = servers.names[i]
+            leader = asyncio.run(leader_of(servers))
+            if opts.mode == "same-name-planned":
+                asyncio.run(settle(servers, away_from=old))
+            servers.kill(i)
+            shutil.rmtree(servers.store(i))
+            if opts.mode == "new-name":
+                asyncio.run(remove_peer(servers, old))
+                servers.generation[i] += 1
+                servers.names[i] = f"n{i}g{servers.generation[i]}"
+            servers.start(i)
+            if opts.mode != "same-name":
+                asyncio.run(settle(servers))
+            events.append({"at": round(time.time(), 1), "replaced": old, "as": servers.names[i],
+                           "leader_before": leader, "acked_so_far": len(pubs.acked)})
+        time.sleep(2)
+        pubs.stopping.set()
+        pubs.join(180)
+        if pubs.is_alive():
+            raise RuntimeError("the deliverer never read the whole stream")
+        lost = sorted(n for n in pubs.acked if n not in pubs.seen)
+        result = {"mode": opts.mode, "seed": opts.seed, "replacements": opts.replacements, "purge": opts.purge,
+                  "acknowledged": len(pubs.acked), "unknown": len(pubs.unknown), "read": len(pubs.seen),
+                  "purged_below": pubs.purged_below, "lost": len(lost),
+                  "lost_first": [(n, pubs.acked[n]) for n in lost[:5]], "events": events}
+        print(json.dumps(result))
+        return 1 if lost else 0
+    finally:
+        servers.stop()
+        if opts.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def settle_meta(servers: Servers, timeout=30):
+    """Until JetStream answers (a meta leader is elected)."""
+    import nats
+    deadline = time.time() + timeout
+    while True:
+        try:
+            nc = await nats.connect(servers.urls, connect_timeout=2)
+            try:
+                await nc.jetstream(timeout=2).account_info()
+                return
+            finally:
+                await nc.close()
+        except Exception:
+            if time.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
