@@ -14,12 +14,11 @@ MODE is how each replaced server comes back:
                      (`$JS.API.SERVER.REMOVE`, system account), restarted under a
                      new server_name; every replica current before the next one
 
-Publishers keep a bounded number of publishes in flight, at a bounded rate (each with a Nats-Msg-Id,
-retried with that id after a timeout, as Sluice does) throughout, and a reader takes
-the stream in order (with --purge purging what it read, as Sluice does after each
-delivery) until it has read the last message: an acknowledged id it never saw is a
-lost write.
-Prints one JSON line with the counts and exits 1 on a loss.
+Publishers keep a bounded number of publishes in flight at a bounded rate (each
+with a Nats-Msg-Id, retried with that id after a timeout, as Sluice does), and a
+reader takes the stream in order (with --purge purging what it read, as Sluice does
+after each delivery) until it has read the last message: an acknowledged id it never
+saw is a lost write. Prints one JSON line with the counts; exits 1 on a loss.
 """
 
 import argparse
