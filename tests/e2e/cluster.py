@@ -4,6 +4,8 @@ that behave, together, like the single `Server` of conftest.py."""
 
 import asyncio
 import itertools
+import json
+import shutil
 import signal
 import subprocess
 import time
@@ -19,21 +21,31 @@ class NatsCluster:
     def __init__(self, root: Path, nodes: int = 3):
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
-        ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
-        routes = ", ".join(f"nats://127.0.0.1:{route}" for _, _, route in ports)
-        self.client_ports = [client for client, _, _ in ports]
-        self.http_ports = [http for _, http, _ in ports]
-        self.configs, self.logs, self.procs = [], [], [None] * nodes
-        for i, (client, http, route) in enumerate(ports):
-            config = root / f"nats-{i}.conf"
-            config.write_text(
-                f"server_name: nats-{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n"
-                "max_payload: 8MB\n"
-                f'jetstream {{\n  store_dir: "{root / f"store-{i}"}"\n  sync_interval: always\n}}\n'
-                f"cluster {{\n  name: sluice-e2e\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n"
-            )
-            self.configs.append(config)
-            self.logs.append(root / f"nats-{i}.log")
+        self.ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        self.client_ports = [client for client, _, _ in self.ports]
+        self.http_ports = [http for _, http, _ in self.ports]
+        # A server whose disk is replaced comes back under a new name (replace_disk).
+        self.names = [f"nats-{i}" for i in range(nodes)]
+        self.configs = [root / f"nats-{i}.conf" for i in range(nodes)]
+        self.logs = [root / f"nats-{i}.log" for i in range(nodes)]
+        self.procs = [None] * nodes
+        for i in range(nodes):
+            self._write_config(i)
+
+    def _write_config(self, i: int):
+        client, http, route = self.ports[i]
+        routes = ", ".join(f"nats://127.0.0.1:{r}" for _, _, r in self.ports)
+        # Clients (Sluice, the tests) connect without credentials as the APP
+        # account's user; the system account is for removing a lost server's peer.
+        self.configs[i].write_text(
+            f"server_name: {self.names[i]}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n"
+            "max_payload: 8MB\n"
+            "accounts {\n  SYS { users: [{user: sys, password: sys}] }\n"
+            "  APP { jetstream: enabled, users: [{user: app, password: app}] }\n}\n"
+            "system_account: SYS\nno_auth_user: app\n"
+            f'jetstream {{\n  store_dir: "{self.store_dir(i)}"\n  sync_interval: always\n}}\n'
+            f"cluster {{\n  name: sluice-e2e\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n"
+        )
 
     @property
     def urls(self):
@@ -74,25 +86,53 @@ class NatsCluster:
                     raise RuntimeError(f"nats-server {n} not ready: {self.logs[n].read_text()[-2000:]}")
                 time.sleep(0.05)
 
-    def hand_over_leadership(self, i: int, timeout=20):
-        """Moves every stream's leadership away from server `i` and waits until the
-        other replicas of each stream are current: what an operator does before
-        taking a server's disk out. (A server that loses its disk while it leads,
-        and rejoins under its old name, can lose that stream's newest acknowledged
-        messages: its Raft state went with the disk, and its vote can elect the
-        follower that lacks them. See docs/cluster.md.)"""
-        self._settle(f"nats-{i}", timeout)
+    def replace_disk(self, i: int, timeout=90):
+        """Server `i` loses its disk and is replaced as docs/cluster.md tells an
+        operator to: killed, its old peer removed from the cluster (system account),
+        started under a new name with an empty store; then waits until every stream
+        has a current replica on it again. (Restarting it under its old name is what
+        lost acknowledged messages in Sluice's fault test: the Raft term and vote a
+        server keeps on its disk go with the disk.)"""
+        import nats
+
+        old = self.names[i]
+        self.kill(i)
+        shutil.rmtree(self.store_dir(i), ignore_errors=True)
+
+        async def remove_peer():
+            urls = [u for n, u in enumerate(self.urls) if self.procs[n] is not None]
+            nc = await nats.connect(urls, user="sys", password="sys", connect_timeout=5)
+            try:
+                deadline = time.time() + timeout
+                while True:
+                    # Only the meta leader answers; after the kill there may be none yet.
+                    try:
+                        reply = json.loads((await nc.request(
+                            "$JS.API.SERVER.REMOVE", json.dumps({"peer": old}).encode(), timeout=5)).data)
+                    except nats.errors.TimeoutError:
+                        reply = {"error": "no meta leader answered"}
+                    if reply.get("success"):
+                        return
+                    if time.time() > deadline:
+                        raise RuntimeError(f"could not remove the peer {old}: {reply}")
+                    await asyncio.sleep(0.5)
+            finally:
+                await nc.close()
+
+        asyncio.run(remove_peer())
+        generation = int(old.split("-g")[1]) + 1 if "-g" in old else 1
+        self.names[i] = f"nats-{i}-g{generation}"
+        self._write_config(i)
+        self.start(i)
+        self.wait_current(timeout)
 
     def wait_current(self, timeout=60):
-        """Until every stream has a leader and every replica is current (a server
-        that came back with an empty store has copied everything back)."""
-        self._settle(None, timeout)
-
-    def _settle(self, away_from, timeout):
+        """Until every stream has a leader and all its replicas, each current (a
+        server that came back with an empty store has copied everything back)."""
         import nats
 
         async def run():
-            urls = [u for n, u in enumerate(self.urls) if f"nats-{n}" != away_from and self.procs[n] is not None]
+            urls = [u for n, u in enumerate(self.urls) if self.procs[n] is not None]
             nc = await nats.connect(urls, connect_timeout=5, allow_reconnect=False)
             try:
                 js = nc.jetstream(timeout=5)
@@ -104,19 +144,16 @@ class NatsCluster:
                             cluster = info.cluster
                             if cluster is None:
                                 continue
-                            if away_from is not None and cluster.leader == away_from:
-                                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{info.config.name}", b"",
-                                                 timeout=5)
-                                pending.append(info.config.name)
-                            elif cluster.leader is None or any(
-                                    r.name != away_from and (r.offline or not r.current) for r in cluster.replicas or []):
+                            replicas = cluster.replicas or []
+                            if (cluster.leader is None or len(replicas) + 1 < info.config.num_replicas
+                                    or any(r.offline or not r.current for r in replicas)):
                                 pending.append(info.config.name)
                     except Exception as error:  # JetStream still electing after the last fault: ask again
                         pending.append(f"no answer yet ({error!r})")
                     if not pending:
                         return
                     if time.time() > deadline:
-                        raise RuntimeError(f"streams not settled ({away_from=}): {pending}")
+                        raise RuntimeError(f"streams not current: {pending}")
                     await asyncio.sleep(0.2)
             finally:
                 await nc.close()
