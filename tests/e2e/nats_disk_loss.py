@@ -12,7 +12,8 @@ MODE is how each replaced server comes back:
                      first (what docs/cluster.md used to recommend), then as above
   new-name           killed, store wiped, the old peer removed from the cluster
                      (`$JS.API.SERVER.REMOVE`, system account), restarted under a
-                     new server_name; every replica current before the next one
+                     new server_name (NatsCluster.replace_disk, as docs/cluster.md
+                     says); every replica current before the next one
 
 Publishers keep a bounded number of publishes in flight at a bounded rate (each
 with a Nats-Msg-Id, retried with that id after a timeout, as Sluice does), and a
@@ -26,81 +27,21 @@ import asyncio
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import free_port  # noqa: E402
+from cluster import NatsCluster  # noqa: E402
 
 STREAM = "LOSS"
 PAYLOAD_BYTES = 1024
 
 
-class Servers:
-    """Three nats-server processes with a system account (peer removal needs it);
-    applications connect without credentials as the APP account's user."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
-        self.names = [f"n{i}" for i in range(3)]
-        self.generation = [0, 0, 0]
-        self.procs = [None] * 3
-
-    @property
-    def urls(self):
-        return [f"nats://127.0.0.1:{c}" for c, _, _ in self.ports]
-
-    def store(self, i):
-        return self.root / f"store-{i}"
-
-    def start(self, i):
-        client, http, route = self.ports[i]
-        routes = ", ".join(f"nats://127.0.0.1:{r}" for _, _, r in self.ports)
-        config = self.root / f"n{i}.conf"
-        config.write_text(
-            f"server_name: {self.names[i]}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n"
-            "max_payload: 8MB\n"
-            "accounts {\n  SYS { users: [{user: sys, password: sys}] }\n"
-            "  APP { jetstream: enabled, users: [{user: app, password: app}] }\n}\n"
-            "system_account: SYS\nno_auth_user: app\n"
-            f'jetstream {{\n  store_dir: "{self.store(i)}"\n  sync_interval: always\n}}\n'
-            f"cluster {{\n  name: loss\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n"
-        )
-        log = open(self.root / f"n{i}.log", "ab")
-        self.procs[i] = subprocess.Popen(["nats-server", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        # A server with an empty store is healthy once it has copied the stream back.
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"{self.names[i]} not healthy")
-            time.sleep(0.05)
-
-    def kill(self, i):
-        self.procs[i].kill()
-        self.procs[i].wait()
-
-    def stop(self):
-        for p in self.procs:
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-
-
-async def settle(servers: Servers, away_from=None, timeout=90):
-    """Until the stream has a leader and every replica is current; first moves
-    its leadership off `away_from` when that server leads it."""
+async def step_down(servers: NatsCluster, name: str, timeout=60):
+    """Moves the stream's leadership off server `name`."""
     import nats
     nc = await nats.connect(servers.urls, connect_timeout=5)
     try:
@@ -108,45 +49,20 @@ async def settle(servers: Servers, away_from=None, timeout=90):
         deadline = time.time() + timeout
         while True:
             try:
-                info = await js.stream_info(STREAM)
-                c = info.cluster
-                if away_from is not None and c.leader == away_from:
-                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
-                elif c.leader is not None and len(c.replicas or []) == 2 and all(
-                        r.current and not r.offline for r in c.replicas):
-                    return c
-            except Exception:
+                if (await js.stream_info(STREAM)).cluster.leader not in (name, None):
+                    return
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
+            except Exception:  # still electing: ask again
                 pass
             if time.time() > deadline:
-                raise RuntimeError("stream never settled")
+                raise RuntimeError(f"{name} still leads {STREAM}")
             await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
 
-async def remove_peer(servers: Servers, name: str):
-    import nats
-    nc = await nats.connect(servers.urls, user="sys", password="sys", connect_timeout=5)
-    try:
-        deadline = time.time() + 30
-        while True:
-            # Only the meta leader answers; after a kill there may be none for a while.
-            try:
-                reply = json.loads((await nc.request("$JS.API.SERVER.REMOVE", json.dumps({"peer": name}).encode(),
-                                                     timeout=5)).data)
-            except nats.errors.TimeoutError:
-                reply = {"error": "no meta leader answered"}
-            if reply.get("success"):
-                return
-            if time.time() > deadline:
-                raise RuntimeError(f"could not remove {name}: {reply}")
-            await asyncio.sleep(0.5)
-    finally:
-        await nc.close()
-
-
 class Publishers(threading.Thread):
-    def __init__(self, servers: Servers, in_flight: int, rate: float, purge: bool):
+    def __init__(self, servers: NatsCluster, in_flight: int, rate: float, purge: bool):
         super().__init__(daemon=True)
         self.servers, self.in_flight, self.rate, self.purge = servers, in_flight, rate, purge
         self.acked, self.unknown, self.seen, self.purged_below = {}, set(), {}, 0
@@ -213,7 +129,7 @@ class Publishers(threading.Thread):
                     pass
 
 
-async def leader_of(servers: Servers):
+async def leader_of(servers: NatsCluster):
     """The stream's leader now, or None while it has none (or cannot say)."""
     import nats
     try:
@@ -226,7 +142,7 @@ async def leader_of(servers: Servers):
         return None
 
 
-async def create_stream(servers: Servers):
+async def create_stream(servers: NatsCluster):
     import nats
     from nats.js.api import StorageType, StreamConfig
     nc = await nats.connect(servers.urls, connect_timeout=5)
@@ -252,18 +168,12 @@ def main():
     opts = args.parse_args()
     rng = random.Random(opts.seed)
     root = Path(tempfile.mkdtemp(prefix="nats-disk-loss-"))
-    servers = Servers(root)
+    servers = NatsCluster(root)
     events = []
     try:
-        for i in range(3):
-            threading.Thread(target=servers.start, args=(i,)).start()
-        time.sleep(0.5)
-        for i in range(3):
-            while servers.procs[i] is None:
-                time.sleep(0.05)
-        asyncio.run(settle_meta(servers))
+        servers.start()
         asyncio.run(create_stream(servers))
-        asyncio.run(settle(servers))
+        servers.wait_current()
         pubs = Publishers(servers, opts.in_flight, opts.rate, opts.purge)
         pubs.start()
         for _ in range(opts.replacements):
@@ -271,24 +181,24 @@ def main():
             i = rng.randrange(3)
             old = servers.names[i]
             leader = asyncio.run(leader_of(servers))
-            if opts.mode == "same-name-planned":
-                asyncio.run(settle(servers, away_from=old))
-            servers.kill(i)
-            shutil.rmtree(servers.store(i))
             if opts.mode == "new-name":
-                asyncio.run(remove_peer(servers, old))
-                servers.generation[i] += 1
-                servers.names[i] = f"n{i}g{servers.generation[i]}"
-            servers.start(i)
-            if opts.mode != "same-name":
-                asyncio.run(settle(servers))
+                servers.replace_disk(i)
+            else:
+                if opts.mode == "same-name-planned":
+                    asyncio.run(step_down(servers, old))
+                    servers.wait_current()
+                servers.kill(i)
+                shutil.rmtree(servers.store_dir(i))
+                servers.start(i)
+                if opts.mode == "same-name-planned":
+                    servers.wait_current()
             events.append({"at": round(time.time(), 1), "replaced": old, "as": servers.names[i],
                            "leader_before": leader, "acked_so_far": len(pubs.acked)})
         time.sleep(2)
         pubs.stopping.set()
         pubs.join(180)
         if pubs.is_alive():
-            raise RuntimeError("the deliverer never read the whole stream")
+            raise RuntimeError("the reader never read the whole stream")
         lost = sorted(n for n in pubs.acked if n not in pubs.seen)
         result = {"mode": opts.mode, "seed": opts.seed, "replacements": opts.replacements, "purge": opts.purge,
                   "acknowledged": len(pubs.acked), "unknown": len(pubs.unknown), "read": len(pubs.seen),
@@ -302,24 +212,6 @@ def main():
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-
-
-async def settle_meta(servers: Servers, timeout=30):
-    """Until JetStream answers (a meta leader is elected)."""
-    import nats
-    deadline = time.time() + timeout
-    while True:
-        try:
-            nc = await nats.connect(servers.urls, connect_timeout=2)
-            try:
-                await nc.jetstream(timeout=2).account_info()
-                return
-            finally:
-                await nc.close()
-        except Exception:
-            if time.time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
 
 
 if __name__ == "__main__":
