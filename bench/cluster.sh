@@ -69,6 +69,17 @@ for i in 0 1 2; do
 done
 NODES=http://127.0.0.1:4811,http://127.0.0.1:4812,http://127.0.0.1:4813
 
+# BENCH_QUIET_DELIVERY=1: the streams buffer 128 MB or 900 s (Firehose's largest
+# hints) instead of the default 5 MB / 300 s, so that almost no delivery runs during
+# the measurements: tells what delivery's work on the same cores costs the puts.
+if [ "${BENCH_QUIET_DELIVERY:-0}" = 1 ]; then
+  for endpoint in http://127.0.0.1:4801 http://127.0.0.1:4811; do
+    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1 aws firehose \
+      create-delivery-stream --endpoint-url "$endpoint" --delivery-stream-name bench-0 \
+      --extended-s3-destination-configuration \
+      'RoleARN=arn:aws:iam::000000000000:role/r,BucketARN=arn:aws:s3:::bench,BufferingHints={SizeInMBs=128,IntervalInSeconds=900}' >/dev/null
+  done
+fi
 PR=(--op put-record --record-bytes 100 --connections 64)
 PRB=(--op put-record-batch --records 500 --record-bytes 1024 --connections 64)
 load() { local label=$1; shift; echo "== $label" >&2; sync; "$LOADGEN" "$@" --seconds "$SECS" --label "$label" | tee -a "$RESULTS"; }
@@ -109,7 +120,7 @@ done
 for s in embedded node-0 node-1 node-2; do
   echo "{\"label\": \"rss $s\", \"rss_kib_max\": $(sort -n "$OUT/$s.rss" | tail -1)}" >> "$RESULTS"
 done
-python3 - "$RESULTS" "$SECS" "$ROUNDS" <<'PY'
+python3 - "$RESULTS" "$SECS" "$ROUNDS" "${BENCH_QUIET_DELIVERY:-0}" <<'PY'
 import json, os, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(label, key):
@@ -122,10 +133,11 @@ rss = {r["label"][4:]: r["rss_kib_max"] / 1024 for r in rows if r["label"].start
 cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
 ncpu = os.cpu_count()
 lines = ["<!-- cluster -->", "## Cluster mode (issue 11)", "",
-         f"`bash bench/cluster.sh {sys.argv[2]} {sys.argv[3]}` on {ncpu} × {cpu}: every process (three NATS servers, three "
+         f"`{'BENCH_QUIET_DELIVERY=1 ' if sys.argv[4] == '1' else ''}bash bench/cluster.sh {sys.argv[2]} {sys.argv[3]}` on {ncpu} × {cpu}: every process (three NATS servers, three "
          "Sluice nodes, the embedded node, the load generator) on these cores, so the cluster shares a machine that one "
          "node has to itself in production. Medians of the rounds; 64 connections; throughput limits off; delivery to "
-         "a shared bucket directory throughout. nats-server 2.12.8, `sync_interval: always`, replicas 3.", "",
+         "a shared bucket directory throughout" + (" (here held back: `BENCH_QUIET_DELIVERY=1`, 128 MB / 900 s buffers)"
+         if sys.argv[4] == "1" else "") + ". nats-server 2.12.8, `sync_interval: always`, replicas 3.", "",
          "| Load | embedded (1 node) | cluster (3 + 3) | JetStream ceiling | cluster / ceiling | cluster p99 ms |",
          "|---|---|---|---|---|---|"]
 for op, unit, key in [("PutRecord", "records/s", "records_per_s"), ("PutRecordBatch", "MB/s of records", "record_mb_per_s")]:
