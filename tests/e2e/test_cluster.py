@@ -183,6 +183,8 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
             # Every kind at least once, then at random.
             kind = kinds[fault] if fault < len(kinds) else rng.choice(kinds)
             time.sleep(rng.uniform(0.3, 1.0))
+            # When, in UTC as the nodes log: a loss is traced by the faults around it.
+            at = time.strftime("%H:%M:%S", time.gmtime())
             if kind == "kill_sluice":
                 i = rng.randrange(len(cluster.nodes))
                 cluster.nodes[i].kill()
@@ -237,7 +239,7 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
                 assert sum(len(a) for a in producers.acked.values()) == acked_during, "acknowledged without NATS"
                 assert acked_during >= acked_before
                 own_nats.start()
-            done.append(kind)
+            done.append(f"{kind} {at}")
         time.sleep(1)
         producers.finish()
         acked = {s: set(a) for s, a in producers.acked.items()}
