@@ -93,33 +93,17 @@ class NatsCluster:
         has a current replica on it again. (Restarting it under its old name is what
         lost acknowledged messages in Sluice's fault test: the Raft term and vote a
         server keeps on its disk go with the disk.)"""
-        import nats
-
         old = self.names[i]
         self.kill(i)
         shutil.rmtree(self.store_dir(i), ignore_errors=True)
 
-        async def remove_peer():
-            urls = [u for n, u in enumerate(self.urls) if self.procs[n] is not None]
-            nc = await nats.connect(urls, user="sys", password="sys", connect_timeout=5)
-            try:
-                deadline = time.time() + timeout
-                while True:
-                    # Only the meta leader answers; after the kill there may be none yet.
-                    try:
-                        reply = json.loads((await nc.request(
-                            "$JS.API.SERVER.REMOVE", json.dumps({"peer": old}).encode(), timeout=5)).data)
-                    except nats.errors.TimeoutError:
-                        reply = {"error": "no meta leader answered"}
-                    if reply.get("success"):
-                        return
-                    if time.time() > deadline:
-                        raise RuntimeError(f"could not remove the peer {old}: {reply}")
-                    await asyncio.sleep(0.5)
-            finally:
-                await nc.close()
+        async def removed(nc):
+            # Only the meta leader answers; after the kill there may be none yet.
+            reply = json.loads((await nc.request(
+                "$JS.API.SERVER.REMOVE", json.dumps({"peer": old}).encode(), timeout=5)).data)
+            return None if reply.get("success") else reply
 
-        asyncio.run(remove_peer())
+        self.until(removed, timeout, f"removing the peer {old}", interval=0.5, user="sys", password="sys")
         generation = int(old.split("-g")[1]) + 1 if "-g" in old else 1
         self.names[i] = f"nats-{i}-g{generation}"
         self._write_config(i)
@@ -129,32 +113,43 @@ class NatsCluster:
     def wait_current(self, timeout=60):
         """Until every stream has a leader and all its replicas, each current (a
         server that came back with an empty store has copied everything back)."""
+
+        async def not_current(nc):
+            pending = []
+            for info in await nc.jetstream(timeout=5).streams_info():
+                cluster = info.cluster
+                if cluster is None:
+                    continue
+                replicas = cluster.replicas or []
+                if (cluster.leader is None or len(replicas) + 1 < info.config.num_replicas
+                        or any(r.offline or not r.current for r in replicas)):
+                    pending.append(info.config.name)
+            return pending or None
+
+        self.until(not_current, timeout, "streams current", allow_reconnect=False)
+
+    def until(self, pending, timeout, what, interval=0.2, **connect):
+        """Asks `pending(nc)` (a coroutine function, over one connection to the
+        running servers) again and again until it returns None; what it returns
+        otherwise, or raises (JetStream still electing after the last fault), is
+        what is still pending, said in the RuntimeError if `timeout` passes."""
         import nats
 
         async def run():
             urls = [u for n, u in enumerate(self.urls) if self.procs[n] is not None]
-            nc = await nats.connect(urls, connect_timeout=5, allow_reconnect=False)
+            nc = await nats.connect(urls, connect_timeout=5, **connect)
             try:
-                js = nc.jetstream(timeout=5)
                 deadline = time.time() + timeout
                 while True:
-                    pending = []
                     try:
-                        for info in await js.streams_info():
-                            cluster = info.cluster
-                            if cluster is None:
-                                continue
-                            replicas = cluster.replicas or []
-                            if (cluster.leader is None or len(replicas) + 1 < info.config.num_replicas
-                                    or any(r.offline or not r.current for r in replicas)):
-                                pending.append(info.config.name)
-                    except Exception as error:  # JetStream still electing after the last fault: ask again
-                        pending.append(f"no answer yet ({error!r})")
-                    if not pending:
+                        left = await pending(nc)
+                    except Exception as error:
+                        left = f"no answer yet ({error!r})"
+                    if left is None:
                         return
                     if time.time() > deadline:
-                        raise RuntimeError(f"streams not current: {pending}")
-                    await asyncio.sleep(0.2)
+                        raise RuntimeError(f"{what}: still pending after {timeout} s: {left}")
+                    await asyncio.sleep(interval)
             finally:
                 await nc.close()
 

@@ -40,25 +40,16 @@ STREAM = "LOSS"
 PAYLOAD_BYTES = 1024
 
 
-async def step_down(servers: NatsCluster, name: str, timeout=60):
+def step_down(servers: NatsCluster, name: str, timeout=60):
     """Moves the stream's leadership off server `name`."""
-    import nats
-    nc = await nats.connect(servers.urls, connect_timeout=5)
-    try:
-        js = nc.jetstream(timeout=5)
-        deadline = time.time() + timeout
-        while True:
-            try:
-                if (await js.stream_info(STREAM)).cluster.leader not in (name, None):
-                    return
-                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
-            except Exception:  # still electing: ask again
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"{name} still leads {STREAM}")
-            await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
+
+    async def still_leads(nc):
+        if (await nc.jetstream(timeout=5).stream_info(STREAM)).cluster.leader not in (name, None):
+            return None
+        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
+        return f"{name} leads {STREAM}"
+
+    servers.until(still_leads, timeout, f"moving {STREAM}'s leadership off {name}")
 
 
 class Publishers(threading.Thread):
@@ -185,7 +176,7 @@ def main():
                 servers.replace_disk(i)
             else:
                 if opts.mode == "same-name-planned":
-                    asyncio.run(step_down(servers, old))
+                    step_down(servers, old)
                     servers.wait_current()
                 servers.kill(i)
                 shutil.rmtree(servers.store_dir(i))
