@@ -166,6 +166,41 @@ class NatsCluster:
         for i in range(len(self.procs)):
             self.kill(i)
 
+    def describe(self, prefix: str) -> str:
+        """What JetStream holds of one Sluice cluster's streams and buckets: each
+        stream's first and last sequence, leader and replicas, and every progress
+        and lease entry, for tracing a loss after the fact."""
+        import nats
+
+        async def run():
+            lines = []
+            nc = await nats.connect(self.urls, connect_timeout=5, allow_reconnect=False)
+            try:
+                js = nc.jetstream(timeout=10)
+                for info in await js.streams_info():
+                    name = info.config.name
+                    if not (name.startswith(prefix + "_") or name.startswith(f"KV_{prefix}_")):
+                        continue
+                    c = info.cluster
+                    replicas = [(r.name, r.current, r.offline, r.lag) for r in (c.replicas or [])] if c else []
+                    lines.append(f"{name}: first {info.state.first_seq} last {info.state.last_seq} "
+                                 f"messages {info.state.messages} leader {c.leader if c else None} "
+                                 f"replicas {replicas}")
+                    if name.startswith("KV_"):
+                        bucket = name[len("KV_"):]
+                        kv = await js.key_value(bucket)
+                        for key in await kv.keys():
+                            entry = await kv.get(key)
+                            lines.append(f"  {key} rev {entry.revision}: {entry.value[:600]!r}")
+            finally:
+                await nc.close()
+            return "\n".join(lines)
+
+        try:
+            return asyncio.run(run())
+        except Exception as error:
+            return f"could not describe {prefix}: {error!r}"
+
     def delete_prefix(self, prefix: str):
         """Removes one test's streams and buckets, so that Raft groups do not pile up
         over a session."""

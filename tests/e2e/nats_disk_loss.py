@@ -4,7 +4,7 @@ are replaced one after another? The cluster fault test lost acknowledged records
 with its `nats_disk_lost` kind (docs/cluster.md); this takes Sluice out of the
 question and compares the ways an operator can bring a server back. Not a CI test:
 
-    python3 tests/e2e/nats_disk_loss.py --mode MODE [--replacements N] [--seed S]
+    python3 tests/e2e/nats_disk_loss.py --mode MODE [--replacements N] [--seed S] [--then-kill]
 
 MODE is how each replaced server comes back:
   same-name          killed, store wiped, restarted under its old name at once
@@ -156,6 +156,9 @@ def main():
     args.add_argument("--rate", type=float, default=300, help="publishes per second, at most")
     args.add_argument("--purge", action="store_true", help="purge what was read, as Sluice does")
     args.add_argument("--keep", action="store_true", help="keep the servers' logs and stores")
+    args.add_argument("--then-kill", action="store_true",
+                      help="after each replacement, kill -9 one of the other servers and restart it, "
+                           "as the fault test's kill_nats may do next")
     opts = args.parse_args()
     rng = random.Random(opts.seed)
     root = Path(tempfile.mkdtemp(prefix="nats-disk-loss-"))
@@ -183,8 +186,17 @@ def main():
                 servers.start(i)
                 if opts.mode == "same-name-planned":
                     servers.wait_current()
-            events.append({"at": round(time.time(), 1), "replaced": old, "as": servers.names[i],
-                           "leader_before": leader, "acked_so_far": len(pubs.acked)})
+            event = {"at": round(time.time(), 1), "replaced": old, "as": servers.names[i],
+                     "leader_before": leader, "acked_so_far": len(pubs.acked)}
+            if opts.then_kill:
+                time.sleep(rng.uniform(0.0, 2.0))
+                other = rng.choice([j for j in range(3) if j != i])
+                event["then_killed"] = servers.names[other]
+                servers.kill(other)
+                time.sleep(rng.uniform(0.5, 3.0))
+                servers.start(other)
+                servers.wait_current()
+            events.append(event)
         time.sleep(2)
         pubs.stopping.set()
         pubs.join(180)

@@ -92,7 +92,8 @@ class Producers:
     def __init__(self, cluster, streams, n_threads=4, batch=50):
         self.cluster, self.streams, self.batch = cluster, streams, batch
         self.acked = {s: set() for s in streams}
-        # (first name, stream, node, time acknowledged) of every acknowledged batch.
+        # (first name, stream, node, time acknowledged, first RecordId) of every
+        # acknowledged batch; the RecordId names the stream's log and the sequence.
         self.batches = []
         self.refused = 0
         self.lock = threading.Lock()
@@ -124,11 +125,11 @@ class Producers:
                     self.refused += 1
                 time.sleep(0.05)
                 continue
-            ok = [name for name, r in zip(names, out["RequestResponses"]) if "ErrorCode" not in r]
+            ok = [(name, r["RecordId"]) for name, r in zip(names, out["RequestResponses"]) if "ErrorCode" not in r]
             with self.lock:
-                self.acked[stream].update(ok)
+                self.acked[stream].update(name for name, _ in ok)
                 if ok:
-                    self.batches.append((ok[0], stream, node.endpoint, time.strftime("%H:%M:%S")))
+                    self.batches.append((ok[0][0], stream, node.endpoint, time.strftime("%H:%M:%S"), ok[0][1]))
 
     def finish(self):
         self.stop.set()
@@ -266,6 +267,9 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
         losses = [line for node in cluster.nodes for line in node.log.read_text(errors="replace").splitlines()
                   if "lost messages it had acknowledged" in line or "records it acknowledged are lost" in line
                   or "of the batch" in line]
+        if missing:
+            print(f"JetStream after the loss:\n{own_nats.describe(cluster.prefix)}\n"
+                  f"kept for tracing: {tmp_path} (node logs, NATS logs and stores)")
         assert not missing, (f"lost batches {lost_batches[:20]}; lost {len(missing)} acknowledged records, "
                              f"e.g. {sorted(missing)[:5]}\nloss reports: {losses[:10]}\n{cluster.logs()}")
         assert not duplicated, f"duplicated {len(duplicated)} records, e.g. {list(duplicated.items())[:5]}"
