@@ -15,8 +15,6 @@ mod error;
 mod log;
 pub mod message;
 mod options;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use bucket::{Bucket, Change, Versioned};
 pub use connect::{check_sync_always, connect, version_at_least, Connection, MIN_SERVER_VERSION};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sluice_jetstream::testing::{when_ready, Cluster, Setup};
 use sluice_jetstream::{connect, Bucket, Change, Connection, Error, JetStreamOptions};
+use sluice_nats_testing::{when_ready, Cluster, Setup};
 
 async fn connection(cluster: &Cluster) -> (Connection, JetStreamOptions) {
     let options = cluster.options();

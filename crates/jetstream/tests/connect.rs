@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use sluice_jetstream::testing::{Cluster, Setup};
 use sluice_jetstream::{connect, Error, JetStreamOptions};
+use sluice_nats_testing::{Cluster, Setup};
 
 fn options(cluster: &Cluster, monitoring: bool) -> JetStreamOptions {
     JetStreamOptions {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_jetstream::testing::{when_ready, Cluster, Setup};
 use sluice_jetstream::{connect, Error, StreamLogs};
+use sluice_nats_testing::{when_ready, Cluster, Setup};
 
 async fn logs(cluster: &Cluster, node: &str) -> StreamLogs {
     let options = cluster.options();

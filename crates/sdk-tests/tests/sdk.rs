@@ -24,6 +24,12 @@ fn binary() -> PathBuf {
         .expect("build the sluice binary first (cargo build --release -p sluice-server)")
 }
 
+/// The SDKs' hyper client for plain HTTP (Sluice listens on 127.0.0.1 without TLS):
+/// the same client the SDKs build by default, minus the TLS connector.
+fn plain_http() -> aws_sdk_firehose::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new().build_http()
+}
+
 struct Server {
     child: Child,
     endpoint: String,
@@ -63,6 +69,7 @@ impl Server {
 
     fn client_with(&self, key: &str, secret: &str) -> Client {
         let config = aws_sdk_firehose::Config::builder()
+            .http_client(plain_http())
             .endpoint_url(&self.endpoint)
             .region(Region::new("eu-west-1"))
             .credentials_provider(Credentials::new(key, secret, None, None, "test"))
@@ -169,6 +176,7 @@ async fn the_rust_sdk_signs_requests_sluice_verifies() {
 impl Server {
     fn s3(&self, key: &str, secret: &str) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
+            .http_client(plain_http())
             .endpoint_url(&self.endpoint)
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_s3::config::Credentials::new(key, secret, None, None, "test"))

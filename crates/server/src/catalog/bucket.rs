@@ -325,8 +325,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use sluice_jetstream::testing::{when_ready, Cluster, Setup};
     use sluice_jetstream::{connect, Bucket};
+    use sluice_nats_testing::{when_ready, Cluster, Setup};
     use sluice_protocol::destination::{Destination, DestinationKind};
 
     use super::BucketStore;

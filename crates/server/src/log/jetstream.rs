@@ -409,8 +409,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use sluice_jetstream::testing::{when_ready, Cluster, Setup};
     use sluice_jetstream::{connect, StreamLogs};
+    use sluice_nats_testing::{when_ready, Cluster, Setup};
     use sluice_wal::{KeyError, KeyWrapper, DATA_KEY_BYTES};
 
     use super::JetStreamLog;

