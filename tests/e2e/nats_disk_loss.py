@@ -4,7 +4,7 @@ are replaced one after another? The cluster fault test lost acknowledged records
 with its `nats_disk_lost` kind (docs/cluster.md); this takes Sluice out of the
 question and compares the ways an operator can bring a server back. Not a CI test:
 
-    python3 tests/e2e/nats_disk_loss.py --mode MODE [--replacements N] [--seed S] [--then-kill]
+    python3 tests/e2e/nats_disk_loss.py --mode MODE [--replacements N] [--seed S] [--then kill-other|all-down]
 
 MODE is how each replaced server comes back:
   same-name          killed, store wiped, restarted under its old name at once
@@ -156,9 +156,10 @@ def main():
     args.add_argument("--rate", type=float, default=300, help="publishes per second, at most")
     args.add_argument("--purge", action="store_true", help="purge what was read, as Sluice does")
     args.add_argument("--keep", action="store_true", help="keep the servers' logs and stores")
-    args.add_argument("--then-kill", action="store_true",
-                      help="after each replacement, kill -9 one of the other servers and restart it, "
-                           "as the fault test's kill_nats may do next")
+    args.add_argument("--then", choices=["kill-other", "all-down"],
+                      help="after each replacement (and its replicas current), kill -9 one of the other "
+                           "servers or all three, then restart them, as the fault test's kill_nats or "
+                           "all_nats_down may do next")
     opts = args.parse_args()
     rng = random.Random(opts.seed)
     root = Path(tempfile.mkdtemp(prefix="nats-disk-loss-"))
@@ -188,13 +189,16 @@ def main():
                     servers.wait_current()
             event = {"at": round(time.time(), 1), "replaced": old, "as": servers.names[i],
                      "leader_before": leader, "acked_so_far": len(pubs.acked)}
-            if opts.then_kill:
+            if opts.then:
                 time.sleep(rng.uniform(0.0, 2.0))
-                other = rng.choice([j for j in range(3) if j != i])
-                event["then_killed"] = servers.names[other]
-                servers.kill(other)
+                killed = ([rng.choice([j for j in range(3) if j != i])] if opts.then == "kill-other"
+                          else [0, 1, 2])
+                event["then_killed"] = [servers.names[j] for j in killed]
+                for j in killed:
+                    servers.kill(j)
                 time.sleep(rng.uniform(0.5, 3.0))
-                servers.start(other)
+                # Together: a server waits for a meta leader, which needs a quorum.
+                servers.start(killed[0] if len(killed) == 1 else None)
                 servers.wait_current()
             events.append(event)
         time.sleep(2)
