@@ -171,8 +171,8 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
         kinds = ["kill_sluice", "kill_nats", "pause_owner", "all_nats_down"]
         # SLUICE_CLUSTER_FAULT_KINDS=kill_sluice,kill_nats narrows the mix (to tell
         # which kind a failure of a long run needs), and is how `nats_disk_lost` is
-        # asked for: with disks replaced as docs/cluster.md says, one run in sixteen
-        # has still lost acknowledged records, not yet traced to NATS or to Sluice, so
+        # asked for: with disks replaced as docs/cluster.md says, one run in 38 has
+        # still lost acknowledged records, not yet traced to NATS or to Sluice, so
         # it stays out of CI's mix until it is (a CI that fails now and then for it
         # would hide every other failure behind it).
         only = [k for k in os.environ.get("SLUICE_CLUSTER_FAULT_KINDS", "").split(",") if k]
