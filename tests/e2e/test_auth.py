@@ -19,7 +19,7 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from conftest import S3_CONFIG, Server, free_port, make_stream, sluice_binary
+from conftest import Server, free_port, make_stream, sluice_binary
 
 AUTH = """
 [auth]

@@ -7,7 +7,7 @@ import subprocess
 import time
 import urllib.request
 
-from conftest import Server, free_port, make_stream, sluice_binary
+from conftest import free_port, make_stream, sluice_binary
 
 
 def health(*args, env=None):
