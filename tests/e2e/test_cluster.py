@@ -269,7 +269,7 @@ def test_faults_lose_and_duplicate_nothing(tmp_path, own_nats):
                   or "of the batch" in line]
         if missing:
             print(f"JetStream after the loss:\n{own_nats.describe(cluster.prefix)}\n"
-                  f"kept for tracing: {tmp_path} (node logs, NATS logs and stores)")
+                  f"kept for tracing: {tmp_path} (the nodes' and NATS servers' logs)")
         assert not missing, (f"lost batches {lost_batches[:20]}; lost {len(missing)} acknowledged records, "
                              f"e.g. {sorted(missing)[:5]}\nloss reports: {losses[:10]}\n{cluster.logs()}")
         assert not duplicated, f"duplicated {len(duplicated)} records, e.g. {list(duplicated.items())[:5]}"
